@@ -58,6 +58,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
     cache_frozen_prefix: bool = True
+    #: Adam's fused kernel (one pass over every parameter); the same update rule as
+    #: the default implementation, which on CPU costs more than the convolutions
+    fused_optimizer: bool = True
     prefix_cache_max_gb: float = 4.0
     aux_loss_weight: float = 0.4
 
@@ -222,6 +225,20 @@ def default_param_groups(model: StagedModel, block_lrs: list[float | None]) -> l
         if params:
             groups.append({"params": params, "lr": float(lr), "block": i})
     return groups
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over ``groups`` (SPEC section 3), with the fused kernel when ``cfg.fused_optimizer``.
+
+    The fused kernel applies the same update as the default implementation in one
+    pass per parameter group instead of a dozen elementwise passes per tensor; it
+    changes only floating-point rounding. Measured on the 2-core CPU for the mixed
+    genome: the default Adam step took half of each evaluation.
+    """
+    fused = bool(cfg.fused_optimizer) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]
+    )
+    return torch.optim.Adam(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def apply_freezing(model: StagedModel, plan: TrainingPlan) -> None:
@@ -396,7 +413,7 @@ class Trainer:
         groups = (plan.param_groups or default_param_groups)(model, plan.block_lrs)
         if not groups:
             raise ValueError(f"The plan '{plan.name}' trains no parameter.")
-        optimizer = torch.optim.Adam(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(groups, cfg)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.cosine_t_max)
 
         prefix = plan.frozen_prefix(model) if data_key is not None else 0
