@@ -154,3 +154,29 @@ def test_train_config_rejects_unknown_keys_and_bad_values():
         TrainConfig.from_params({"epochz": 3})
     with pytest.raises(ValueError, match="training.patience"):
         TrainConfig.from_params({"patience": 0})
+
+
+def test_fused_adam_is_the_default_and_follows_the_same_update_as_plain_adam():
+    """The fused kernel is a speed choice only: trained weights agree with torch's default Adam."""
+    from evotune.training import make_optimizer
+
+    fused_cfg = TrainConfig(device="cpu")
+    plain_cfg = TrainConfig(device="cpu", fused_optimizer=False)
+    p = torch.nn.Parameter(torch.zeros(3))
+    assert make_optimizer([{"params": [p], "lr": 1e-3}], fused_cfg).defaults["fused"] is True
+    assert not make_optimizer([{"params": [p], "lr": 1e-3}], plain_cfg).defaults["fused"]
+
+    states = []
+    for fused in (True, False):
+        trainer = make_trainer(epochs=2, fused_optimizer=fused)
+        train, val = data(trainer)
+        plan = TrainingPlan(block_lrs=[None, None, 2e-3, 1e-3, 5e-4, 3e-3])
+        res = trainer.train(plan, train, val, seed=3, data_key=("d", 0))
+        states.append((snapshot(trainer.model), [h["train_loss"] for h in res.history]))
+    (fused_state, fused_loss), (plain_state, plain_loss) = states
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-4)
+    pristine = make_trainer().pristine
+    for k, v in plain_state.items():
+        torch.testing.assert_close(fused_state[k], v, atol=1e-5, rtol=1e-4, msg=k)
+    assert not torch.equal(fused_state["stages.2.0.conv1.weight"], pristine["stages.2.0.conv1.weight"]), \
+        "degenerate test: layer2 did not train"
