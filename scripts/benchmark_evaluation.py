@@ -311,12 +311,25 @@ def prepare(args, device: torch.device, workdir: Path) -> dict:
                 val_items=val_items, ytr=ytr, yva=yva, resize=resize, crop=crop, mean=mean, std=std)
 
 
+def random_genomes(k: int, num_blocks: int, seed: int) -> dict[str, list[float]]:
+    """``k`` genomes drawn as the search draws its initial population (SPEC section 4)."""
+    from evotune.genome import random_genome
+
+    rng = np.random.default_rng(seed)
+    return {f"rand{i + 1}": [round(float(x), 4) for x in random_genome(rng, num_blocks)] for i in range(k)}
+
+
 def summarise(records: list[dict], genomes: list[str], paths: list[str]) -> list[dict]:
     rows = []
-    for g in genomes + ["ALL"]:
+    groups = {g: [g] for g in genomes}
+    randoms = [g for g in genomes if g.startswith("rand")]
+    if randoms:
+        groups["RANDOM"] = randoms  # the search's initial-population mix
+    groups["ALL"] = genomes
+    for g, members in groups.items():
         per_path = {}
         for path in paths:
-            rs = [r for r in records if r["path"] == path and (g == "ALL" or r["genome"] == g)]
+            rs = [r for r in records if r["path"] == path and r["genome"] in members]
             if not rs:
                 continue
             secs = sum(r["seconds"] for r in rs)
@@ -324,7 +337,7 @@ def summarise(records: list[dict], genomes: list[str], paths: list[str]) -> list
                 "genome": g, "path": path, "evaluations": len(rs),
                 "epochs_mean": float(np.mean([r["epochs_run"] for r in rs])),
                 "s_per_eval": secs / len(rs),
-                "first_s": rs[0]["seconds"] if g != "ALL" else None,
+                "first_s": rs[0]["seconds"] if len(members) == 1 else None,
                 "cpu_s_per_eval": sum(r["cpu_s"] for r in rs) / len(rs),
                 "evals_per_hour": 3600.0 * len(rs) / secs if secs > 0 else float("nan"),
                 "train_images_per_s": sum(r["train_images"] for r in rs) / secs if secs > 0 else float("nan"),
@@ -387,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1, help="evaluations per (genome, seed) and path")
     ap.add_argument("--seeds", type=int, nargs="+", default=[684], help="paper: 684 559 629")
     ap.add_argument("--genomes", default=",".join(GENOMES), help=f"comma list of {list(GENOMES)}")
+    ap.add_argument("--population", type=int, default=0, metavar="K",
+                    help="also time K random genomes drawn as the search's initial population "
+                         "(rows rand1..randK and their mix, RANDOM)")
+    ap.add_argument("--population-seed", type=int, default=0)
     ap.add_argument("--paths", default="fast,naive", help="comma list of fast,naive")
     ap.add_argument("--checkpoint", help="an evotune checkpoint file (embedded: the source model)")
     ap.add_argument("--weights", choices=["auto", "imagenet", "random"], default="auto",
@@ -414,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     for g in genomes:
         if g not in GENOMES:
             ap.error(f"unknown genome {g!r}; choose from {list(GENOMES)}")
+    if args.population:
+        drawn = random_genomes(args.population, len(GENOMES["all"]) - 1, args.population_seed)
+        GENOMES.update(drawn)
+        genomes += list(drawn)
     for x in paths:
         if x not in ("fast", "naive"):
             ap.error(f"unknown path {x!r}")
@@ -490,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     n_train = len(d["ytr"])
     for g in genomes:
         plan = genome_plan(GENOMES[g], cfg.base_lr, name=g)
+        mask = "".join("0" if lr is None else "1" for lr in plan.block_lrs)
+        print(f"genome {g}: trained blocks {mask} (genes {GENOMES[g]})")
         for seed in args.seeds:
             for rep in range(args.repeats):
                 for path in paths:
@@ -509,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                         extra = {"setup_s": res.setup_seconds}
                         images = res.train_images
                     secs, cpu_s = time.perf_counter() - t0, time.process_time() - c0
-                    rec = {"genome": g, "path": path, "seed": seed, "repeat": rep, "seconds": secs, "cpu_s": cpu_s,
+                    rec = {"genome": g, "mask": mask, "path": path, "seed": seed, "repeat": rep, "seconds": secs, "cpu_s": cpu_s,
                            "epochs_run": res.epochs_run, "train_images": images,
                            "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
                            "val_history": [h["val_macro_acc"] for h in res.history], **extra}

@@ -43,6 +43,13 @@ def test_tiny_search_is_reproducible_and_records_every_evaluation(backbone, spli
     assert set(population["generation"]) == {0, 1, 2}
     assert len(best["block_names"]) == 6 and len(best["genes"]) == 7
     assert best["mask"][-1] == "1"  # head forced trainable
+    # per seed, the validation accuracy of every epoch: its best is the recorded accuracy
+    for row in trials[trials["valid"]].itertuples():
+        histories = [[float(x) for x in h.split(",")] for h in row.val_histories.split(";")]
+        accs = [float(x) for x in row.val_accs.split(";")]
+        epochs = [int(x) for x in row.epochs.split(";")]
+        assert [len(h) for h in histories] == epochs
+        assert [max(h) for h in histories] == pytest.approx(accs, abs=1e-6)
 
 
 def test_rerun_on_the_same_study_reuses_every_trial(backbone, splits, tmp_path):

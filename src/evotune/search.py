@@ -89,7 +89,8 @@ def train_unit(trainer: Trainer, chunks: dict[int, ChunkData], unit: Unit, *, ba
     res = trainer.train(plan, data.train, data.val, seed=unit.seed, data_key=("chunk", unit.chunk),
                         progress=(lambda _r: heartbeat()) if heartbeat else None)
     return {"val_acc": res.best_val_acc, "epochs": res.epochs_run, "seconds": res.seconds,
-            "diverged": res.diverged, "device": str(trainer.device)}
+            "diverged": res.diverged, "device": str(trainer.device),
+            "val_history": [round(float(h["val_macro_acc"]), 6) for h in res.history]}
 
 
 def run_claimed(queue: UnitQueue, trainer: Trainer, chunks: dict[int, ChunkData], *, base_lr: float,
@@ -175,6 +176,7 @@ class GenomeEvaluator:
                 "generation": r.generation, "role": r.role, "chunk": r.chunk, "mask": d.mask,
                 "valid": d.valid, "diverged": diverged, "val_accs": accs,
                 "epochs": [int(x["epochs"]) for x in runs],
+                "val_histories": [list(x.get("val_history", [])) for x in runs],
                 "seconds": float(sum(float(x["seconds"]) for x in runs)),
                 "device": str(runs[0]["device"]) if runs else str(self.trainer.device),
                 **self.extra_attrs,

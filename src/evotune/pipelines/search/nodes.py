@@ -218,6 +218,10 @@ def run_search(
     trials = trials.drop(columns=["genes", "genome"], errors="ignore")
     for col in ("val_accs", "epochs"):
         trials[col] = trials[col].apply(lambda v: ";".join(f"{x:.6g}" for x in v))
+    # per seed, the validation macro accuracy after each epoch: "0.8,0.9;0.7,0.85"
+    # (absent from evaluations recorded by an older version of the project)
+    trials["val_histories"] = trials.get("val_histories", pd.Series([None] * len(trials))).apply(
+        lambda hs: ";".join(",".join(f"{x:.6g}" for x in h) for h in hs) if isinstance(hs, list) else "")
 
     best = result.best
     best_genome = genome_record(
