@@ -1,0 +1,116 @@
+"""The README's measurement scripts run as documented (tiny settings, real code paths)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), ROOT / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_embedded_times_both_paths_on_the_same_genomes(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_script("benchmark_evaluation.py", "--epochs", "2", "--n-train", "2", "--n-val", "2",
+                      "--pretrain-per-class", "10", "--pretrain-epochs", "1", "--population", "2",
+                      "--seeds", "3", "--threads", "1", "--out", str(out))
+    assert "fast/naive" in proc.stdout
+    result = json.loads(out.read_text())
+    rows = {(r["genome"], r["path"]): r for r in result["table"]}
+    for genome in ("all", "head", "mixed", "rand1", "rand2", "RANDOM", "ALL"):
+        assert {(genome, "fast"), (genome, "naive")} <= set(rows), genome
+        fast, naive = rows[(genome, "fast")], rows[(genome, "naive")]
+        assert fast["evals_per_hour"] > 0 and naive["evals_per_hour"] > 0
+        assert fast["speedup_evals_per_hour"] == pytest.approx(fast["evals_per_hour"] / naive["evals_per_hour"])
+    assert rows[("RANDOM", "fast")]["evaluations"] == 2
+    # same genomes, seeds and data: the two paths reach the same accuracy (20 validation images)
+    by_key = {}
+    for e in result["evaluations"]:
+        by_key.setdefault((e["genome"], e["seed"]), {})[e["path"]] = e
+    assert len(by_key) == 5
+    for pair in by_key.values():
+        assert pair["fast"]["mask"] == pair["naive"]["mask"]
+        assert pair["fast"]["epochs_run"] == pair["naive"]["epochs_run"] == 2
+        assert abs(pair["fast"]["best_val_acc"] - pair["naive"]["best_val_acc"]) <= 0.05 + 1e-9
+    assert result["machine"]["device"] == "cpu"
+
+
+@pytest.mark.slow
+def test_benchmark_flowers_preset_runs(tmp_path):
+    out = tmp_path / "bench.csv"
+    run_script("benchmark_evaluation.py", "--preset", "flowers", "--classes", "3", "--n-train", "2", "--n-val", "1",
+               "--epochs", "1", "--genomes", "head,mixed", "--weights", "random", "--out", str(out))
+    table = pd.read_csv(out)
+    assert set(table["genome"]) == {"head", "mixed", "ALL"}
+    assert (table.loc[table["path"] == "fast", "speedup_evals_per_hour"] > 0).all()
+    assert (table["preset"] == "flowers").all()
+
+
+def trials_csv(tmp_path, histories, seconds=3.0):
+    rows = []
+    for i, hs in enumerate(histories):
+        accs = [max(h) for h in hs]
+        rows.append({"key": f"e{i}", "valid": True, "cached": False, "fitness": 1 - sum(accs) / len(accs),
+                     "seconds": seconds, "val_accs": ";".join(map(str, accs)),
+                     "val_histories": ";".join(",".join(map(str, h)) for h in hs)})
+    path = tmp_path / "search_trials.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_pruning_replay_cuts_what_the_rule_says_and_reports_a_cut_best(tmp_path):
+    replay = load_script("pruning_replay.py")
+    # e2 starts badly and ends best: a median rule after epoch 1 cuts it
+    path = trials_csv(tmp_path, [[[0.5, 0.6, 0.7]], [[0.8, 0.9, 0.9]], [[0.2, 0.3, 0.95]]])
+    trials = replay.load_trials(path)
+    out = replay.replay(trials, replay.Rule(percentile=50, warmup=1, min_reference=2))
+    assert out["evaluations_cut"] == 1
+    assert out["epochs_saved_pct"] == pytest.approx(100 * 2 / 9)
+    assert out["time_saved_pct"] == pytest.approx(100 * 2 / 9)
+    assert out["best_cut"] is True and out["best_after_pruning_is_best"] is False
+    # too few references: nothing is cut
+    none = replay.replay(trials, replay.Rule(percentile=50, warmup=1, min_reference=3))
+    assert none["evaluations_cut"] == 0 and none["epochs_saved_pct"] == 0
+    # the whole script on the file
+    proc = run_script("pruning_replay.py", str(path), "--percentiles", "50", "--warmups", "1",
+                      "--min-reference", "2", "--out", str(tmp_path / "replay.csv"))
+    assert "p50 after epoch 1" in proc.stdout
+    assert len(pd.read_csv(tmp_path / "replay.csv")) == 2  # with and without skipping seeds
+
+
+def test_pruning_replay_skips_the_other_seeds_of_a_cut_genome(tmp_path):
+    replay = load_script("pruning_replay.py")
+    path = trials_csv(tmp_path, [[[0.5, 0.6]], [[0.8, 0.9]], [[0.1, 0.2], [0.9, 0.95]]])
+    trials = replay.load_trials(path)
+    keep = replay.replay(trials, replay.Rule(50, 1, 2, skip_seeds=False))
+    skip = replay.replay(trials, replay.Rule(50, 1, 2, skip_seeds=True))
+    assert keep["epochs_saved_pct"] == pytest.approx(100 * 1 / 8)
+    assert skip["epochs_saved_pct"] == pytest.approx(100 * 3 / 8)
+
+
+def test_pruning_replay_explains_an_old_trials_file(tmp_path):
+    replay = load_script("pruning_replay.py")
+    path = tmp_path / "old.csv"
+    pd.DataFrame([{"key": "a", "valid": True, "cached": False, "fitness": 0.1, "seconds": 1.0}]).to_csv(path)
+    with pytest.raises(SystemExit, match="val_histories"):
+        replay.load_trials(path)
+    with pytest.raises(SystemExit, match="no such file"):
+        replay.load_trials(tmp_path / "missing.csv")
