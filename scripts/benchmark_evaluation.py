@@ -72,7 +72,18 @@ from evotune.backbones import (  # noqa: E402
 )
 from evotune.reference import decode_once, encode_png, naive_train  # noqa: E402
 from evotune.search import genome_plan  # noqa: E402
-from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan, resolve_device  # noqa: E402
+from evotune.training import (  # noqa: E402
+    DeviceData,
+    TrainConfig,
+    Trainer,
+    TrainingPlan,
+    apply_freezing,
+    default_param_groups,
+    make_optimizer,
+    plan_loss,
+    resolve_device,
+    set_block_modes,
+)
 
 #: resnet blocks: stem, layer1, layer2, layer3, layer4, fc; + threshold gene
 GENOMES: dict[str, list[float]] = {
@@ -311,6 +322,44 @@ def prepare(args, device: torch.device, workdir: Path) -> dict:
                 val_items=val_items, ytr=ytr, yva=yva, resize=resize, crop=crop, mean=mean, std=std)
 
 
+def compute_floor(trainer: Trainer, plan: TrainingPlan, train: DeviceData, steps: int = 8) -> float:
+    """Seconds per training image of the genome's irreducible work: the trained blocks'
+    forward and backward and the optimizer step, on one full batch of the frozen prefix's
+    outputs already in memory (no data handling, no validation, no Python loop around it).
+
+    ``naive s/eval / (floor x images)`` bounds the ratio any implementation computing the
+    same updates can reach against the naive loop on this machine.
+    """
+    model, cfg = trainer.model, trainer.cfg
+    trainer.reset(0)
+    apply_freezing(model, plan)
+    prefix = plan.frozen_prefix(model)
+    bs = min(cfg.batch_size, len(train))
+    with torch.no_grad(), trainer._autocast():
+        model.eval()
+        x = trainer.normalize(train.images[:bs])
+        x = model.forward_until(prefix, x) if prefix else x
+    y = train.labels[:bs]
+    opt = make_optimizer(default_param_groups(model, plan.block_lrs), cfg)
+    set_block_modes(model, plan, True)
+
+    def step() -> None:
+        with trainer._autocast():
+            loss = plan_loss(model, plan, model.forward_from(prefix, x), y, cfg.aux_loss_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    sync(trainer.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(trainer.device)
+    return (time.perf_counter() - t0) / (steps * bs)
+
+
 def random_genomes(k: int, num_blocks: int, seed: int) -> dict[str, list[float]]:
     """``k`` genomes drawn as the search draws its initial population (SPEC section 4)."""
     from evotune.genome import random_genome
@@ -343,17 +392,21 @@ def summarise(records: list[dict], genomes: list[str], paths: list[str]) -> list
                 "train_images_per_s": sum(r["train_images"] for r in rs) / secs if secs > 0 else float("nan"),
                 "best_val_acc_mean": float(np.mean([r["best_val_acc"] for r in rs])),
             }
+            if all("floor_s" in r for r in rs):
+                per_path[path]["floor_s_per_eval"] = sum(r["floor_s"] for r in rs) / len(rs)
         if "fast" in per_path and "naive" in per_path:
             f, n = per_path["fast"], per_path["naive"]
             f["speedup_evals_per_hour"] = f["evals_per_hour"] / n["evals_per_hour"]
             f["speedup_images_per_s"] = f["train_images_per_s"] / n["train_images_per_s"]
+            if "floor_s_per_eval" in n:  # the most any exact implementation could gain here
+                f["max_speedup_at_floor"] = n["s_per_eval"] / n["floor_s_per_eval"]
         rows += list(per_path.values())
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     head = (f"{'genome':<7} {'path':<6} {'evals':>5} {'epochs':>6} {'s/eval':>8} {'first_s':>8} "
-            f"{'evals/hour':>10} {'images/s':>9} {'best_val':>8} {'fast/naive':>17}")
+            f"{'evals/hour':>10} {'images/s':>9} {'best_val':>8} {'floor_s':>8} {'fast/naive':>17} {'max':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -361,11 +414,16 @@ def print_table(rows: list[dict]) -> None:
         if "speedup_evals_per_hour" in r:
             ratio = f"{r['speedup_evals_per_hour']:6.2f}x ({r['speedup_images_per_s']:.2f}x img)"
         first = "-" if r["first_s"] is None else f"{r['first_s']:.2f}"
+        floor = f"{r['floor_s_per_eval']:.2f}" if "floor_s_per_eval" in r else "-"
+        best = f"{r['max_speedup_at_floor']:.2f}x" if "max_speedup_at_floor" in r else ""
         print(f"{r['genome']:<7} {r['path']:<6} {r['evaluations']:>5} {r['epochs_mean']:>6.1f} "
               f"{r['s_per_eval']:>8.2f} {first:>8} {r['evals_per_hour']:>10.0f} "
-              f"{r['train_images_per_s']:>9.1f} {r['best_val_acc_mean']:>8.3f} {ratio:>17}")
+              f"{r['train_images_per_s']:>9.1f} {r['best_val_acc_mean']:>8.3f} {floor:>8} {ratio:>17} {best:>6}")
     print("fast/naive: ratio of evaluations per hour (in brackets: of training images per second).")
     print("first_s: the first evaluation of the row (for the fast path it builds the genome's prefix cache).")
+    print("floor_s: the genome's compute floor per evaluation (trained blocks' forward + backward + optimizer")
+    print("step on data already in memory); max: naive s/eval / floor_s, the most any exact implementation")
+    print("of the same training could gain over the naive loop on this machine.")
     print("Wall-clock times. On a shared CPU compare the per-evaluation 'process CPU' seconds too (JSON: cpu_s);")
     print("oversubscribed cores (load average above the core count) make CPU wall times noisy.")
 
@@ -417,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain-epochs", type=int, default=2)
     ap.add_argument("--no-amp", action="store_true", help="fast path without bf16 autocast on CUDA")
     ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--no-floor", action="store_true", help="skip timing each genome's compute floor")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
     ap.add_argument("--workdir", help="where generated checkpoints go (default: a temporary folder)")
     ap.add_argument("--out", help="write the table (+ machine) as .json (with every evaluation) or .csv")
@@ -542,6 +601,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"{res.epochs_run} epochs, "
                           f"best val {res.best_val_acc:.3f}{note}", flush=True)
 
+    if trainer is not None and not args.no_floor:
+        for g in genomes:
+            per_image = compute_floor(trainer, genome_plan(GENOMES[g], cfg.base_lr, name=g), train)
+            for r in records:
+                if r["genome"] == g:
+                    r["floor_s"] = per_image * r["train_images"]
     rows = summarise(records, genomes, paths)
     print()
     print_table(rows)
