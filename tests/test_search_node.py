@@ -108,3 +108,18 @@ def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits
     row = trials[trials["key"] == calls[1]].iloc[0]
     assert row["diverged"] and row["fitness"] == 1.0
     assert best["fitness"] < 1.0 and not math.isnan(best["fitness"])
+
+
+def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(backbone, splits):
+    from evotune.pipelines.search.nodes import SearchParams, study_name_for
+    from evotune.training import TrainConfig
+
+    train, val, _ = splits
+    sp = SearchParams.from_params(search_params())
+    name = study_name_for(sp, TrainConfig.from_params(TRAINING), backbone, train, val)
+    same = [{**TRAINING, "cpu_threads": 1}, {**TRAINING, "device": "auto"}]
+    for params in same:
+        assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val) == name, params
+    other = [{**TRAINING, "epochs": 3}, {**TRAINING, "fused_optimizer": False}]
+    for params in other:
+        assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val) != name, params

@@ -154,6 +154,20 @@ def test_train_config_rejects_unknown_keys_and_bad_values():
         TrainConfig.from_params({"epochz": 3})
     with pytest.raises(ValueError, match="training.patience"):
         TrainConfig.from_params({"patience": 0})
+    for bad in (0, -2, 1.5, "two", True):
+        with pytest.raises(ValueError, match="training.cpu_threads"):
+            TrainConfig.from_params({"cpu_threads": bad})
+
+
+def test_cpu_threads_sets_torch_threads_for_the_process():
+    before = torch.get_num_threads()
+    try:
+        make_trainer(cpu_threads=1)
+        assert torch.get_num_threads() == 1
+        make_trainer()  # null leaves the setting alone
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_fused_adam_is_the_default_and_follows_the_same_update_as_plain_adam():

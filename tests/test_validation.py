@@ -41,6 +41,7 @@ def test_the_default_parameters_are_valid(base_params, nodes):
         (("search", "populaton"), 5, "Unknown search parameter"),
         (("training", "epochs"), 0, "training.epochs"),
         (("training", "device"), "cuda:7" , "training.device"),
+        (("training", "cpu_threads"), 0, "training.cpu_threads"),
         (("retrain", "seeds"), [], "retrain.seeds"),
         (("data", "source"), {"kind": "image_folder", "path": "/nonexistent/images"}, "/nonexistent/images"),
         (("data", "source"), {"kind": "torchvision", "name": "ImageNet21k", "root": "x"}, "CIFAR10"),

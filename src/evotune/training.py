@@ -62,6 +62,9 @@ class TrainConfig:
     #: the default implementation, which on CPU costs more than the convolutions
     fused_optimizer: bool = True
     prefix_cache_max_gb: float = 4.0
+    #: torch's CPU threads for this process (None: torch's default, one per core); set it
+    #: so that search workers x threads = cores when several workers share a CPU
+    cpu_threads: int | None = None
     aux_loss_weight: float = 0.4
 
     @classmethod
@@ -81,6 +84,9 @@ class TrainConfig:
             raise ValueError(f"training.patience must be >= 1, got {cfg.patience}")
         if not cfg.base_lr > 0:
             raise ValueError(f"training.base_lr must be > 0, got {cfg.base_lr}")
+        if cfg.cpu_threads is not None and (isinstance(cfg.cpu_threads, bool) or not isinstance(cfg.cpu_threads, int)
+                                            or cfg.cpu_threads < 1):
+            raise ValueError(f"training.cpu_threads must be null or an integer >= 1, got {cfg.cpu_threads!r}")
         return cfg
 
 
@@ -315,6 +321,9 @@ class Trainer:
         self.cfg = cfg
         self.device = device if isinstance(device, torch.device) else resolve_device(device or cfg.device)
         self.cuda = self.device.type == "cuda"
+        if cfg.cpu_threads is not None and torch.get_num_threads() != cfg.cpu_threads:
+            torch.set_num_threads(int(cfg.cpu_threads))  # process-wide, as torch has it
+            log.info("torch CPU threads set to %d (training.cpu_threads)", cfg.cpu_threads)
         self.model = model.to(self.device)
         if self.cuda and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -80,7 +80,7 @@ def study_name_for(sp: SearchParams, cfg: TrainConfig, backbone: dict, train: di
     """
     ignored = ("storage", "study_name", "stale_after_s", "worker_idle_timeout_s", "worker_poll_s")
     relevant = {k: v for k, v in sp.__dict__.items() if k not in ignored}
-    training = {k: v for k, v in cfg.__dict__.items() if k != "device"}
+    training = {k: v for k, v in cfg.__dict__.items() if k not in ("device", "cpu_threads")}
     fp = config_fingerprint(
         relevant, training, tensor_fingerprint(backbone["state_dict"]),
         tensor_fingerprint(train["labels"], train["chunks"], train["images"]),
