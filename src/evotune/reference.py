@@ -21,9 +21,11 @@ project's own functions are called, not copied):
 * freezing and the batch-norm policy: :func:`~evotune.training.apply_freezing`,
   :func:`~evotune.training.set_block_modes` (frozen blocks in eval mode);
 * the optimizer: Adam over :func:`~evotune.training.default_param_groups` (or the
-  plan's ``param_groups``), ``CosineAnnealingLR(T_max)`` stepped once per epoch;
-* early stopping on validation macro accuracy
-  (:func:`~evotune.training.confusion_matrix`, :func:`~evotune.training.macro_accuracy`)
+  plan's ``param_groups``), ``CosineAnnealingLR(T_max)`` stepped once per epoch (here
+  torch's default Adam implementation, the paper's way; the fast path uses the fused
+  kernel, which applies the same update);
+* early stopping on validation macro accuracy (:class:`~evotune.training.EarlyStopping`,
+  :func:`~evotune.training.confusion_matrix`, :func:`~evotune.training.macro_accuracy`)
   with the config's ``epochs`` and ``patience``;
 * seeds: the head is redrawn by :func:`evotune.backbones.redraw_head` (as ``Trainer.reset`` does),
   and the training order of each epoch is ``torch.randperm(n, generator)`` of
@@ -32,8 +34,8 @@ project's own functions are called, not copied):
   give that order: torch's ``RandomSampler`` draws a second permutation per epoch and
   the loader draws its base seed from the loader's generator.
 
-On CPU the two paths then differ only by floating-point rounding where the fast path
-computes a frozen prefix in other batch groupings (the cache is filled in
+On CPU the two paths then differ only by floating-point rounding: the fused Adam kernel,
+and the frozen prefix computed in other batch groupings (the cache is filled in
 ``eval_batch_size`` batches of the unshuffled data); on CUDA also by the fast path's
 bf16 autocast and channels-last layout.
 """
@@ -54,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .backbones import StagedModel, load_checkpoint, model_from_checkpoint, redraw_head
 from .training import (
+    EarlyStopping,
     TrainConfig,
     TrainResult,
     TrainingPlan,
@@ -315,8 +318,7 @@ def naive_train(
         for x, y in train_loader:
             yield x.to(dev), y.to(dev), 0
 
-    best_acc, best_epoch, bad_epochs = -1.0, -1, 0
-    best_state = None
+    stopping = EarlyStopping(cfg.patience, keep_best_state)
     history: list[dict] = []
     diverged = False
     images_seen = 0
@@ -343,23 +345,17 @@ def naive_train(
         pred, _ = _predict_loader(model, val_loader, dev)
         val_acc = macro_accuracy(confusion_matrix(pred, val_y, n_cls))
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_macro_acc": val_acc})
-        if val_acc > best_acc:
-            best_acc, best_epoch, bad_epochs = val_acc, epoch + 1, 0
-            if keep_best_state:
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                break
+        if stopping.update(epoch + 1, val_acc, model):
+            break
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return NaiveResult(
-        best_val_acc=0.0 if diverged else max(best_acc, 0.0),
-        best_epoch=best_epoch,
+        best_val_acc=stopping.best_val_acc(diverged),
+        best_epoch=stopping.best_epoch,
         epochs_run=len(history),
         history=history,
         diverged=diverged,
-        best_state=best_state,
+        best_state=stopping.best_state,
         seconds=time.perf_counter() - t0,
         setup_seconds=setup_seconds,
         train_images=images_seen,

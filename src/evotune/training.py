@@ -310,6 +310,35 @@ class TrainResult:
     seconds: float = 0.0
 
 
+class EarlyStopping:
+    """Early stopping on validation macro accuracy (SPEC section 3), for every loop.
+
+    The best epoch is the first one with the highest accuracy; training stops after
+    ``patience`` epochs in a row without a strictly better one. With
+    ``keep_best_state`` a CPU copy of the weights of the best epoch is kept.
+    """
+
+    def __init__(self, patience: int, keep_best_state: bool = False) -> None:
+        self.patience = patience
+        self.keep_best_state = keep_best_state
+        self.best_acc, self.best_epoch, self.bad_epochs = -1.0, -1, 0
+        self.best_state: dict[str, Tensor] | None = None
+
+    def update(self, epoch: int, val_acc: float, model: torch.nn.Module) -> bool:
+        """Record epoch ``epoch`` (1-based); True when training should stop."""
+        if val_acc > self.best_acc:
+            self.best_acc, self.best_epoch, self.bad_epochs = val_acc, epoch, 0
+            if self.keep_best_state:
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def best_val_acc(self, diverged: bool) -> float:
+        """What the run scores: 0 when it diverged."""
+        return 0.0 if diverged else max(self.best_acc, 0.0)
+
+
 class Trainer:
     """Holds what stays the same across evaluations: device, data, prefix cache.
 
@@ -433,8 +462,7 @@ class Trainer:
             val_key = None
 
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        best_acc, best_epoch, bad_epochs = -1.0, -1, 0
-        best_state = None
+        stopping = EarlyStopping(cfg.patience, keep_best_state)
         history: list[dict] = []
         diverged = False
         n = len(train)
@@ -474,21 +502,15 @@ class Trainer:
             history.append(record)
             if progress is not None:
                 progress(record)
-            if val_acc > best_acc:
-                best_acc, best_epoch, bad_epochs = val_acc, epoch + 1, 0
-                if keep_best_state:
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                bad_epochs += 1
-                if bad_epochs >= cfg.patience:
-                    break
+            if stopping.update(epoch + 1, val_acc, model):
+                break
         return TrainResult(
-            best_val_acc=0.0 if diverged else max(best_acc, 0.0),
-            best_epoch=best_epoch,
+            best_val_acc=stopping.best_val_acc(diverged),
+            best_epoch=stopping.best_epoch,
             epochs_run=len(history),
             history=history,
             diverged=diverged,
-            best_state=best_state,
+            best_state=stopping.best_state,
             seconds=time.perf_counter() - t0,
         )
 
