@@ -70,6 +70,7 @@ from evotune.backbones import (  # noqa: E402
     make_checkpoint,
     model_from_checkpoint,
 )
+from evotune.genome import decode, random_genome  # noqa: E402
 from evotune.reference import decode_once, encode_png, naive_train  # noqa: E402
 from evotune.search import genome_plan  # noqa: E402
 from evotune.training import (  # noqa: E402
@@ -362,8 +363,6 @@ def compute_floor(trainer: Trainer, plan: TrainingPlan, train: DeviceData, steps
 
 def random_genomes(k: int, num_blocks: int, seed: int) -> dict[str, list[float]]:
     """``k`` genomes drawn as the search draws its initial population (SPEC section 4)."""
-    from evotune.genome import random_genome
-
     rng = np.random.default_rng(seed)
     return {f"rand{i + 1}": [round(float(x), 4) for x in random_genome(rng, num_blocks)] for i in range(k)}
 
@@ -568,9 +567,9 @@ def main(argv: list[str] | None = None) -> int:
 
     records: list[dict] = []
     n_train = len(d["ytr"])
-    for g in genomes:
-        plan = genome_plan(GENOMES[g], cfg.base_lr, name=g)
-        mask = "".join("0" if lr is None else "1" for lr in plan.block_lrs)
+    plans = {g: genome_plan(GENOMES[g], cfg.base_lr, name=g) for g in genomes}
+    for g, plan in plans.items():
+        mask = decode(GENOMES[g], cfg.base_lr).mask
         print(f"genome {g}: trained blocks {mask} (genes {GENOMES[g]})")
         for seed in args.seeds:
             for rep in range(args.repeats):
@@ -602,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"best val {res.best_val_acc:.3f}{note}", flush=True)
 
     if trainer is not None and not args.no_floor:
-        for g in genomes:
-            per_image = compute_floor(trainer, genome_plan(GENOMES[g], cfg.base_lr, name=g), train)
+        for g, plan in plans.items():
+            per_image = compute_floor(trainer, plan, train)
             for r in records:
                 if r["genome"] == g:
                     r["floor_s"] = per_image * r["train_images"]
