@@ -106,6 +106,13 @@ PRESETS = {
 # --------------------------------------------------------------------------- machine
 
 
+def base_training_config(**overrides) -> TrainConfig:
+    """conf/base's `training` parameters (the project's defaults) with this benchmark's settings."""
+    from evotune.config import load_parameters
+
+    return TrainConfig.from_params({**load_parameters(ROOT / "conf")["training"], **overrides})
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -239,8 +246,8 @@ def pretrain_embedded_checkpoint(path: Path, args, device: torch.device) -> None
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     torch.manual_seed(0)
     model = build_model("resnet10", n_cls, weights=None)
-    cfg = TrainConfig(epochs=int(args.pretrain_epochs), patience=100, batch_size=128, eval_batch_size=512,
-                      base_lr=2e-3, cosine_t_max=max(int(args.pretrain_epochs), 1))
+    cfg = base_training_config(epochs=int(args.pretrain_epochs), patience=100, batch_size=128, eval_batch_size=512,
+                               base_lr=2e-3, cosine_t_max=max(int(args.pretrain_epochs), 1))
     trainer = Trainer(model, cfg, mean=mean, std=std, device=device)
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     n_val = max(len(labels) // 10, n_cls)
@@ -497,10 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         if x not in ("fast", "naive"):
             ap.error(f"unknown path {x!r}")
     epochs = args.epochs or p["epochs"]
-    cfg = TrainConfig(epochs=epochs, patience=args.patience or epochs,
-                      batch_size=args.batch_size or p["batch_size"],
-                      eval_batch_size=args.eval_batch_size or p["eval_batch_size"],
-                      device=str(device), amp=not args.no_amp)
+    cfg = base_training_config(epochs=epochs, patience=args.patience or epochs,
+                               batch_size=args.batch_size or p["batch_size"],
+                               eval_batch_size=args.eval_batch_size or p["eval_batch_size"],
+                               device=str(device), amp=not args.no_amp)
     machine = machine_info(device)
     print("=" * 100)
     print(f"evotune genome-evaluation benchmark: preset {args.preset} on {device}")

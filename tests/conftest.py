@@ -1,4 +1,7 @@
+import copy
+import functools
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +9,38 @@ import torch
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def _base_parameters() -> dict:
+    from evotune.config import ProjectConfigLoader
+
+    return ProjectConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="base")["parameters"]
+
+
+def base_parameters() -> dict:
+    """The parameters of conf/base, the project's only source of defaults (a fresh copy)."""
+    return copy.deepcopy(_base_parameters())
+
+
+def train_config(**overrides):
+    """A TrainConfig from conf/base's `training`, with ``overrides``."""
+    from evotune.training import TrainConfig
+
+    return TrainConfig.from_params({**base_parameters()["training"], **overrides})
+
+
+def method_params(name: str, **overrides) -> dict:
+    """conf/base's `compare.<name>` parameters with ``overrides``."""
+    return {**base_parameters()["compare"][name], **overrides}
+
+
+@pytest.fixture
+def base_params() -> dict:
+    return base_parameters()
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +65,23 @@ def make_split(n_per_class: int, num_classes: int, size: int = 32, n_chunks: int
         "chunks": chunks.long(),
         "classes": [f"c{k}" for k in range(num_classes)],
         "items": [str(i) for i in range(n)],
+        **TINY_LINEAGE,
     }
+
+
+#: what the data stage records in every split (see evotune.lineage): the tiny splits of a test belong together
+TINY_LINEAGE = {"dataset": "tiny", "dataset_name": "make_split"}
+
+
+def backbone_checkpoint(model, num_classes: int, **meta) -> dict:
+    """A backbone artifact as the backbone stage writes it (checkpoint + lineage), for the tiny splits."""
+    from evotune.backbones import make_checkpoint
+    from evotune.study import tensor_fingerprint
+
+    meta = {"input_size": 32, "resize_size": 32, "mean": [0.3] * 3, "std": [0.25] * 3, "source": "test", **meta}
+    ckpt = make_checkpoint(model, num_classes=num_classes, **meta)
+    return {**ckpt, "dataset": TINY_LINEAGE["dataset"], "backbone_id": tensor_fingerprint(ckpt["state_dict"])[:12],
+            "created": "2026-01-01T00:00:00Z"}
 
 
 @pytest.fixture

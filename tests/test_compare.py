@@ -10,18 +10,20 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from conftest import make_split
+from conftest import backbone_checkpoint, base_parameters, make_split, method_params
 from evotune import settings
-from evotune.backbones import build_model, make_checkpoint
+from evotune.backbones import build_model
 from evotune.genome import decode
 from evotune.methods import METHODS, SEARCH_METHODS, evaluation_chunk
 from evotune.evolution import EvolutionConfig
 from evotune.pipelines.compare import create_pipeline
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
 
-TRAINING = {"epochs": 1, "patience": 1, "batch_size": 16, "eval_batch_size": 64, "device": "cpu"}
-SEARCH = {"population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1], "train_split_pct": 0.5,
-          "storage": None, "study_name": "t"}
+TRAINING = {**base_parameters()["training"], "epochs": 1, "patience": 1, "batch_size": 16, "eval_batch_size": 64,
+            "device": "cpu"}
+SEARCH = {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1],
+          "train_split_pct": 0.5, "storage": None, "study_name": "t"}
+RETRAIN = {"seeds": [1, 2], "training": {}}
 
 
 def test_one_namespaced_modular_pipeline_per_method():
@@ -76,26 +78,24 @@ class KeptMemoryDataset(MemoryDataset):
 @pytest.fixture(scope="module")
 def tiny_run():
     torch.manual_seed(0)
-    backbone = make_checkpoint(build_model("resnet10", 3), num_classes=3, input_size=32, resize_size=32,
-                               mean=[0.3] * 3, std=[0.25] * 3, source="test")
+    backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
     train, val, test = make_split(6, 3, n_chunks=2, seed=0), make_split(4, 3, n_chunks=2, seed=1), make_split(4, 3, seed=2)
     # BioTune's own outputs, as the default pipeline makes them (a stand-in for its search's best genome)
     genes = [0.1, 0.2, 0.3, 0.4, 0.8, 0.9, 0.5]
     best = {"block_names": ["stem", "layer1", "layer2", "layer3", "layer4", "fc"], "genes": genes,
             "mask": decode(genes, 1e-3).mask, "force_head_trainable": True, "evaluations": 9, "trainings": 9,
-            "search_seconds": 1.0}
-    retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2]}, TRAINING)
+            "search_seconds": 1.0, "dataset": backbone["dataset"], "backbone_id": backbone["backbone_id"]}
+    retrained = retrain_best_genome(backbone, train, val, best, RETRAIN, TRAINING)
     test_metrics, per_seed = evaluate_on_test(backbone, retrained, test, TRAINING)
-    compare = {"methods": ["linear_probe", "surgical", "lora", "deft"], "seeds": [1, 2],
-               **{m: {} for m in METHODS}}
-    compare["surgical"] = {"blocks": [1, "layer4"]}
-    compare["lora"] = {"rank": 2, "alpha": 2.0}
-    compare["deft"] = {"F": 0.6, "CR": 0.8}
+    compare = {**base_parameters()["compare"], "methods": ["linear_probe", "surgical", "lora", "deft"], "seeds": [1, 2]}
+    compare["surgical"] = method_params("surgical", blocks=[1, "layer4"])
+    compare["lora"] = method_params("lora", rank=2, alpha=2.0)
+    compare["deft"] = method_params("deft", F=0.6, CR=0.8)
     catalog = DataCatalog()
     for name, value in {"backbone": backbone, "target_train": train, "target_val": val, "target_test": test,
                         "test_metrics": test_metrics, "test_metrics_per_seed": per_seed, "best_genome": best}.items():
         catalog[name] = value
-    _feed(catalog, {"compare": compare, "search": SEARCH, "training": TRAINING, "retrain": {"seeds": [1, 2]}})
+    _feed(catalog, {"compare": compare, "search": SEARCH, "training": TRAINING, "retrain": RETRAIN})
     pipe = create_pipeline()
     for name in pipe.all_outputs():
         catalog[name] = KeptMemoryDataset(copy_mode="assign")

@@ -9,7 +9,10 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import base_parameters
+
 from evotune.data import DataSourceError, decode_split
+from evotune.errors import EvotuneError
 from evotune.data.sources import ImageSource
 from evotune.pipelines.data_processing import create_pipeline
 from evotune.pipelines.data_processing.nodes import ingest_index, preprocess_splits, split_dataset
@@ -117,15 +120,17 @@ def test_pipeline_shape():
 def test_check_data_params_names_the_bad_key():
     from evotune.pipelines.data_processing.nodes import check_data_params
 
-    good = {"source": {"kind": "embedded_digits"}, "image": {"resize_size": 32, "crop_size": 32},
-            "split": {"seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}}
+    good = base_parameters()["data"]
     check_data_params(good)
+    split = good["split"]
     for bad, key in (
         ({**good, "image": {"resize_size": 16, "crop_size": 32}}, "data.image.crop_size"),
-        ({**good, "split": {"val_fraction": 1.5}}, "data.split.val_fraction"),
-        ({**good, "split": {"train_per_clas": 5}}, "train_per_clas"),
-        ({**good, "split": {"val_per_class": 0}}, "data.split.val_per_class"),
+        ({**good, "split": {**split, "val_fraction": 1.5}}, "data.split.val_fraction"),
+        ({**good, "split": {**split, "train_per_clas": 5}}, "train_per_clas"),
+        ({**good, "split": {**split, "val_per_class": 0}}, "data.split.val_per_class"),
+        ({**good, "split": {**split, "seed": "abc"}}, "data.split.seed must be an integer"),
+        ({k: v for k, v in good.items() if k != "split"}, "data.split"),
         ({k: v for k, v in good.items() if k != "source"}, "data.source"),
     ):
-        with pytest.raises(DataSourceError, match=key.replace(".", r"\.")):
+        with pytest.raises(EvotuneError, match=key.replace(".", r"\.")):
             check_data_params(bad)

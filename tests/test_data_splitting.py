@@ -114,7 +114,7 @@ def test_one_chunk_and_exact_fractions():
 
 def test_too_many_chunks_names_train_split_pct():
     df = assign_splits(make_index([20, 20]), seed=0, val_fraction=0.1, test_fraction=0.2)  # 2 val per class
-    with pytest.raises(DataSourceError, match=r"search\.train_split_pct=0\.25.*val"):
+    with pytest.raises(DataSourceError, match=r"2 val image\(s\); the 4 chunks of search\.train_split_pct=0\.25"):
         assign_chunks(df, train_split_pct=0.25, seed=0)
     for bad in (0, 1.5, -0.1):
         with pytest.raises(DataSourceError, match="search.train_split_pct"):

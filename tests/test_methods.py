@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_split
+from conftest import base_parameters, make_split, method_params, train_config
 from evotune.backbones import StagedModel, build_model
 from evotune.evolution import EvolutionConfig
 from evotune.genome import decode
@@ -24,10 +24,10 @@ from evotune.methods.auto_rgn import norm_parameter_ids, relative_gradient_norms
 from evotune.methods.deft import de_crossover, de_mutation, deft_phenotype
 from evotune.methods.lora import LoRAConv2d, add_lora, merge_lora_state_dict
 from evotune.methods.sp_regularization import sp_penalty
-from evotune.training import DeviceData, TrainConfig, Trainer, apply_freezing
+from evotune.training import DeviceData, Trainer, apply_freezing
 
 BASE_LR = 1e-3
-CFG = TrainConfig(epochs=1, patience=1, batch_size=6, eval_batch_size=64, device="cpu", base_lr=BASE_LR)
+CFG = train_config(epochs=1, patience=1, batch_size=6, eval_batch_size=64, device="cpu", base_lr=BASE_LR)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def setup():
 def train_and_diff(setup, method, **params):
     """Train 1 epoch; per parameter name, whether it moved; also the trained state."""
     trainer, train, val = setup
-    plan = get_method(method).plan(trainer.model, BASE_LR, **params)
+    plan = get_method(method).plan(trainer.model, BASE_LR, **method_params(method, **params))
     res = trainer.train(plan, train, val, seed=1, keep_best_state=True)
     state = res.best_state
     moved = {k: not torch.equal(v, trainer.pristine[k].cpu()) for k, v in state.items() if k in trainer.pristine}
@@ -67,9 +67,14 @@ def test_registry_and_unknown_names():
         get_method("full_fine_tune")
     with pytest.raises(ValueError, match=r"compare\.lora.*rank"):
         METHODS["lora"].resolve_params({"ranks": 4})
+    compare = {**base_parameters()["compare"], "seeds": [1, 2]}
     with pytest.raises(ValueError, match="Unknown method"):
-        check_compare_params({"methods": ["lora", "nope"], "seeds": [1]})
-    check_compare_params({"methods": list(METHODS), "seeds": [1, 2]})
+        check_compare_params({**compare, "methods": ["lora", "nope"]})
+    with pytest.raises(ValueError, match=r"compare\.lora\.rank must be an integer, got 'eight'"):
+        check_compare_params({**compare, "lora": {**compare["lora"], "rank": "eight"}})
+    with pytest.raises(ValueError, match=r"Missing parameter.*compare\.lora\.alpha"):
+        check_compare_params({**compare, "lora": {"rank": 8, "init_seed": 0}})
+    check_compare_params({**compare, "methods": list(METHODS)})
 
 
 # --------------------------------------------------------------------------- what each plan trains
@@ -82,7 +87,7 @@ def test_linear_probe_moves_only_the_head(setup):
     assert all(moved[k] for k in params_of(trainer, head))
     frozen = [k for b in range(head) for k in params_of(trainer, b) + buffers_of(trainer, b)]
     assert not any(moved[k] for k in frozen)  # weights and batch-norm statistics
-    plan = get_method("linear_probe").plan(trainer.model, BASE_LR)
+    plan = get_method("linear_probe").plan(trainer.model, BASE_LR, **method_params("linear_probe"))
     assert trainable_parameters(trainer.model, plan) == sum(p.numel() for p in trainer.model.stages[head].parameters())
 
 
@@ -94,11 +99,11 @@ def test_surgical_block_2_moves_block_2_and_head(setup):
     for b in range(trainer.model.num_blocks):
         changed = [moved[k] for k in params_of(trainer, b)]
         assert all(changed) if b in (2, head) else not any(changed), b
-    labels = [label for label, _ in get_method("surgical").variants(trainer.model)]
+    labels = [label for label, _ in get_method("surgical").variants(trainer.model, **method_params("surgical"))]
     assert labels == [f"surgical[{n}]" for n in trainer.model.block_names[:-1]]
-    assert [p["block"] for _, p in get_method("surgical").variants(trainer.model, blocks=["layer3", 1])] == [3, 1]
+    assert [p["block"] for _, p in get_method("surgical").variants(trainer.model, **method_params("surgical", blocks=["layer3", 1]))] == [3, 1]
     with pytest.raises(ValueError, match="linear_probe"):
-        get_method("surgical").plan(trainer.model, BASE_LR, block="fc")
+        get_method("surgical").plan(trainer.model, BASE_LR, **method_params("surgical", block="fc"))
 
 
 def test_full_finetune_moves_every_block(setup):
@@ -166,8 +171,8 @@ def test_sp_penalties_at_w0_and_after_a_known_perturbation():
     torch.manual_seed(0)
     model = build_model("resnet10", 3)
     alpha, beta = 0.3, 0.7
-    l2 = get_method("l2_sp").plan(model, BASE_LR, alpha=alpha, beta=beta)
-    l1 = get_method("l1_sp").plan(model, BASE_LR, alpha=alpha, beta=beta)
+    l2 = get_method("l2_sp").plan(model, BASE_LR, **method_params("l2_sp", alpha=alpha, beta=beta))
+    l1 = get_method("l1_sp").plan(model, BASE_LR, **method_params("l1_sp", alpha=alpha, beta=beta))
     l2.prepare(model)  # w0 = the weights at prepare time
     l1.prepare(model)
     head = list(model.stages[-1].parameters())
@@ -195,7 +200,7 @@ def test_l2_sp_trains_through_the_loop(setup):
 def test_auto_rgn_sets_per_tensor_lrs_from_relative_gradient_norms():
     torch.manual_seed(0)
     model = build_model("resnet10", 3)
-    plan = get_method("auto_rgn").plan(model, BASE_LR, batches=2)
+    plan = get_method("auto_rgn").plan(model, BASE_LR, **method_params("auto_rgn", batches=2))
     apply_freezing(model, plan)
     groups = plan.param_groups(model, plan.block_lrs)
     norms = norm_parameter_ids(model)
@@ -295,7 +300,7 @@ def test_search_baselines_use_exactly_the_budget(name):
             out.append(1.0 if not d.valid else float(np.abs(r.genes - target).mean()))
         return out
 
-    outcome = get_method(name).search(evaluate, num_blocks, evo, n_chunks=2)
+    outcome = get_method(name).search(evaluate, num_blocks, evo, n_chunks=2, **method_params(name))
     assert len(seen) == outcome.evaluations == evo.evaluations == 5 + 3 * 7
     assert len({r.key for r in seen}) == len(seen)
     assert [r.chunk for r in seen] == [evaluation_chunk(j, evo, 2) for j in range(len(seen))]
@@ -304,7 +309,7 @@ def test_search_baselines_use_exactly_the_budget(name):
     assert decode(g, BASE_LR).valid
     requests = list(seen)
     assert outcome.best_fitness == min(evaluate(requests))
-    again = get_method(name).search(lambda reqs: evaluate(reqs), num_blocks, evo, n_chunks=2)
+    again = get_method(name).search(lambda reqs: evaluate(reqs), num_blocks, evo, n_chunks=2, **method_params(name))
     np.testing.assert_array_equal(again.best_genes, g)  # reproducible
     if name == "deft":
         assert all(x in (0.5, np.nextafter(0.5, 1)) for x in g)
@@ -320,18 +325,18 @@ def test_tpe_learns_from_its_history():
         fits.extend(out)
         return out
 
-    get_method("tpe").search(evaluate, 4, evo, n_chunks=1)
+    get_method("tpe").search(evaluate, 4, evo, n_chunks=1, **method_params("tpe"))
     assert np.mean(fits[-8:]) < np.mean(fits[:4])
 
 
 def test_plan_methods_params_reach_the_plan():
     model = build_model("resnet10", 3)
-    plan = get_method("lora").plan(model, BASE_LR, rank=3)
+    plan = get_method("lora").plan(model, BASE_LR, **method_params("lora", rank=3))
     assert plan.name == "lora[r=3]" and plan.eval_mode_blocks == frozenset(range(model.num_blocks - 1))
-    assert get_method("full_finetune").plan(model, 0.5).block_lrs == [0.5] * model.num_blocks
+    assert get_method("full_finetune").plan(model, 0.5, **method_params("full_finetune")).block_lrs == [0.5] * model.num_blocks
     with pytest.raises(ValueError, match="norm_layers"):
-        get_method("auto_rgn").plan(model, BASE_LR, norm_layers="sometimes")
-    plan = get_method("auto_rgn").plan(model, BASE_LR, norm_layers="base_lr")
+        get_method("auto_rgn").plan(model, BASE_LR, **method_params("auto_rgn", norm_layers="sometimes"))
+    plan = get_method("auto_rgn").plan(model, BASE_LR, **method_params("auto_rgn", norm_layers="base_lr"))
     apply_freezing(model, plan)
     groups = plan.param_groups(model, plan.block_lrs)
     assert sum(not g["rgn"] for g in groups) == len(norm_parameter_ids(model))  # norm tensors at base lr

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-from kedro.config import OmegaConfigLoader
 
 from evotune import settings
 from evotune.backbones import get_arch
@@ -36,8 +35,8 @@ SOURCES = {
 
 
 def load_params(runtime_params: dict | None = None, env: str = "paper") -> dict:
-    loader = OmegaConfigLoader(str(ROOT / "conf"), env=env, runtime_params=runtime_params or {},
-                               **settings.CONFIG_LOADER_ARGS)
+    loader = settings.CONFIG_LOADER_CLASS(str(ROOT / "conf"), env=env, runtime_params=runtime_params or {},
+                                          **settings.CONFIG_LOADER_ARGS)
     return loader["parameters"]
 
 
@@ -60,10 +59,6 @@ def pipelines():
 def test_every_paper_setting_resolves(pipelines):
     assert set(SOURCES) == set(PAPER_DATASETS) and len(PAPER_ARCHS) == 4
     assert "pretrained" in pipelines
-    if "compare" not in pipelines:  # registered by find_pipelines
-        from evotune.pipelines.compare import create_pipeline
-
-        pipelines = {**pipelines, "compare": create_pipeline()}
     needed = {i[len("params:"):] for p in pipelines.values() for i in p.inputs() if i.startswith("params:")}
     default = load_params()
     assert (default["paper"]["dataset"], default["paper"]["arch"]) == ("flowers102", "resnet50")
@@ -80,7 +75,8 @@ def test_every_paper_setting_resolves(pipelines):
                 assert src["name"] == name and src["download"] is False, where
             else:
                 assert {"path", "image_col", "label_col", "root", "extension"} <= set(src), where
-            assert p["backbone"] == {"arch": arch, "weights": "imagenet", "head_seed": 0, "torch_home": None}
+            assert p["backbone"] == {"arch": arch, "weights": "imagenet", "head_seed": 0, "torch_home": None,
+                                     "num_classes": None}
             crop = 299 if arch == "inception_v3" else 224
             assert p["data"]["image"] == {"resize_size": 342 if crop == 299 else 232, "crop_size": crop}, where
             assert get_arch(arch).input_size == crop

@@ -20,6 +20,7 @@ from matplotlib.container import BarContainer  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from evotune import reporting as R  # noqa: E402
+from evotune.errors import InputMismatchError  # noqa: E402
 from evotune.pipelines.reporting import create_pipeline  # noqa: E402
 from evotune.pipelines.reporting import nodes as N  # noqa: E402
 
@@ -92,7 +93,8 @@ def best_genome() -> dict:
         "block_lrs": [None] + [1e-3 * m for m in mults[1:]], "lr_multipliers": mults, "fitness": 0.28,
         "key": "g1/elite_plus/0", "force_head_trainable": True, "base_lr": 1e-3, "study_name": "biotune-abc123",
         "storage": "sqlite:///data/07_model_output/optuna_studies.db", "evaluations": 14, "trainings": 26,
-        "device": "cuda", "search_seconds": 3725.0,
+        "device": "cuda", "search_seconds": 3725.0, "dataset": "a1b2c3d4e5f6", "backbone_id": "0f0f0f0f0f0f",
+        "created": "2026-11-27T10:00:00Z",
     }
 
 
@@ -104,7 +106,9 @@ def test_metrics() -> dict:
         "macro_accuracy_mean": 0.8512, "macro_accuracy_std": 0.02, "macro_f1_mean": 0.8456, "macro_f1_std": 0.0123,
         "cohen_kappa_mean": 0.775, "cohen_kappa_std": 0.025, "trainable_params": 11_170_000,
         "total_params": 11_180_000, "trainable_share": 11_170_000 / 11_180_000, "classes": ["cat", "dog", "fox"],
-        "confusion_matrix": conf, "device": "cuda",
+        "confusion_matrix": conf, "device": "cuda", "dataset": "a1b2c3d4e5f6", "dataset_name": "image_folder pets",
+        "backbone_id": "0f0f0f0f0f0f",
+        "inputs_created": {"backbone": "2026-11-27T09:00:00Z", "retrained_models": "2026-11-27T11:00:00Z"},
     }
 
 
@@ -275,6 +279,9 @@ def test_markdown_report(population, trials, best_genome, test_metrics, per_seed
     s = R.generation_summary(population, trials)
     paths = {"fitness": "figures/fitness.png", "confusion_matrix": "figures/confusion_matrix.png"}
     md = R.markdown_report(best_genome, s, test_metrics, per_seed, paths)
+    # the report names its data and the inputs it was made from
+    assert "Data: image_folder pets (split fingerprint `a1b2c3d4e5f6`)" in md
+    assert "backbone `0f0f0f0f0f0f` made 2026-11-27T09:00:00Z" in md and "retrain made 2026-11-27T11:00:00Z" in md
     assert md.startswith("# BioTune on resnet18: results")
     # headline
     assert "**Test accuracy 85.00 ± 1.67 %** (mean ± std over 2 seeds, 30 test images)" in md
@@ -322,6 +329,9 @@ def test_nodes_callable_directly(population, trials, best_genome, test_metrics, 
     assert set(figures) == {"fitness.png", "block_selection.png", "lr_multipliers.png", "confusion_matrix.png"}
     for name in figures:
         assert f"(figures/{name})" in report
+    # a best genome searched on other data than the test metrics is refused
+    with pytest.raises(InputMismatchError, match="write_report.*best_genome: other.*test_metrics: a1b2c3d4e5f6"):
+        N.write_report({**best_genome, "dataset": "other"}, s, population, test_metrics, per_seed)
 
 
 def test_pipeline_nodes_and_datasets():

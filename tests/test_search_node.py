@@ -4,20 +4,20 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_split
-from evotune.backbones import build_model, make_checkpoint
+from conftest import backbone_checkpoint, base_parameters, make_split
+from evotune.backbones import build_model
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
 from evotune.pipelines.search.nodes import run_search
 
-TRAINING = {"epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64, "device": "cpu"}
+TRAINING = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64,
+            "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
 def backbone():
     torch.manual_seed(0)
     model = build_model("resnet10", 3)
-    return make_checkpoint(model, num_classes=3, input_size=32, resize_size=32, mean=[0.3] * 3, std=[0.25] * 3,
-                           source="test")
+    return backbone_checkpoint(model, 3)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def splits():
 
 
 def search_params(storage=None, **kw):
-    return {"population": 4, "elite": 1, "generations": 2, "seed": 0, "seeds": [1],
+    return {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 2, "seed": 0, "seeds": [1],
             "train_split_pct": 0.5, "storage": storage, "study_name": "t", **kw}
 
 
@@ -76,7 +76,7 @@ def test_chunk_mismatch_names_the_parameter(backbone, splits):
 def test_retrain_and_test_evaluation(backbone, splits):
     train, val, test = splits
     _, _, best = run_search(backbone, train, val, search_params(generations=0), TRAINING)
-    retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2]}, TRAINING)
+    retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2], "training": {}}, TRAINING)
     assert [r["seed"] for r in retrained["runs"]] == [1, 2]
     assert 0 < retrained["trainable_params"] <= retrained["total_params"]
     summary, per_seed = evaluate_on_test(backbone, retrained, test, TRAINING)

@@ -11,22 +11,22 @@ import optuna
 import pytest
 import torch
 
-from conftest import make_split
-from evotune.backbones import build_model, make_checkpoint
+from conftest import backbone_checkpoint, base_parameters, make_split
+from evotune.backbones import build_model
 from evotune.evaluation_queue import UNITS_SUFFIX
 from evotune.pipelines.search.nodes import run_search
 from evotune.study import make_storage
 
 HERE = Path(__file__).parent
-TRAINING = {"epochs": 3, "patience": 3, "batch_size": 8, "eval_batch_size": 64, "device": "cpu"}
+TRAINING = {**base_parameters()["training"], "epochs": 3, "patience": 3, "batch_size": 8, "eval_batch_size": 64,
+            "device": "cpu"}
 
 
 def inputs(tmp_path, storage, **search):
     torch.manual_seed(0)
     model = build_model("resnet10", 3)
-    backbone = make_checkpoint(model, num_classes=3, input_size=32, resize_size=32, mean=[0.3] * 3,
-                               std=[0.25] * 3, source="test")
-    params = {"population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1, 2],
+    backbone = backbone_checkpoint(model, 3)
+    params = {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1, 2],
               "train_split_pct": 0.5, "storage": storage, "study_name": "s", "worker_poll_s": 0.05, **search}
     data = {"backbone": backbone, "train": make_split(16, 3, n_chunks=2), "val": make_split(4, 3, n_chunks=2, seed=1),
             "search": params, "training": TRAINING}

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_split
+from conftest import base_parameters, make_split, train_config
 from evotune.backbones import build_model
 from evotune.search import genome_plan
 from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan, confusion_matrix, macro_accuracy
@@ -14,7 +14,7 @@ MEAN, STD = (0.3, 0.3, 0.3), (0.25, 0.25, 0.25)
 def make_trainer(epochs=3, **kw):
     torch.manual_seed(0)
     model = build_model("resnet10", 4)
-    cfg = TrainConfig(epochs=epochs, patience=5, batch_size=16, eval_batch_size=32, device="cpu", **kw)
+    cfg = train_config(epochs=epochs, patience=5, batch_size=16, eval_batch_size=32, device="cpu", **kw)
     return Trainer(model, cfg, mean=MEAN, std=STD)
 
 
@@ -135,7 +135,7 @@ def test_non_finite_loss_is_reported_as_diverged():
 
 def test_early_stopping_respects_patience():
     trainer = make_trainer(epochs=30)
-    trainer.cfg = TrainConfig(epochs=30, patience=2, batch_size=16, eval_batch_size=32, device="cpu")
+    trainer.cfg = trainer.cfg.replace(epochs=30, patience=2)
     train, val = data(trainer)
     res = trainer.train(TrainingPlan(block_lrs=[None] * 5 + [1e-3]), train, val, seed=0)
     assert res.epochs_run <= res.best_epoch + 2
@@ -149,14 +149,19 @@ def test_macro_accuracy_is_class_balanced():
     assert macro_accuracy(conf) == pytest.approx((1.0 + 0.5) / 2)
 
 
-def test_train_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(ValueError, match="Unknown training parameter"):
-        TrainConfig.from_params({"epochz": 3})
+def test_train_config_rejects_unknown_missing_and_bad_values():
+    base = base_parameters()["training"]
+    with pytest.raises(ValueError, match="Unknown parameter.*training.epochz"):
+        TrainConfig.from_params({**base, "epochz": 3})
+    with pytest.raises(ValueError, match="Missing parameter.*training.patience.*parameters_search.yml"):
+        TrainConfig.from_params({k: v for k, v in base.items() if k != "patience"})
     with pytest.raises(ValueError, match="training.patience"):
-        TrainConfig.from_params({"patience": 0})
+        TrainConfig.from_params({**base, "patience": 0})
+    with pytest.raises(ValueError, match="training.epochs must be an integer, got 'abc'"):
+        TrainConfig.from_params({**base, "epochs": "abc"})
     for bad in (0, -2, 1.5, "two", True):
         with pytest.raises(ValueError, match="training.cpu_threads"):
-            TrainConfig.from_params({"cpu_threads": bad})
+            TrainConfig.from_params({**base, "cpu_threads": bad})
 
 
 def test_cpu_threads_sets_torch_threads_for_the_process():
@@ -171,26 +176,50 @@ def test_cpu_threads_sets_torch_threads_for_the_process():
 
 
 def test_fused_adam_is_the_default_and_follows_the_same_update_as_plain_adam():
-    """The fused kernel is a speed choice only: trained weights agree with torch's default Adam."""
+    """The fused kernel is a speed choice only: the same update rule as torch's default Adam.
+
+    Compared step by step on the same gradients, not through a training: a training is
+    chaotic, so rounding differences between the kernels grow with every step by an amount
+    that depends on the CPU (AVX2 vs AVX-512). One Adam update moves a parameter by at most
+    about ``lr`` (|m_hat| / sqrt(v_hat) <= 1 up to rounding); the two kernels compute it with
+    different float32 operation orders, so each step's results differ by a few ulps of that
+    update (relative 1e-5 is over 100 ulps) plus the rounding of the parameter itself (an ulp of
+    its magnitude), and after K steps by at most K times that.
+    """
     from evotune.training import make_optimizer
 
-    fused_cfg = TrainConfig(device="cpu")
-    plain_cfg = TrainConfig(device="cpu", fused_optimizer=False)
-    p = torch.nn.Parameter(torch.zeros(3))
-    assert make_optimizer([{"params": [p], "lr": 1e-3}], fused_cfg).defaults["fused"] is True
-    assert not make_optimizer([{"params": [p], "lr": 1e-3}], plain_cfg).defaults["fused"]
+    fused_cfg = train_config(device="cpu")  # conf/base's default
+    plain_cfg = fused_cfg.replace(fused_optimizer=False)
+    q = torch.nn.Parameter(torch.zeros(3))
+    assert make_optimizer([{"params": [q], "lr": 1e-3}], fused_cfg).defaults["fused"] is True
+    assert not make_optimizer([{"params": [q], "lr": 1e-3}], plain_cfg).defaults["fused"]
 
-    states = []
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(64, 32, generator=g), torch.randn(500, generator=g) * 1e-3]
+    params = {name: [torch.nn.Parameter(t.clone()) for t in init] for name in ("fused", "plain")}
+    lrs = (2e-3, 5e-4)
+    opts = {name: make_optimizer([{"params": [p], "lr": lr} for p, lr in zip(params[name], lrs)], cfg)
+            for name, cfg in (("fused", fused_cfg), ("plain", plain_cfg))}
+    steps = 25
+    for step in range(1, steps + 1):
+        grads = [torch.randn(t.shape, generator=g) * scale for t, scale in zip(init, (1.0, 1e-6))]
+        for name in ("fused", "plain"):
+            for p, grad in zip(params[name], grads):
+                p.grad = grad.clone()
+            opts[name].step()
+        for pf, pp, lr in zip(params["fused"], params["plain"], lrs):
+            # plus the rounding of the parameter itself (one float32 ulp of its magnitude per step)
+            ulp = torch.finfo(torch.float32).eps * pp.detach().abs().max().item()
+            assert (pf - pp).abs().max().item() <= step * (lr * 1e-5 + 2 * ulp)
+    for p0, p in zip(init, params["plain"]):
+        assert (p - p0).abs().max().item() > 0.5 * min(lrs), "degenerate test: the parameters did not move"
+
+    # and a whole training with each kernel trains (the loss falls, layer2 moves)
     for fused in (True, False):
-        trainer = make_trainer(epochs=2, fused_optimizer=fused)
+        trainer = make_trainer(epochs=3, fused_optimizer=fused)
         train, val = data(trainer)
         plan = TrainingPlan(block_lrs=[None, None, 2e-3, 1e-3, 5e-4, 3e-3])
         res = trainer.train(plan, train, val, seed=3, data_key=("d", 0))
-        states.append((snapshot(trainer.model), [h["train_loss"] for h in res.history]))
-    (fused_state, fused_loss), (plain_state, plain_loss) = states
-    assert fused_loss == pytest.approx(plain_loss, rel=1e-4)
-    pristine = make_trainer().pristine
-    for k, v in plain_state.items():
-        torch.testing.assert_close(fused_state[k], v, atol=1e-5, rtol=1e-4, msg=k)
-    assert not torch.equal(fused_state["stages.2.0.conv1.weight"], pristine["stages.2.0.conv1.weight"]), \
-        "degenerate test: layer2 did not train"
+        assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+        assert not torch.equal(trainer.model.state_dict()["stages.2.0.conv1.weight"],
+                               trainer.pristine["stages.2.0.conv1.weight"]), "degenerate test: layer2 did not train"

@@ -9,7 +9,7 @@ from evotune.pipeline_registry import register_pipelines
 from evotune.validation import ParameterError, validate_run
 from kedro.framework.project import configure_project
 
-from test_project import ROOT
+from conftest import ROOT, base_parameters
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_the_default_parameters_are_valid(base_params, nodes):
         (("search", "population"), 2, "search.population"),
         (("search", "train_split_pct"), 0.0, "search.train_split_pct"),
         (("search", "seeds"), [], "search.seeds"),
-        (("search", "populaton"), 5, "Unknown search parameter"),
+        (("search", "populaton"), 5, "Unknown parameter.*search.populaton"),
         (("training", "epochs"), 0, "training.epochs"),
         (("training", "device"), "cuda:7" , "training.device"),
         (("training", "cpu_threads"), 0, "training.cpu_threads"),
@@ -81,7 +81,10 @@ def test_num_classes_that_disagrees_with_the_data_is_an_error():
 
     from evotune.pipelines.backbone.nodes import target_num_classes
 
+    from evotune.pipelines.backbone.nodes import BackboneParams
+
     index = pd.DataFrame({"label": [0, 1, 2, 1]})
-    assert target_num_classes(index, {}) == 3
+    bp = BackboneParams.from_params(base_parameters()["backbone"])
+    assert target_num_classes(index, bp) == 3
     with pytest.raises(ValueError, match="backbone.num_classes is 5 but the target data has 3 classes"):
-        target_num_classes(index, {"num_classes": 5})
+        target_num_classes(index, BackboneParams.from_params({**base_parameters()["backbone"], "num_classes": 5}))

@@ -70,6 +70,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from .errors import EvotuneError
+
 __all__ = [
     "ARCHITECTURES",
     "CHECKPOINT_FORMAT",
@@ -217,11 +219,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 
 
-class UnknownArchitectureError(ValueError):
+class UnknownArchitectureError(EvotuneError):
     """Raised for a backbone name that is not in :data:`ARCHITECTURES`."""
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(EvotuneError):
     """Raised when backbone weights (ImageNet cache file or checkpoint) cannot be used."""
 
 

@@ -1,4 +1,13 @@
-"""Project hooks: validate parameters before any node runs."""
+"""Project hooks: everything a run needs is checked before its first node runs.
+
+1. The parameters of the stages in the run (:func:`evotune.validation.validate_run`):
+   every problem in one message.
+2. The run's inputs that earlier stages write (``backbone``, ``best_genome``, ...) have
+   a saved version; if not, the message names the stage that makes them.
+3. When the run ingests the target data: every image file decodes and every class has
+   enough images for the splits and the search chunks (``check_target_data``), so bad
+   data stops the run before source pretraining, not after it.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +15,52 @@ import logging
 
 from kedro.framework.hooks import hook_impl
 
+from .errors import InputMismatchError
 from .validation import validate_run
 
 log = logging.getLogger(__name__)
+
+
+def producing_stages() -> dict[str, list[str]]:
+    """For each dataset a stage writes, the pipelines (by name) that write it."""
+    from .pipeline_registry import register_pipelines
+
+    out: dict[str, list[str]] = {}
+    for name, pipe in register_pipelines().items():
+        if name == "__default__":
+            continue
+        for ds in pipe.all_outputs():
+            out.setdefault(ds, []).append(name)
+    return out
+
+
+def missing_inputs(pipeline, catalog) -> list[str]:
+    """The run's free inputs (not parameters) that have no saved version, with the stage to run first."""
+    free = sorted(d for d in pipeline.inputs() if d != "parameters" and not d.startswith("params:"))
+    absent = [d for d in free if not catalog.exists(d)]
+    if not absent:
+        return []
+    producers = producing_stages()
+    lines = []
+    for ds in absent:
+        stages = [s for s in producers.get(ds, []) if s not in ("pretrained", "search_worker")]
+        how = " or ".join(f"`kedro run --pipeline {s}`" for s in stages[:2]) if stages else "a run that writes it"
+        lines.append(f"'{ds}' has no saved version yet: it is written by {how} (or by the whole `kedro run`)")
+    return lines
 
 
 class ValidationHooks:
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         params = catalog.load("parameters")
-        validate_run(params, [n.name for n in pipeline.nodes])
-        log.info("parameters checked for %d nodes", len(pipeline.nodes))
+        names = [n.name for n in pipeline.nodes]
+        validate_run(params, names)
+        absent = missing_inputs(pipeline, catalog)
+        if absent:
+            raise InputMismatchError("This run needs data that earlier stages write; nothing was run:\n  - "
+                                     + "\n  - ".join(absent))
+        if "ingest_index" in names:
+            from .pipelines.data_processing.nodes import check_target_data
+
+            check_target_data(params["data"], params["search"])
+        log.info("parameters and inputs checked for %d nodes", len(names))

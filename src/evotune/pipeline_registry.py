@@ -6,30 +6,42 @@
 * ``pretrained``: the same on a backbone with ImageNet weights, a checkpoint
   file or random init (``backbone.weights``), without source pretraining.
 * ``search_worker``: an extra worker process for a running search.
+* ``compare``: the baselines against BioTune (after a run).
 * each stage alone: ``source_pretraining``, ``data_processing``, ``backbone``,
-  ``search``, ``retrain``, ``reporting``, and every other pipeline package that
-  ``find_pipelines`` discovers under ``evotune.pipelines`` (e.g. ``compare``).
+  ``search``, ``retrain``, ``reporting``.
+
+The registry is written out rather than discovered with ``find_pipelines``: Kedro
+1.7's discovery imports a module per requested pipeline name, so composite
+pipelines such as ``pretrained`` or ``search_worker`` could not be run by name.
 """
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-from .pipelines import backbone, data_processing, reporting, retrain, search, source_pretraining
+from .pipelines import backbone, compare, data_processing, reporting, retrain, search, source_pretraining
 
-# The stages the composite pipelines are made of. They are built here directly:
-# Kedro 1.x lets find_pipelines load only the pipelines a run asks for, and a
-# composite like __default__ needs all of its parts.
-TARGET_STAGES = {"data_processing": data_processing, "search": search, "retrain": retrain, "reporting": reporting}
+#: the stages after the backbone, shared by ``__default__`` and ``pretrained``
+TARGET_STAGES = ("data_processing", "search", "retrain", "reporting")
+
+
+def stage_pipelines() -> dict[str, Pipeline]:
+    """Each stage by name, in the order a full run goes through them."""
+    return {
+        "source_pretraining": source_pretraining.create_pipeline(),
+        "data_processing": data_processing.create_pipeline(),
+        "backbone": backbone.create_pipeline(),
+        "search": search.create_pipeline(),
+        "retrain": retrain.create_pipeline(),
+        "reporting": reporting.create_pipeline(),
+    }
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = find_pipelines(raise_errors=True)
-    stages = {name: module.create_pipeline() for name, module in TARGET_STAGES.items()}
-    stages["source_pretraining"] = source_pretraining.create_pipeline()
-    stages["backbone"] = backbone.create_pipeline()
-    pipelines.update(stages)
+    stages = stage_pipelines()
     target = sum((stages[name] for name in TARGET_STAGES), Pipeline([]))
-    pipelines["pretrained"] = target + backbone.create_pretrained_pipeline()
-    pipelines["search_worker"] = search.create_worker_pipeline()
-    pipelines["__default__"] = stages["source_pretraining"] + stages["backbone"] + target
-    return pipelines
+    return {
+        **stages,
+        "compare": compare.create_pipeline(),
+        "pretrained": target + backbone.create_pretrained_pipeline(),
+        "search_worker": search.create_worker_pipeline(),
+        "__default__": stages["source_pretraining"] + stages["backbone"] + target,
+    }

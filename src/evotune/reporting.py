@@ -452,6 +452,14 @@ def markdown_report(
         + ")."
     )
     out.append("")
+    if tm.get("dataset"):
+        created = tm.get("inputs_created") or {}
+        out.append(
+            f"Data: {tm.get('dataset_name', '?')} (split fingerprint `{tm['dataset']}`); backbone `{tm.get('backbone_id')}`"
+            f" made {created.get('backbone', '?')}; search `{best_genome.get('study_name', '?')}` made "
+            f"{best_genome.get('created', '?')}; retrain made {created.get('retrained_models', '?')}."
+        )
+        out.append("")
     headline = [
         ["test accuracy", _pm_pct(tm.get("accuracy_mean"), tm.get("accuracy_std"))],
         ["test macro accuracy", _pm_pct(tm.get("macro_accuracy_mean"), tm.get("macro_accuracy_std"))],

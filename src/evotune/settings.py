@@ -1,13 +1,13 @@
 """Project settings. See https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
 
-from kedro.config import OmegaConfigLoader
+from evotune.config import ProjectConfigLoader
+from evotune.hooks import ValidationHooks
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# Parameters merge key by key (base < run environment < --params); see evotune.config.
+CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
 }
-
-from evotune.hooks import ValidationHooks  # noqa: E402
 
 HOOKS = (ValidationHooks(),)

@@ -25,6 +25,7 @@ what it computes:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backbones import StagedModel, redraw_head
+from .errors import ParameterError
+from .params import from_params, section, where
 
 log = logging.getLogger(__name__)
 
@@ -45,58 +48,72 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How one training run goes (SPEC section 3 defaults)."""
+    """How one training run goes: the ``training`` parameters (SPEC section 3), every
+    key required (``conf/base/parameters_search.yml`` holds the defaults)."""
 
-    epochs: int = 30
-    patience: int = 3
-    batch_size: int = 96
-    eval_batch_size: int = 64
-    base_lr: float = 1e-3
-    cosine_t_max: int = 100
-    weight_decay: float = 0.0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only
-    cache_frozen_prefix: bool = True
+    epochs: int
+    patience: int
+    batch_size: int
+    eval_batch_size: int
+    base_lr: float
+    cosine_t_max: int
+    weight_decay: float
+    device: str
+    amp: bool  # bf16 autocast, CUDA only
+    channels_last: bool  # CUDA only
+    cache_frozen_prefix: bool
     #: Adam's fused kernel (one pass over every parameter); the same update rule as
     #: the default implementation, which on CPU costs more than the convolutions
-    fused_optimizer: bool = True
-    prefix_cache_max_gb: float = 4.0
+    fused_optimizer: bool
+    prefix_cache_max_gb: float
     #: torch's CPU threads for this process (None: torch's default, one per core); set it
     #: so that search workers x threads = cores when several workers share a CPU
-    cpu_threads: int | None = None
-    aux_loss_weight: float = 0.4
+    cpu_threads: int | None
+    aux_loss_weight: float
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown training parameter(s) {unknown}; valid keys are {sorted(known)} "
-                "(conf/base/parameters_search.yml, key `training`)."
-            )
-        cfg = cls(**params)
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if int(getattr(cfg, name)) < 1:
-                raise ValueError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")
-        if cfg.patience < 1:
-            raise ValueError(f"training.patience must be >= 1, got {cfg.patience}")
+    def from_params(cls, params: dict[str, Any], path: str = "training") -> TrainConfig:
+        """The ``training`` parameter group (or another group of the same keys, named by ``path``)."""
+        cfg = from_params(cls, params, path)
+        problems = [f"{path}.{name} must be >= 1, got {getattr(cfg, name)}"
+                    for name in ("epochs", "patience", "batch_size", "eval_batch_size", "cosine_t_max")
+                    if getattr(cfg, name) < 1]
         if not cfg.base_lr > 0:
-            raise ValueError(f"training.base_lr must be > 0, got {cfg.base_lr}")
-        if cfg.cpu_threads is not None and (isinstance(cfg.cpu_threads, bool) or not isinstance(cfg.cpu_threads, int)
-                                            or cfg.cpu_threads < 1):
-            raise ValueError(f"training.cpu_threads must be null or an integer >= 1, got {cfg.cpu_threads!r}")
+            problems.append(f"{path}.base_lr must be > 0, got {cfg.base_lr}")
+        if cfg.weight_decay < 0 or cfg.prefix_cache_max_gb < 0 or cfg.aux_loss_weight < 0:
+            problems.append(f"{path}.weight_decay, prefix_cache_max_gb and aux_loss_weight must be >= 0")
+        if cfg.cpu_threads is not None and cfg.cpu_threads < 1:
+            problems.append(f"{path}.cpu_threads must be null or an integer >= 1, got {cfg.cpu_threads!r}")
+        if problems:
+            raise ParameterError("; ".join(problems))
         return cfg
+
+    @classmethod
+    def with_overrides(cls, training_params: dict[str, Any], overrides: Any, path: str) -> TrainConfig:
+        """The shared ``training`` group updated with a stage's own overrides (``path``, a mapping
+        of some ``training`` keys, e.g. ``retrain.training``)."""
+        section(overrides, path)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ParameterError(f"Unknown parameter(s) {', '.join(f'{path}.{k}' for k in unknown)}: "
+                                 f"{path} may override keys of `training` ({where('training')}).")
+        return cls.from_params({**section(training_params, "training"), **overrides}, "training")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` (for scripts and tests that vary a few settings)."""
+        return dataclasses.replace(self, **changes)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU. An explicit missing device is an error."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"training.device: {name!r} is not a device; use auto, cpu, cuda or cuda:<index>.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise ParameterError(
             f"training.device is '{name}' but CUDA is not available here; "
             "set training.device to 'auto' or 'cpu'."
         )

@@ -1,8 +1,9 @@
 """Check parameters before any training starts.
 
 Called by :class:`evotune.hooks.ValidationHooks` at the start of every
-``kedro run``, for the stages the run contains, so that a typo or a missing
-file fails in seconds with one clear message, not an hour into a search.
+``kedro run``, for the stages the run contains, so that a typo, a value of the wrong
+type or a missing file fails in seconds with one message that lists every problem,
+not an hour into a search.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .errors import ParameterError
+from .params import check_type, require
 
-class ParameterError(ValueError):
-    """A parameter (named in the message) is wrong; the message says what to do."""
+__all__ = ["ParameterError", "validate_run"]
 
 
 def validate_run(params: dict[str, Any], node_names) -> None:
-    """Raise :class:`ParameterError` for the first problem found in what this run will use."""
+    """Raise :class:`ParameterError` listing every problem found in what this run will use."""
     from .backbones import get_arch, imagenet_weights_path
+    from .pipelines.backbone.nodes import BackboneParams
+    from .pipelines.retrain.nodes import retrain_config, retrain_seeds
     from .pipelines.search.nodes import SearchParams
     from .training import TrainConfig, resolve_device
 
@@ -38,34 +42,37 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if any(n.startswith("compare.") for n in nodes):
         from .methods import check_compare_params
 
-        check(check_compare_params, params.get("compare", {}))
+        check(check_compare_params, params.get("compare"))
 
-    backbone = params.get("backbone", {})
+    backbone = None
     if nodes & {"backbone_from_source", "load_pretrained_backbone"}:
-        check(get_arch, backbone.get("arch"))
-    if "backbone_from_source" in nodes:
-        src = params.get("source_pretraining", {})
-        if backbone.get("weights", "source") != "source":
+        backbone = check(BackboneParams.from_params, params.get("backbone"))
+        if backbone is not None:
+            check(get_arch, backbone.arch)
+    if "backbone_from_source" in nodes and backbone is not None:
+        src_arch = check(lambda: check_type(require(params.get("source_pretraining"), "arch", "source_pretraining"),
+                                            str, "source_pretraining.arch"))
+        if backbone.weights != "source":
             problems.append(
-                f"backbone.weights is '{backbone.get('weights')}', but this pipeline fine-tunes the model "
-                "of the source_pretraining pipeline. For ImageNet weights or a checkpoint file run "
+                f"backbone.weights is '{backbone.weights}', but this pipeline fine-tunes the model of the "
+                "source_pretraining pipeline. For ImageNet weights or a checkpoint file run "
                 "`kedro run --pipeline pretrained`; otherwise set backbone.weights: source."
             )
-        if src.get("arch") and backbone.get("arch") and src["arch"] != backbone["arch"]:
+        if src_arch and src_arch != backbone.arch:
             problems.append(
-                f"source_pretraining.arch ('{src['arch']}') and backbone.arch ('{backbone['arch']}') differ: "
+                f"source_pretraining.arch ('{src_arch}') and backbone.arch ('{backbone.arch}') differ: "
                 "set them to the same architecture."
             )
-    if "load_pretrained_backbone" in nodes:
-        weights = str(backbone.get("weights", "imagenet"))
+    if "load_pretrained_backbone" in nodes and backbone is not None:
+        weights = backbone.weights
         if weights == "imagenet":
-            spec = check(get_arch, backbone.get("arch"))
+            spec = check(get_arch, backbone.arch)
             if spec is not None:
                 if spec.imagenet_weights is None:
                     problems.append(f"backbone.arch '{spec.name}' has no ImageNet weights in torchvision; "
                                     "use backbone.weights: none or a checkpoint path.")
                 else:
-                    path = imagenet_weights_path(spec.name, backbone.get("torch_home"))
+                    path = imagenet_weights_path(spec.name, backbone.torch_home)
                     if not Path(path).is_file():
                         problems.append(
                             f"The ImageNet weights of {spec.name} are not in the torch cache: expected "
@@ -79,24 +86,33 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             problems.append("backbone.weights: source needs the default pipeline (`kedro run`), "
                             "which pretrains the source model first.")
 
-    for key in ("training",):
-        if key in params:
-            cfg = check(TrainConfig.from_params, params[key])
-            if cfg is not None:
-                check(resolve_device, cfg.device)
-    if "source_pretraining" in params and "pretrain_source_model" in nodes:
-        cfg = check(TrainConfig.from_params, params["source_pretraining"].get("training", {}))
+    training_nodes = {"evolutionary_search", "search_worker", "retrain_best_genome", "evaluate_on_test"}
+    if nodes & training_nodes or any(n.startswith("compare.") for n in nodes):
+        cfg = check(TrainConfig.from_params, params.get("training"))
         if cfg is not None:
             check(resolve_device, cfg.device)
-    if "evolutionary_search" in nodes or "split_dataset" in nodes:
-        check(SearchParams.from_params, params.get("search", {}))
+    if "pretrain_source_model" in nodes:
+        src = params.get("source_pretraining")
+        cfg = check(lambda: TrainConfig.with_overrides(params.get("training"), require(src, "training", "source_pretraining"),
+                                                       "source_pretraining.training"))
+        if cfg is not None:
+            check(resolve_device, cfg.device)
+        check(lambda: check_type(require(src, "arch", "source_pretraining"), str, "source_pretraining.arch"))
+        check(lambda: check_type(require(src, "seed", "source_pretraining"), int, "source_pretraining.seed"))
+    if nodes & {"make_source_dataset"}:
+        from .pipelines.source_pretraining.nodes import SourceDataParams
+        from .params import from_params
+
+        check(lambda: from_params(SourceDataParams, require(params.get("source_pretraining"), "data",
+                                                            "source_pretraining"), "source_pretraining.data"))
+    if nodes & {"evolutionary_search", "search_worker", "split_dataset"} or any(n.startswith("compare.") for n in nodes):
+        check(SearchParams.from_params, params.get("search"))
     if "retrain_best_genome" in nodes:
-        seeds = params.get("retrain", {}).get("seeds")
-        if not seeds:
-            problems.append("retrain.seeds must list at least one seed (conf/base/parameters_retrain.yml).")
+        check(retrain_seeds, params.get("retrain"))
+        check(retrain_config, params.get("training"), params.get("retrain"))
     if "ingest_index" in nodes:
         from .pipelines.data_processing.nodes import check_data_params
 
-        check(check_data_params, params.get("data", {}))
+        check(check_data_params, params.get("data"))
     if problems:
         raise ParameterError("Invalid parameters, nothing was run:\n  - " + "\n  - ".join(problems))

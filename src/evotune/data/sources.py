@@ -127,6 +127,53 @@ class ImageSource:
     def describe(self) -> str:
         return self.kind
 
+    def file_path(self, item: str) -> Path | None:
+        """The image file behind ``item``; None for sources that are not image files."""
+        return None
+
+
+_SCAN_CACHE: dict[tuple, list[tuple[str, str]]] = {}
+
+
+def unreadable_items(source: ImageSource, items: Iterable[str]) -> list[tuple[str, str]]:
+    """``(item, reason)`` for every item whose image file cannot be decoded (empty, truncated,
+    not an image). Every file is opened and decoded (JPEGs at a reduced scale, which still
+    reads the whole file). The result is remembered for the same files, sizes and times,
+    so that the pre-run check and the ingestion node decode each file once."""
+    paths = [(str(item), source.file_path(str(item))) for item in items]
+    if not paths or paths[0][1] is None:
+        return []
+    stats = []
+    bad: list[tuple[str, str]] = []
+    for item, path in paths:
+        try:
+            st = path.stat()
+            stats.append((item, st.st_size, st.st_mtime_ns))
+        except OSError as exc:
+            bad.append((item, f"cannot be read ({exc.strerror or exc})"))
+    key = (str(getattr(source, "root", "")), tuple(stats))
+    if key in _SCAN_CACHE:
+        return bad + _SCAN_CACHE[key]
+    found: list[tuple[str, str]] = []
+    sizes = {item: size for item, size, _ in stats}
+    for i, (item, path) in enumerate(paths):
+        if item not in sizes:
+            continue
+        if i and i % 5000 == 0:
+            log.info("checked %d of %d image files", i, len(paths))
+        if sizes[item] == 0:
+            found.append((item, "empty file (0 bytes)"))
+            continue
+        try:
+            with Image.open(path) as im:
+                if im.format == "JPEG":
+                    im.draft("RGB", (64, 64))
+                im.load()
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file
+            found.append((item, f"{type(exc).__name__}: {exc}"))
+    _SCAN_CACHE[key] = found
+    return bad + found
+
 
 def _check_index(df: pd.DataFrame, classes: list[str], where: str) -> pd.DataFrame:
     df = df[INDEX_COLUMNS].reset_index(drop=True)
@@ -220,6 +267,7 @@ class ImageFolderSource(ImageSource):
                 f"add '{root}/train/<class_name>/<image>'."
             )
         rows: list[tuple[str, str, str]] = []  # item, class name, split
+        self.ignored: list[Path] = []  # files that are not images by their extension
         split_dirs = [(p.name.lower(), p) for p in subdirs] if self.official else [("", root)]
         for split, sdir in split_dirs:
             class_dirs = _subdirs(sdir)
@@ -229,6 +277,9 @@ class ImageFolderSource(ImageSource):
                 )
             for cdir in class_dirs:
                 files = _image_files(cdir)
+                images = set(files)
+                self.ignored += [p for p in cdir.rglob("*") if p.is_file() and p not in images
+                                 and not any(part.startswith(".") for part in p.relative_to(cdir).parts)]
                 if not files:
                     raise DataSourceError(
                         f"{param}: the class folder '{cdir}' holds no images (looked for {', '.join(IMG_EXTENSIONS)}). "
@@ -241,6 +292,9 @@ class ImageFolderSource(ImageSource):
                 f"{param}: '{root}' has a single class folder ('{self.classes[0]}'): a classifier needs 2 or more "
                 "classes. Add a subfolder per class."
             )
+        if self.ignored:
+            log.warning("%s: %d file(s) without an image extension ignored, e.g. '%s' (images: %s)", param,
+                        len(self.ignored), self.ignored[0], ", ".join(IMG_EXTENSIONS))
         lut = {c: i for i, c in enumerate(self.classes)}
         self._index = pd.DataFrame({
             "item": [r[0] for r in rows],
@@ -255,6 +309,9 @@ class ImageFolderSource(ImageSource):
     def load_images(self, items, *, min_side=None):
         for item in items:
             yield open_image_file(self.root / item, min_side)
+
+    def file_path(self, item: str) -> Path:
+        return self.root / item
 
     def describe(self) -> str:
         return f"image_folder {self.root}" + (" (official splits)" if self.official else "")
@@ -505,6 +562,9 @@ class CSVSource(ImageSource):
     def load_images(self, items, *, min_side=None):
         for item in items:
             yield open_image_file(self.root / f"{item}{self.extension}", min_side)
+
+    def file_path(self, item: str) -> Path:
+        return self.root / f"{item}{self.extension}"
 
     def describe(self) -> str:
         return f"csv {self.path} (images in {self.root})"

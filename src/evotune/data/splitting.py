@@ -74,6 +74,7 @@ def assign_splits(
     val_per_class: int | None = None,
     respect_official_splits: bool = True,
     param_prefix: str = "data.split",
+    n_chunks: int = 1,
 ) -> pd.DataFrame:
     """Add a ``split`` column (train/val/test), stratified by label and reproducible.
 
@@ -88,7 +89,8 @@ def assign_splits(
       official test split; otherwise they are dropped (the returned frame has fewer rows).
 
     Raises :class:`DataSourceError` naming ``<param_prefix>.<parameter>`` when a split
-    would be empty or a class would miss from train or val.
+    would be empty or a class would miss from train or val (every such class in one
+    message, with the fewest images a class needs for ``n_chunks`` search chunks).
     """
     p = param_prefix
     vf = _fraction(val_fraction, f"{p}.val_fraction")
@@ -150,7 +152,8 @@ def assign_splits(
         log.info("%d image(s) over %s.train_per_class/val_per_class dropped (the source has an official test split)",
                  int(dropped.sum()), p)
         df = df[~dropped].reset_index(drop=True)
-    _validate_splits(df, labels, p, official=official, has_val=has_val, has_test=has_test)
+    _validate_splits(df, labels, p, official=official, has_val=has_val, has_test=has_test,
+                     fractions=(vf, tf), n_chunks=n_chunks)
     counts = df["split"].value_counts()
     log.info("splits: %d train, %d val, %d test images, %d classes%s",
              counts.get("train", 0), counts.get("val", 0), counts.get("test", 0), len(labels),
@@ -166,7 +169,8 @@ def _class_name(df: pd.DataFrame, y: int) -> str:
     return f"label {y}"
 
 
-def _validate_splits(df: pd.DataFrame, labels: list[int], p: str, *, official: bool, has_val: bool, has_test: bool) -> None:
+def _validate_splits(df: pd.DataFrame, labels: list[int], p: str, *, official: bool, has_val: bool, has_test: bool,
+                     fractions: tuple[float, float], n_chunks: int) -> None:
     where = {
         "train": f"{p}.val_fraction / {p}.test_fraction (lower them)",
         "val": ("the official val split" if has_val else f"{p}.val_fraction (raise it) or {p}.val_per_class"),
@@ -176,17 +180,41 @@ def _validate_splits(df: pd.DataFrame, labels: list[int], p: str, *, official: b
         if not (df["split"] == name).any():
             raise DataSourceError(f"The {name} split is empty: set {where[name]}.")
     per = df.groupby(["split", "label"]).size()
-    for name in ("train", "val"):
-        for y in labels:
-            if per.get((name, y), 0) == 0:
-                n = int((df["label"] == y).sum())
-                raise DataSourceError(
-                    f"Class {_class_name(df, y)} has no {name} image ({n} image(s) in all): change {where[name]}, "
-                    "or give that class more images."
-                )
+    short = [f"class {_class_name(df, y)} has no {name} image ({int((df['label'] == y).sum())} image(s) in all)"
+             for y in labels for name in ("train", "val") if per.get((name, y), 0) == 0]
+    if short:
+        raise DataSourceError(_short_classes_message(short, p, official=official, n_chunks=n_chunks,
+                                                     val_fraction=fractions[0], test_fraction=fractions[1]))
     lacking = [y for y in labels if per.get(("test", y), 0) == 0]
     if lacking:
         log.warning("%d class(es) have no test image, e.g. %s", len(lacking), _class_name(df, lacking[0]))
+
+
+def minimum_class_size(val_fraction: float, test_fraction: float, n_chunks: int = 1) -> int:
+    """The fewest images a class needs (without official splits) to get ``n_chunks`` train and
+    ``n_chunks`` val images (one per search chunk) and, when ``test_fraction`` > 0, a test image."""
+    for n in range(1, 1_000_000):
+        n_test = _count(n, test_fraction, 1)
+        n_val = _count(n, val_fraction, 1)
+        if n - n_test - n_val >= n_chunks and n_val >= n_chunks:
+            return n
+    raise DataSourceError(f"val_fraction={val_fraction} gives no class enough validation images.")
+
+
+def _short_classes_message(short: list[str], p: str, *, official: bool, n_chunks: int = 1,
+                           val_fraction: float | None = None, test_fraction: float | None = None) -> str:
+    shown = "\n  - ".join(short[:20]) + (f"\n  - ... and {len(short) - 20} more" if len(short) > 20 else "")
+    if official:
+        advice = (f"Give those classes more images in the official splits, or set {p}.respect_official_splits: "
+                  "false to split the data afresh.")
+    else:
+        advice = "Give those classes more images, or remove them."
+        if val_fraction is not None and test_fraction is not None:
+            n_min = minimum_class_size(val_fraction, test_fraction, n_chunks)
+            advice = (f"With {p}.val_fraction={val_fraction}, {p}.test_fraction={test_fraction} and {n_chunks} search "
+                      f"chunk(s) (search.train_split_pct) a class needs at least {n_min} images: {n_chunks} train and "
+                      f"{n_chunks} val image(s) per class, plus one test image. {advice}")
+    return f"{len(short)} class problem(s):\n  - {shown}\n{advice}"
 
 
 def n_chunks_for(train_split_pct: float, param: str = "search.train_split_pct") -> int:
@@ -201,7 +229,8 @@ def n_chunks_for(train_split_pct: float, param: str = "search.train_split_pct") 
 
 
 def assign_chunks(
-    index: pd.DataFrame, *, train_split_pct: float, seed: int, param: str = "search.train_split_pct"
+    index: pd.DataFrame, *, train_split_pct: float, seed: int, param: str = "search.train_split_pct",
+    val_fraction: float | None = None, test_fraction: float | None = None,
 ) -> pd.DataFrame:
     """Add a ``chunk`` column: train and val rows are each cut into n = ceil(1/train_split_pct)
     disjoint chunks 0..n-1, stratified (each class spread evenly over the chunks, chunk
@@ -211,19 +240,24 @@ def assign_chunks(
         raise DataSourceError("assign_chunks needs the 'split' column of assign_splits.")
     df = index.reset_index(drop=True).copy()
     chunk = np.full(len(df), -1, dtype=np.int64)
+    short = []
     for salt, name in ((3, "train"), (4, "val")):
         mask = (df["split"] == name).to_numpy()
         offset = 0
         for y in sorted(df.loc[mask, "label"].unique().tolist()):
             pos = _class_rows(df, mask, y, seed, salt)
             if len(pos) < n:
-                raise DataSourceError(
-                    f"{param}={train_split_pct} cuts the {name} split into {n} chunks, but class "
-                    f"{_class_name(df, y)} has only {len(pos)} {name} image(s), so a chunk would miss it. "
-                    f"Raise {param} (fewer chunks) or give each class at least {n} {name} images "
-                    "(data.split.train_per_class / val_per_class / val_fraction)."
-                )
+                short.append(f"class {_class_name(df, y)} has {len(pos)} {name} image(s); the {n} chunks of "
+                             f"{param}={train_split_pct} need {n}")
+                continue
             chunk[pos] = (np.arange(len(pos)) + offset) % n
             offset = (offset + len(pos)) % n  # the next class starts where this one left off: balanced sizes
+    if short:
+        official = "official_split" in df.columns and bool((df["official_split"].astype(str) != "").any())
+        raise DataSourceError(
+            _short_classes_message(short, "data.split", official=official, n_chunks=n, val_fraction=val_fraction,
+                                   test_fraction=test_fraction)
+            + f" Or raise {param} (fewer chunks)."
+        )
     df["chunk"] = chunk
     return df

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ParameterError
+from ..params import check_type, require, section
 from . import auto_rgn, deft, full_finetune, linear_probe, lora, random_search, sp_regularization, surgical, tpe
 from .base import (
     Budget,
@@ -62,41 +64,36 @@ def get_method(name: str, parameter: str = "compare.methods") -> Method:
     try:
         return METHODS[name]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise ParameterError(
             f"Unknown method {name!r} in `{parameter}`; valid methods are {', '.join(METHODS)} "
             "(conf/base/parameters_compare.yml)."
         ) from None
 
 
 def check_compare_params(compare: dict[str, Any]) -> None:
-    """Raise ValueError listing every problem of the ``compare`` parameters (fast, no training)."""
+    """Raise ParameterError listing every problem of the ``compare`` parameters (fast, no training)."""
     problems: list[str] = []
-    if not isinstance(compare, dict):
-        raise ValueError("parameters: `compare` must be a mapping (conf/base/parameters_compare.yml)")
-    methods = compare.get("methods")
-    if not methods or not isinstance(methods, (list, tuple)):
+    compare = section(compare, "compare")
+
+    def check(fn, *args):
+        try:
+            return fn(*args)
+        except ValueError as exc:  # ParameterError, or a method's own range check
+            problems.append(str(exc))
+            return None
+
+    methods = check(lambda: check_type(require(compare, "methods", "compare"), list[str], "compare.methods")) or []
+    if not methods and not problems:
         problems.append("compare.methods must list at least one method")
-        methods = []
     for name in methods:
-        try:
-            m = get_method(name)
-        except ValueError as exc:
-            problems.append(str(exc))
-            continue
-        try:
-            m.resolve_params(compare.get(name) or {})
-        except ValueError as exc:
-            problems.append(str(exc))
-    seeds = compare.get("seeds")
-    if not seeds or not isinstance(seeds, (list, tuple)):
+        m = check(get_method, name)
+        if m is not None:
+            check(lambda: m.resolve_params(require(compare, name, "compare")))
+    seeds = check(lambda: check_type(require(compare, "seeds", "compare"), list[int], "compare.seeds"))
+    if seeds is not None and not seeds:
         problems.append("compare.seeds must list at least one seed")
-    else:
-        try:
-            [int(s) for s in seeds]
-        except (TypeError, ValueError):
-            problems.append(f"compare.seeds must be integers, got {seeds}")
     if problems:
-        raise ValueError("Invalid compare parameters:\n  - " + "\n  - ".join(problems))
+        raise ParameterError("Invalid compare parameters:\n  - " + "\n  - ".join(problems))
 
 
 __all__ = [

@@ -141,6 +141,6 @@ def build(model: StagedModel, base_lr: float, batches: int = 5, norm_layers: str
 METHOD = PlanMethod(
     "auto_rgn",
     "every block; per-tensor lr = base lr x normalised relative gradient norm, each epoch",
-    {"batches": 5, "norm_layers": "frozen", "reset_optimizer_state": False, "aux_loss_weight": 0.4},
+    {"batches": int, "norm_layers": str, "reset_optimizer_state": bool, "aux_loss_weight": float},
     build,
 )

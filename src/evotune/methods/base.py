@@ -40,7 +40,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..backbones import StagedModel
+from ..errors import ParameterError
 from ..evolution import EvalRequest, EvolutionConfig
+from ..params import check_type, missing_message
 from ..training import TrainingPlan, apply_freezing, default_param_groups
 
 log = logging.getLogger(__name__)
@@ -53,24 +55,36 @@ PARAMS_FILE = "conf/base/parameters_compare.yml"
 
 @dataclass(frozen=True)
 class Method:
-    """A comparison method: a name, its parameters with their defaults, a summary."""
+    """A comparison method: a name, a summary and its parameters' types.
+
+    Its parameters are ``compare.<name>`` in conf/base/parameters_compare.yml, the one
+    place that holds their defaults: every key of ``param_types`` is required.
+    ``internal_params`` are keys a method sets for itself (surgical's ``block`` per variant).
+    """
 
     name: str
     summary: str
-    defaults: Mapping[str, Any] = field(default_factory=dict)
+    param_types: Mapping[str, Any] = field(default_factory=dict)
     kind: ClassVar[str] = "method"
+    internal_params: ClassVar[frozenset[str]] = frozenset()
 
     def resolve_params(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults updated with ``params``; an unknown key is a ValueError naming the valid ones."""
+        """``params`` checked: an unknown or missing key, or a value of the wrong type, is a
+        :class:`~evotune.errors.ParameterError` naming ``compare.<name>.<key>``."""
         params = dict(params or {})
-        unknown = sorted(set(params) - set(self.defaults))
+        path = f"compare.{self.name}"
+        unknown = sorted(set(params) - set(self.param_types) - self.internal_params)
         if unknown:
-            valid = sorted(self.defaults) or "none"
-            raise ValueError(
-                f"compare.{self.name}: unknown parameter(s) {unknown} for method '{self.name}'; valid keys are "
+            valid = ", ".join(sorted(self.param_types)) or "none"
+            raise ParameterError(
+                f"{path}: unknown parameter(s) {unknown} for method '{self.name}'; valid keys are "
                 f"{valid} ({PARAMS_FILE})."
             )
-        return {**self.defaults, **params}
+        missing = [f"{path}.{k}" for k in self.param_types if k not in params]
+        if missing:
+            raise ParameterError(missing_message(missing))
+        out = {k: check_type(params[k], t, f"{path}.{k}") for k, t in self.param_types.items()}
+        return {**params, **out}
 
 
 @dataclass(frozen=True)

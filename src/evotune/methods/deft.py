@@ -95,4 +95,4 @@ def run(budget: Budget, num_blocks: int, seed: int, F: float = 0.5, CR: float = 
 
 
 METHOD = SearchMethod("deft", "DE/rand/1/bin over the block genome (gene > 0.5 trains the block at base lr)",
-                      {"F": 0.5, "CR": 0.9, "seed": None}, run)
+                      {"F": float, "CR": float, "seed": int | None}, run)

@@ -181,7 +181,7 @@ def build(model: StagedModel, base_lr: float, rank: int = 8, alpha: float = 8.0,
 METHOD = PlanMethod(
     "lora",
     "frozen backbone + low-rank conv updates (A: kxk in->r, B: 1x1 r->out, x alpha/r) + head",
-    {"rank": 8, "alpha": 8.0, "init_seed": 0},
+    {"rank": int, "alpha": float, "init_seed": int},
     build,
     export_fn=merge_lora_state_dict,
 )

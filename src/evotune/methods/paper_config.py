@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import EvotuneError
+
 PAPER_DATASETS = ("flowers102", "fgvc_aircraft", "isic2020", "dtd", "cifar10", "stl10", "mnist", "usps", "svhn")
 PAPER_ARCHS = ("resnet50", "densenet121", "vgg19", "inception_v3")
 
@@ -41,7 +43,7 @@ TORCHVISION_EXPECTED: dict[str, tuple[str, ...]] = {
 }
 
 
-class PaperSettingError(ValueError):
+class PaperSettingError(EvotuneError):
     """A paper setting cannot run here; the message lists every problem and what to do."""
 
 

@@ -23,4 +23,4 @@ def run(budget: Budget, num_blocks: int, seed: int) -> dict:
     return {}
 
 
-METHOD = SearchMethod("random_search", "uniform random genomes, BioTune's decoding and budget", {"seed": None}, run)
+METHOD = SearchMethod("random_search", "uniform random genomes, BioTune's decoding and budget", {"seed": int | None}, run)

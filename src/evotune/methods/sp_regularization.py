@@ -67,6 +67,6 @@ def _builder(kind: str):
 
 
 L2_SP = PlanMethod("l2_sp", "full fine-tuning + alpha/2 ||w - w0||^2 + beta/2 ||w_head||^2",
-                   {"alpha": 0.01, "beta": 0.01}, _builder("l2"))
+                   {"alpha": float, "beta": float}, _builder("l2"))
 L1_SP = PlanMethod("l1_sp", "full fine-tuning + alpha ||w - w0||_1 + beta/2 ||w_head||^2",
-                   {"alpha": 0.001, "beta": 0.01}, _builder("l1"))
+                   {"alpha": float, "beta": float}, _builder("l1"))

@@ -7,6 +7,8 @@ one variant per block, reports each and keeps the best by validation.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..backbones import StagedModel
 from ..training import TrainingPlan
 from .base import PlanMethod, backbone_block_index
@@ -23,12 +25,16 @@ def build(model: StagedModel, base_lr: float, block=None, blocks=None) -> Traini
 
 
 def variants(model: StagedModel, params: dict) -> list[tuple[str, dict]]:
-    chosen = params.get("blocks")
+    chosen = params["blocks"]
     idx = list(range(model.head_index)) if chosen is None else [backbone_block_index(model, b) for b in chosen]
     if not idx:
         raise ValueError("compare.surgical.blocks is empty: list blocks, or null for every backbone block")
     return [(f"surgical[{model.block_names[i]}]", {**params, "block": i}) for i in idx]
 
 
-METHOD = PlanMethod("surgical", "one backbone block + head (each block; best by validation)",
-                    {"block": None, "blocks": None}, build, variants_fn=variants)
+class SurgicalMethod(PlanMethod):
+    internal_params = frozenset({"block"})  # set per variant
+
+
+METHOD = SurgicalMethod("surgical", "one backbone block + head (each block; best by validation)",
+                        {"blocks": list[Any] | None}, build, variants_fn=variants)

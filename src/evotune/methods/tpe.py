@@ -47,4 +47,4 @@ def run(budget: Budget, num_blocks: int, seed: int, n_startup_trials: int | None
 
 
 METHOD = SearchMethod("tpe", "Optuna TPE sampler over the genome, BioTune's decoding and budget",
-                      {"seed": None, "n_startup_trials": None, "multivariate": True}, run)
+                      {"seed": int | None, "n_startup_trials": int | None, "multivariate": bool}, run)

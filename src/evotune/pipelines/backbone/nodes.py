@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,17 +18,44 @@ from ...backbones import (
     replace_head,
 )
 
+from ...data.errors import DataSourceError
+from ...errors import ParameterError
+from ...lineage import dataset_fingerprint, now
+from ...params import from_params, require
+from ...study import tensor_fingerprint
+
 log = logging.getLogger(__name__)
 
 
-def target_num_classes(target_index: pd.DataFrame, backbone_params: dict) -> int:
+@dataclass(frozen=True)
+class BackboneParams:
+    """The ``backbone`` parameters (conf/base/parameters_backbone.yml)."""
+
+    arch: str
+    weights: str  # source | imagenet | none | <checkpoint path>
+    head_seed: int
+    torch_home: str | None
+    num_classes: int | None
+
+    @classmethod
+    def from_params(cls, params: dict) -> BackboneParams:
+        return from_params(cls, params, "backbone")
+
+
+def _with_lineage(ckpt: dict, target_index: pd.DataFrame) -> dict:
+    """The checkpoint with the data it was made for and an id of its weights (see evotune.lineage)."""
+    return {**ckpt, "dataset": dataset_fingerprint(target_index),
+            "backbone_id": tensor_fingerprint(ckpt["state_dict"])[:12], "created": now()}
+
+
+def target_num_classes(target_index: pd.DataFrame, bp: BackboneParams) -> int:
     labels = sorted(int(x) for x in target_index["label"].unique())
     n = len(labels)
     if labels != list(range(n)):
-        raise ValueError(f"Target labels must be 0..{n - 1}; got {labels[:20]}")
-    wanted = backbone_params.get("num_classes")
-    if wanted is not None and int(wanted) != n:
-        raise ValueError(
+        raise DataSourceError(f"Target labels must be 0..{n - 1}; got {labels[:20]}")
+    wanted = bp.num_classes
+    if wanted is not None and wanted != n:
+        raise ParameterError(
             f"backbone.num_classes is {wanted} but the target data has {n} classes; "
             "remove backbone.num_classes (it is read from the data) or fix the data source."
         )
@@ -35,7 +63,7 @@ def target_num_classes(target_index: pd.DataFrame, backbone_params: dict) -> int
 
 
 def _check_input_size(input_size: int, data_params: dict, what: str) -> None:
-    crop = int(data_params.get("image", {}).get("crop_size", input_size))
+    crop = int(require(require(data_params, "image", "data"), "crop_size", "data.image"))
     if crop != input_size:
         log.warning(
             "%s expects %dpx inputs but data.image.crop_size is %d: the search will run at %dpx.",
@@ -43,58 +71,60 @@ def _check_input_size(input_size: int, data_params: dict, what: str) -> None:
         )
 
 
-def _head_generator(backbone_params: dict) -> torch.Generator:
-    return torch.Generator().manual_seed(int(backbone_params.get("head_seed", 0)))
+def _head_generator(bp: BackboneParams) -> torch.Generator:
+    return torch.Generator().manual_seed(bp.head_seed)
 
 
 def backbone_from_source(source_model: dict, target_index: pd.DataFrame, backbone_params: dict, data_params: dict) -> dict:
     """The source-pretrained model with a fresh head for the target's classes."""
-    weights = backbone_params.get("weights", "source")
+    bp = BackboneParams.from_params(backbone_params)
+    weights = bp.weights
     if weights != "source":
-        raise ValueError(
+        raise ParameterError(
             f"backbone.weights is '{weights}', but the default pipeline fine-tunes the model of the "
             "source_pretraining pipeline. For ImageNet weights or a checkpoint file run "
             "`kedro run --pipeline pretrained` (or set backbone.weights: source)."
         )
-    if backbone_params.get("arch") not in (None, source_model["arch"]):
-        raise ValueError(
-            f"backbone.arch is '{backbone_params['arch']}' but the source model is a "
+    if bp.arch != source_model["arch"]:
+        raise ParameterError(
+            f"backbone.arch is '{bp.arch}' but the source model is a "
             f"'{source_model['arch']}': set source_pretraining.arch and backbone.arch to the same name."
         )
-    n = target_num_classes(target_index, backbone_params)
+    n = target_num_classes(target_index, bp)
     model = model_from_checkpoint(source_model)
-    replace_head(model, n, generator=_head_generator(backbone_params))
+    replace_head(model, n, generator=_head_generator(bp))
     _check_input_size(source_model["input_size"], data_params, "The source model")
     log.info("backbone %s from the source model, head for %d classes", source_model["arch"], n)
-    return make_checkpoint(
+    return _with_lineage(make_checkpoint(
         model, num_classes=n, input_size=source_model["input_size"], resize_size=source_model["resize_size"],
         mean=source_model["mean"], std=source_model["std"], source=source_model["source"],
-    )
+    ), target_index)
 
 
 def load_pretrained_backbone(target_index: pd.DataFrame, backbone_params: dict, data_params: dict) -> dict:
     """``backbone.weights``: ``imagenet`` (torchvision, from the local torch cache), ``none``
     (random init), or the path of a checkpoint file written by this project."""
-    arch_name = backbone_params["arch"]
+    bp = BackboneParams.from_params(backbone_params)
+    arch_name = bp.arch
     spec = get_arch(arch_name)
-    weights = str(backbone_params.get("weights", "imagenet"))
-    n = target_num_classes(target_index, backbone_params)
+    weights = bp.weights
+    n = target_num_classes(target_index, bp)
     if weights in ("imagenet", "none"):
         model = build_model(
             arch_name, n, weights=None if weights == "none" else "imagenet",
-            torch_home=backbone_params.get("torch_home"),
+            torch_home=bp.torch_home,
         )
-        replace_head(model, n, generator=_head_generator(backbone_params))
+        replace_head(model, n, generator=_head_generator(bp))
         meta = {"input_size": spec.input_size, "resize_size": spec.resize_size, "mean": list(spec.mean),
                 "std": list(spec.std), "source": f"torchvision {arch_name} ({weights})"}
     else:
         ckpt = load_checkpoint(Path(weights))
         if ckpt["arch"] != arch_name:
-            raise ValueError(f"backbone.arch is '{arch_name}' but the checkpoint {weights} holds a '{ckpt['arch']}'.")
+            raise ParameterError(f"backbone.arch is '{arch_name}' but the checkpoint {weights} holds a '{ckpt['arch']}'.")
         model = model_from_checkpoint(ckpt)
-        replace_head(model, n, generator=_head_generator(backbone_params))
+        replace_head(model, n, generator=_head_generator(bp))
         meta = {k: ckpt[k] for k in ("input_size", "resize_size", "mean", "std")}
         meta["source"] = f"checkpoint {weights}"
     _check_input_size(meta["input_size"], data_params, f"{arch_name} ({weights})")
     log.info("backbone %s (%s), head for %d classes", arch_name, meta["source"], n)
-    return make_checkpoint(model, num_classes=n, **meta)
+    return _with_lineage(make_checkpoint(model, num_classes=n, **meta), target_index)

@@ -36,7 +36,9 @@ from ...methods import PlanMethod, SearchMethod, check_compare_params, get_metho
 from ...search import GenomeEvaluator, Progress, chunk_data
 from ...study import TrialRecorder, config_fingerprint, open_study
 from ...training import DeviceData, TrainConfig, Trainer
-from ..retrain.nodes import evaluate_on_test, retrain_best_genome
+from ...lineage import check_same_lineage, now
+from ...params import require
+from ..retrain.nodes import evaluate_on_test, retrain_best_genome, retrain_config, retrain_seeds
 from ..search.nodes import SearchParams, genome_record, study_name_for
 
 log = logging.getLogger(__name__)
@@ -56,13 +58,8 @@ def _skipped(method: str) -> dict:
     return {"method": method, "skipped": True}
 
 
-def final_training_params(training_params: dict, retrain_params: dict) -> dict:
-    """The training config of the final (retrain) trainings: BioTune's retrain config."""
-    return {**training_params, **(retrain_params or {}).get("training", {})}
-
-
 def _seeds(compare_params: dict) -> list[int]:
-    return [int(s) for s in compare_params["seeds"]]
+    return retrain_seeds(compare_params, "compare")
 
 
 # --------------------------------------------------------------------------- plan methods
@@ -86,7 +83,10 @@ def train_plan_method(
     if not isinstance(m, PlanMethod):
         raise ValueError(f"{method} is a search method; it has no fixed plan")
     t0 = time.perf_counter()
-    cfg = TrainConfig.from_params(final_training_params(training_params, retrain_params))
+    cfg = retrain_config(training_params, retrain_params)
+    check_same_lineage(f"compare.{method}", "dataset",
+                       {"backbone": backbone, "target_train": target_train, "target_val": target_val},
+                       "kedro run --from-nodes split_dataset (or the whole kedro run), then the compare pipeline")
     trainer = Trainer(model_from_checkpoint(backbone), cfg, mean=backbone["mean"], std=backbone["std"])
     train = DeviceData.from_split(target_train, trainer.device)
     val = DeviceData.from_split(target_val, trainer.device)
@@ -106,7 +106,7 @@ def train_plan_method(
         variants.append({
             "method": method, "variant": label, "params": params, "block_lrs": list(plan.block_lrs),
             "trainable_params": int(n_trainable), "total_params": total, "device": str(trainer.device),
-            "runs": runs,
+            "runs": runs, "dataset": backbone["dataset"], "backbone_id": backbone["backbone_id"], "created": now(),
         })
     return {"method": method, "kind": "plan", "variants": variants, "search": None,
             "wall_seconds": time.perf_counter() - t0}
@@ -153,6 +153,9 @@ def search_baseline(
     t0 = time.perf_counter()
     sp = SearchParams.from_params(search_params)
     cfg = TrainConfig.from_params(training_params)
+    check_same_lineage(f"compare.{method}", "dataset",
+                       {"backbone": backbone, "target_train": target_train, "target_val": target_val},
+                       "kedro run --from-nodes split_dataset (or the whole kedro run), then the compare pipeline")
     evo = sp.evolution()
     n_chunks_data = int(target_train["chunks"].max()) + 1
     if n_chunks_data != sp.n_chunks:
@@ -186,6 +189,7 @@ def search_baseline(
         trainings=trained, device=str(trainer.device),
         search_seconds=float(sum(float(r.get("seconds", 0.0)) for r in evaluator.rows)),
         method=method, wall_seconds=time.perf_counter() - t0, params=dict(params),
+        dataset=backbone["dataset"], backbone_id=backbone["backbone_id"], created=now(),
         **{k: v for k, v in outcome.extra.items() if k not in ("genotype",)},
     )
     if outcome.extra.get("genotype") is not None:
@@ -213,7 +217,7 @@ def retrain_searched_genome(
     t0 = time.perf_counter()
     retrained = retrain_best_genome(
         backbone, target_train, target_val, best_genome,
-        {"seeds": _seeds(compare_params), "training": (retrain_params or {}).get("training", {})}, training_params,
+        {"seeds": _seeds(compare_params), "training": require(retrain_params, "training", "retrain")}, training_params,
     )
     retrained.update(method=method, variant=method, params=best_genome.get("params", {}))
     return {

@@ -8,44 +8,51 @@ preprocess_splits -> target_train / target_val / target_test (uint8 tensors, dec
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
 from ...data.errors import DataSourceError
 from ...data.preprocess import check_image_params, decode_split
-from ...data.sources import INDEX_COLUMNS, make_source
-from ...data.splitting import assign_chunks, assign_splits
+from ...data.sources import INDEX_COLUMNS, make_source, unreadable_items
+from ...data.splitting import assign_chunks, assign_splits, n_chunks_for
+from ...lineage import dataset_fingerprint
+from ...params import check_type, from_params, require, section
 
 log = logging.getLogger(__name__)
 
-SPLIT_DEFAULTS = {
-    "seed": 42,
-    "val_fraction": 0.2,
-    "test_fraction": 0.2,
-    "train_per_class": None,
-    "val_per_class": None,
-    "respect_official_splits": True,
-}
+@dataclass(frozen=True)
+class SplitParams:
+    """``data.split`` (conf/base/parameters_data_processing.yml)."""
+
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    train_per_class: int | None
+    val_per_class: int | None
+    respect_official_splits: bool
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """``data.image``: the size every image is decoded to once."""
+
+    resize_size: int
+    crop_size: int
 
 
 def _section(data_params: dict, key: str) -> dict:
-    if not isinstance(data_params, dict) or key not in data_params:
-        raise DataSourceError(f"The parameters have no data.{key}; see conf/base/parameters_data_processing.yml.")
-    value = data_params[key]
-    if not isinstance(value, dict):
-        raise DataSourceError(f"data.{key} must be a mapping; got {value!r}.")
-    return value
+    return section(require(data_params, key, "data"), f"data.{key}")
 
 
 def split_options(data_params: dict) -> dict:
-    split = dict(data_params.get("split") or {})
-    unknown = sorted(set(split) - set(SPLIT_DEFAULTS))
-    if unknown:
-        raise DataSourceError(
-            f"data.split: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SPLIT_DEFAULTS)}."
-        )
-    return {**SPLIT_DEFAULTS, **split}
+    return asdict(from_params(SplitParams, _section(data_params, "split"), "data.split"))
+
+
+def image_options(data_params: dict) -> tuple[int, int]:
+    image = from_params(ImageParams, _section(data_params, "image"), "data.image")
+    return check_image_params(image.resize_size, image.crop_size)
 
 
 def _clean_index(index: pd.DataFrame) -> pd.DataFrame:
@@ -61,9 +68,26 @@ def _clean_index(index: pd.DataFrame) -> pd.DataFrame:
 
 
 def ingest_index(data_params: dict) -> pd.DataFrame:
-    """List the target source's items and labels (nothing is decoded)."""
+    """List the target source's items and labels, after checking that every image file decodes.
+
+    Unreadable files (empty, truncated, not an image) are all listed in one error, or, with
+    ``data.skip_unreadable: true``, left out of the index and listed in the log.
+    """
     source = make_source(_section(data_params, "source"))
+    skip = check_type(require(data_params, "skip_unreadable", "data"), bool, "data.skip_unreadable")
     index = source.index()
+    bad = unreadable_items(source, index["item"])
+    if bad:
+        lines = [f"{source.file_path(item)}: {reason}" for item, reason in bad]
+        shown = "\n  - ".join(lines[:50]) + (f"\n  - ... and {len(lines) - 50} more" if len(lines) > 50 else "")
+        if not skip:
+            raise DataSourceError(
+                f"{len(bad)} of {len(index)} image files cannot be read:\n  - {shown}\n"
+                "Replace or delete them, or set data.skip_unreadable: true to leave them out (they are then "
+                "listed in the log)."
+            )
+        log.warning("data.skip_unreadable: %d of %d image files left out:\n  - %s", len(bad), len(index), shown)
+        index = index[~index["item"].isin({item for item, _ in bad})].reset_index(drop=True)
     counts = index["label"].value_counts()
     log.info("target source %s: %d images, %d classes (%d..%d per class)", source.describe(), len(index),
              len(source.classes), counts.min(), counts.max())
@@ -74,38 +98,46 @@ def split_dataset(target_index_raw: pd.DataFrame, data_params: dict, search_para
     """Stratified train/val/test split (``data.split``), then the search chunks of train and val
     (``search.train_split_pct``)."""
     opts = split_options(data_params)
-    index = assign_splits(_clean_index(target_index_raw), **opts)
-    if "train_split_pct" not in (search_params or {}):
-        raise DataSourceError("search.train_split_pct is not set (parameters_search.yml); it sets the search chunks.")
-    index = assign_chunks(index, train_split_pct=search_params["train_split_pct"], seed=int(opts["seed"]))
+    pct = check_type(require(search_params, "train_split_pct", "search"), float, "search.train_split_pct")
+    index = assign_splits(_clean_index(target_index_raw), **opts, n_chunks=n_chunks_for(pct))
+    index = assign_chunks(index, train_split_pct=pct, seed=int(opts["seed"]),
+                          val_fraction=opts["val_fraction"], test_fraction=opts["test_fraction"])
     n_chunks = int(index["chunk"].max()) + 1
-    log.info("train/val cut into %d search chunk(s) (search.train_split_pct=%s)", n_chunks, search_params["train_split_pct"])
+    log.info("train/val cut into %d search chunk(s) (search.train_split_pct=%s)", n_chunks, pct)
     return index
 
 
 def preprocess_splits(target_index: pd.DataFrame, data_params: dict) -> tuple[dict, dict, dict]:
     """Decode, resize and centre-crop every image once, per split."""
-    image = _section(data_params, "image")
-    resize, crop = check_image_params(image.get("resize_size"), image.get("crop_size"))
+    resize, crop = image_options(data_params)
     source = make_source(_section(data_params, "source"))
     index = _clean_index(target_index)
+    lineage = {"dataset": dataset_fingerprint(index), "dataset_name": source.describe()}
     out = []
     for name in ("train", "val", "test"):
         rows = index[index["split"] == name]
         if rows.empty:
             raise DataSourceError(f"target_index has no {name} rows; rerun split_dataset.")
-        split = decode_split(source, rows, resize_size=resize, crop_size=crop)
+        split = {**decode_split(source, rows, resize_size=resize, crop_size=crop), **lineage}
         log.info("%s: %d images of %dpx", name, len(split["labels"]), crop)
         out.append(split)
     return tuple(out)
+
+
+def check_target_data(data_params: dict, search_params: dict) -> None:
+    """What the data stage will find, before anything runs: every image file decodes (or is
+    skipped), and every class has enough images for the splits and the search chunks.
+    Raises :class:`DataSourceError` listing every problem of the kind it finds."""
+    check_data_params(data_params)
+    split_dataset(ingest_index(data_params), data_params, search_params)
 
 
 def check_data_params(data_params: dict) -> None:
     """Validate ``data`` (source, image sizes, split keys and ranges) without decoding anything:
     for a pre-run parameter check. Raises :class:`DataSourceError`."""
     make_source(_section(data_params, "source"))
-    image = _section(data_params, "image")
-    check_image_params(image.get("resize_size"), image.get("crop_size"))
+    check_type(require(data_params, "skip_unreadable", "data"), bool, "data.skip_unreadable")
+    image_options(data_params)
     opts = split_options(data_params)
     for key in ("val_fraction", "test_fraction"):
         v = opts[key]

@@ -7,6 +7,7 @@ import logging
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ...lineage import check_same_lineage
 from ... import reporting as R
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def write_report(
     same figures (cheap) as a non-versioned set beside the ``latest`` report, where
     its relative links ``figures/<name>.png`` resolve.
     """
+    check_same_lineage("write_report", "dataset", {"best_genome": best_genome, "test_metrics": test_metrics},
+                       "kedro run --from-nodes retrain_best_genome (or the whole kedro run)")
     figure_paths = {name: f"{FIGURES_DIR}/{fname}" for name, fname in R.FIGURE_FILES.items()}
     text = R.markdown_report(best_genome, generation_summary, test_metrics, test_metrics_per_seed, figure_paths)
     figures = report_figures(generation_summary, search_population, best_genome, test_metrics)

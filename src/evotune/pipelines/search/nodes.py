@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ...backbones import model_from_checkpoint
+from ...errors import ParameterError
 from ...evolution import EvolutionConfig, Individual, biotune_search
 from ...genome import decode
+from ...lineage import check_same_lineage, now
+from ...params import from_params
 from ...evaluation_queue import UnitQueue
 from ...search import GenomeEvaluator, Progress, chunk_data, work
 from ...study import TrialRecorder, config_fingerprint, open_study, tensor_fingerprint
@@ -23,38 +26,33 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchParams:
-    population: int = 10
-    elite: int = 3
-    generations: int = 10
-    seed: int = 0
-    seeds: tuple[int, ...] = (684, 559, 629)
-    train_split_pct: float = 0.5
-    force_head_trainable: bool = True
-    storage: str | None = None
-    study_name: str = "biotune"
-    exploit_delta: float = 0.25
-    stale_after_s: float = 900.0  # a running training silent this long is taken over
-    worker_idle_timeout_s: float = 1800.0  # a worker with nothing to do this long stops
-    worker_poll_s: float = 2.0  # how often an idle worker (or a waiting search) looks for work
+    """The ``search`` parameters (conf/base/parameters_search.yml), every key required."""
+
+    population: int
+    elite: int
+    generations: int
+    seed: int
+    seeds: tuple[int, ...]
+    train_split_pct: float
+    force_head_trainable: bool
+    storage: str | None
+    study_name: str
+    exploit_delta: float
+    stale_after_s: float  # a running training silent this long is taken over
+    worker_idle_timeout_s: float  # a worker with nothing to do this long stops
+    worker_poll_s: float  # how often an idle worker (or a waiting search) looks for work
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> SearchParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown search parameter(s) {unknown}; valid keys are {sorted(known)} "
-                "(conf/base/parameters_search.yml, key `search`)."
-            )
-        p = dict(params)
-        if "seeds" in p:
-            if not p["seeds"]:
-                raise ValueError("search.seeds must list at least one seed")
-            p["seeds"] = tuple(int(s) for s in p["seeds"])
-        out = cls(**p)
-        if not 0.0 < float(out.train_split_pct) <= 1.0:
-            raise ValueError(f"search.train_split_pct must be in (0, 1], got {out.train_split_pct}")
-        out.evolution()  # validates population / elite / generations
+        out = from_params(cls, params, "search")
+        if not out.seeds:
+            raise ParameterError("search.seeds must list at least one seed, e.g. [684, 559, 629]")
+        if not 0.0 < out.train_split_pct <= 1.0:
+            raise ParameterError(f"search.train_split_pct must be in (0, 1], got {out.train_split_pct}")
+        try:
+            out.evolution()  # validates population / elite / generations
+        except ValueError as exc:
+            raise ParameterError(str(exc)) from None
         return out
 
     @property
@@ -132,6 +130,9 @@ def _setup(backbone: dict, target_train: dict, target_val: dict, search_params: 
     """What the search and its workers share: parameters, trainer, data chunks, study, unit queue."""
     sp = SearchParams.from_params(search_params)
     cfg = TrainConfig.from_params(training_params)
+    check_same_lineage("evolutionary_search", "dataset",
+                       {"backbone": backbone, "target_train": target_train, "target_val": target_val},
+                       "kedro run --from-nodes split_dataset (or the whole kedro run)")
     n_chunks_data = int(target_train["chunks"].max()) + 1
     if n_chunks_data != sp.n_chunks:
         raise ValueError(
@@ -229,6 +230,7 @@ def run_search(
         cfg=cfg, sp=sp, study_name=study.study_name, evaluations=len(trials),
         trainings=int((trials["valid"] & ~trials["cached"]).sum() * len(sp.seeds)),
         device=str(trainer.device), search_seconds=float(trials["seconds"].sum()),
+        dataset=backbone["dataset"], backbone_id=backbone["backbone_id"], created=now(),
     )
     log.info("Best genome %s (mask %s) fitness %.4f", best.key, best_genome["mask"], best.fitness)
     return trials, pd.DataFrame(pop_rows), best_genome

@@ -7,15 +7,29 @@ writes is a real pretrained backbone for the embedded target task.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
 from ...backbones import build_model, count_parameters, make_checkpoint
 from ...data.embedded import render_printed_characters
 from ...data.splitting import assign_splits
+from ...params import check_type, from_params, require
 from ...training import DeviceData, TrainConfig, Trainer, TrainingPlan
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceDataParams:
+    """``source_pretraining.data``: the rendered printed-character source task."""
+
+    n_per_class: int
+    image_size: int
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    classes: list[str] | None  # null: 0-9 and A-Z
 
 
 def _subset(split: dict, mask: torch.Tensor) -> dict:
@@ -28,18 +42,18 @@ def make_source_dataset(params: dict) -> tuple[dict, dict, dict]:
     """Render the printed-character source task and split it (stratified, seeded)."""
     import pandas as pd
 
-    d = params["data"]
+    d = from_params(SourceDataParams, require(params, "data", "source_pretraining"), "source_pretraining.data")
     data = render_printed_characters(
-        int(d["n_per_class"]), image_size=int(d["image_size"]), seed=int(d["seed"]),
-        **({"classes": d["classes"]} if "classes" in d else {}),
+        d.n_per_class, image_size=d.image_size, seed=d.seed,
+        **({"classes": d.classes} if d.classes is not None else {}),
     )
     labels = data["labels"].tolist()
     index = pd.DataFrame({
         "item": data["items"], "label": labels,
         "class_name": [data["classes"][i] for i in labels], "official_split": "",
     })
-    index = assign_splits(index, seed=int(d["seed"]), val_fraction=float(d["val_fraction"]),
-                          test_fraction=float(d["test_fraction"]), respect_official_splits=False)
+    index = assign_splits(index, seed=d.seed, val_fraction=d.val_fraction,
+                          test_fraction=d.test_fraction, respect_official_splits=False)
     out = []
     for name in ("train", "val", "test"):
         mask = torch.tensor((index["split"] == name).to_numpy())
@@ -56,12 +70,17 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-def pretrain_source_model(source_train: dict, source_val: dict, source_test: dict, params: dict) -> tuple[dict, dict]:
-    """Train ``params.arch`` from scratch on the source task (all blocks, base lr)."""
-    cfg = TrainConfig.from_params(params["training"])
+def pretrain_source_model(source_train: dict, source_val: dict, source_test: dict, params: dict,
+                          training_params: dict) -> tuple[dict, dict]:
+    """Train ``params.arch`` from scratch on the source task (all blocks, base lr), with the
+    ``training`` parameters updated by ``source_pretraining.training``."""
+    cfg = TrainConfig.with_overrides(training_params, require(params, "training", "source_pretraining"),
+                                     "source_pretraining.training")
+    arch = check_type(require(params, "arch", "source_pretraining"), str, "source_pretraining.arch")
+    seed = check_type(require(params, "seed", "source_pretraining"), int, "source_pretraining.seed")
     n_cls = len(source_train["classes"])
-    torch.manual_seed(int(params.get("seed", 0)))
-    model = build_model(params["arch"], n_cls, weights=None)
+    torch.manual_seed(seed)
+    model = build_model(arch, n_cls, weights=None)
     mean, std = channel_stats(source_train["images"])
     trainer = Trainer(model, cfg, mean=mean, std=std)
     train = DeviceData.from_split(source_train, trainer.device)
@@ -69,8 +88,8 @@ def pretrain_source_model(source_train: dict, source_val: dict, source_test: dic
     test = DeviceData.from_split(source_test, trainer.device)
     plan = TrainingPlan(block_lrs=[cfg.base_lr] * model.num_blocks, name="source_pretraining")
     log.info("pretraining %s on the source task (%d images, %d classes) on %s",
-             params["arch"], len(train), n_cls, trainer.device)
-    res = trainer.train(plan, train, val, seed=int(params.get("seed", 0)), keep_best_state=True,
+             arch, len(train), n_cls, trainer.device)
+    res = trainer.train(plan, train, val, seed=seed, keep_best_state=True,
                         progress=lambda r: log.info("source epoch %d: loss %.4f, val macro acc %.4f",
                                                      r["epoch"], r["train_loss"], r["val_macro_acc"]))
     trainer.model.load_state_dict(res.best_state)
@@ -82,7 +101,7 @@ def pretrain_source_model(source_train: dict, source_val: dict, source_test: dic
         extra={"source_val_macro_acc": res.best_val_acc, "source_test_macro_acc": test_acc},
     )
     metrics = {
-        "arch": params["arch"], "classes": n_cls, "train_images": len(train),
+        "arch": arch, "classes": n_cls, "train_images": len(train),
         "best_val_macro_acc": res.best_val_acc, "test_macro_acc": test_acc,
         "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds,
         "parameters": count_parameters(trainer.model), "device": str(trainer.device), "history": res.history,

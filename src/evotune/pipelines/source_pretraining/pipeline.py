@@ -14,7 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 pretrain_source_model,
-                inputs=["source_train", "source_val", "source_test", "params:source_pretraining"],
+                inputs=["source_train", "source_val", "source_test", "params:source_pretraining", "params:training"],
                 outputs=["source_model", "source_pretraining_metrics"],
                 name="pretrain_source_model",
             ),
