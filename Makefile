@@ -14,11 +14,12 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-all viz benchmark clean-data
+.PHONY: install run test test-all viz notebook benchmark upgrade constraints
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every installed version to what the tests last passed with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -37,3 +38,21 @@ viz: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark_evaluation.py $(ARGS)
+
+# Jupyter is optional (not in the test install): add it, then open the project's notebook server.
+notebook: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,notebook]"
+	$(BIN)/kedro jupyter notebook $(ARGS)
+
+# Move to newer releases within pyproject.toml's ranges: a fresh resolve without the pins, then the tests;
+# if they pass, `make constraints` records the new versions.
+upgrade:
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade -e ".[test]"
+	@touch $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+constraints: $(STAMP)
+	@(grep '^#' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable) > constraints.new
+	mv constraints.new constraints.txt

@@ -623,4 +623,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from evotune.errors import script_main
+
+    sys.exit(script_main(main))

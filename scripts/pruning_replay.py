@@ -64,7 +64,7 @@ def load_trials(path: Path) -> pd.DataFrame:
     trials = pd.read_csv(path, dtype={"val_histories": str, "val_accs": str, "epochs": str, "mask": str})
     if "val_histories" not in trials.columns:
         raise SystemExit(f"{path} has no val_histories column: it was written by an older version of the "
-                         "project. Run the search again (kedro run --pipeline search) to record them.")
+                         "project. Run the search again (kedro run --pipelines search) to record them.")
     trials = trials[trials["valid"].astype(bool) & ~trials["cached"].astype(bool)].copy()
     trials["histories"] = trials["val_histories"].map(parse_histories)
     trials = trials[trials["histories"].map(len) > 0]
@@ -148,4 +148,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from evotune.errors import script_main
+
+    sys.exit(script_main(main))

@@ -83,4 +83,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from evotune.errors import script_main
+
+    sys.exit(script_main(main))

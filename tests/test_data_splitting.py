@@ -84,7 +84,7 @@ def test_bad_split_parameters_are_named(kwargs, counts, param):
 
 def test_class_missing_from_official_val_is_reported():
     idx = make_index([10, 10], official=lambda y, i: "val" if (y == 0 and i < 2) else ("test" if i < 4 else "train"))
-    with pytest.raises(DataSourceError, match="'c1'.*no val image"):
+    with pytest.raises(DataSourceError, match="'c1'.*has 0 val image"):
         assign_splits(idx, seed=0, val_fraction=0.2, test_fraction=0.2)
 
 

@@ -75,6 +75,11 @@ def test_registry_and_unknown_names():
     with pytest.raises(ValueError, match=r"Missing parameter.*compare\.lora\.alpha"):
         check_compare_params({**compare, "lora": {"rank": 8, "init_seed": 0}})
     check_compare_params({**compare, "methods": list(METHODS)})
+    # ranges and what a search baseline needs of the search settings are checked before anything runs
+    with pytest.raises(ValueError, match=r"deft \(DE/rand/1\) needs search.population >= 4, got 3"):
+        check_compare_params({**compare, "methods": ["deft"]}, population=3)
+    with pytest.raises(ValueError, match=r"compare\.deft\.CR must be in \[0, 1\], got 1.5"):
+        check_compare_params({**compare, "methods": ["deft"], "deft": {**compare["deft"], "CR": 1.5}}, population=10)
 
 
 # --------------------------------------------------------------------------- what each plan trains

@@ -123,3 +123,24 @@ def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(
     other = [{**TRAINING, "epochs": 3}, {**TRAINING, "fused_optimizer": False}]
     for params in other:
         assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val) != name, params
+
+
+def test_stages_refuse_inputs_made_from_other_data_or_another_backbone(backbone, splits):
+    """After a run that stopped half-way the newest backbone can belong to other data (a 6-class backbone
+    beside 2-class tensors): the search, the retrain and the test name the mismatch instead of running."""
+    from evotune.errors import InputMismatchError
+
+    train, val, test = splits
+    other = {**backbone, "dataset": "other-data"}
+    with pytest.raises(InputMismatchError, match=r"evolutionary_search.*backbone: other-data.*target_train: tiny"):
+        run_search(other, train, val, search_params(), TRAINING)
+    _, _, best = run_search(backbone, train, val, search_params(generations=0), TRAINING)
+    assert best["dataset"] == "tiny" and best["backbone_id"] == backbone["backbone_id"]
+    retrain = {"seeds": [1], "training": {}}
+    with pytest.raises(InputMismatchError, match=r"retrain.*backbone_id.*kedro run --from-nodes evolutionary_search"):
+        retrain_best_genome(backbone, train, val, {**best, "backbone_id": "another"}, retrain, TRAINING)
+    with pytest.raises(InputMismatchError, match="not recorded"):
+        retrain_best_genome(backbone, train, val, {k: v for k, v in best.items() if k != "dataset"}, retrain, TRAINING)
+    retrained = retrain_best_genome(backbone, train, val, best, retrain, TRAINING)
+    with pytest.raises(InputMismatchError, match="evaluate_on_test.*target_test: elsewhere"):
+        evaluate_on_test(backbone, retrained, {**test, "dataset": "elsewhere"}, TRAINING)

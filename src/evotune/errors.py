@@ -30,3 +30,17 @@ def find_project_error(exc: BaseException | None) -> EvotuneError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def script_main(main, *args, **kwargs) -> int:
+    """Run a script's ``main``; a project error is printed as its one message (exit code 1)."""
+    import sys
+
+    try:
+        return int(main(*args, **kwargs) or 0)
+    except Exception as exc:  # noqa: BLE001 - only the project's own errors are turned into a message
+        error = find_project_error(exc)
+        if error is None:
+            raise
+        print(f"Error: {error}", file=sys.stderr)
+        return 1

@@ -42,7 +42,8 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if any(n.startswith("compare.") for n in nodes):
         from .methods import check_compare_params
 
-        check(check_compare_params, params.get("compare"))
+        search = check(SearchParams.from_params, params.get("search"))
+        check(check_compare_params, params.get("compare"), search.population if search else None)
 
     backbone = None
     if nodes & {"backbone_from_source", "load_pretrained_backbone"}:
@@ -56,7 +57,7 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             problems.append(
                 f"backbone.weights is '{backbone.weights}', but this pipeline fine-tunes the model of the "
                 "source_pretraining pipeline. For ImageNet weights or a checkpoint file run "
-                "`kedro run --pipeline pretrained`; otherwise set backbone.weights: source."
+                "`kedro run --pipelines pretrained`; otherwise set backbone.weights: source."
             )
         if src_arch and src_arch != backbone.arch:
             problems.append(
@@ -115,4 +116,5 @@ def validate_run(params: dict[str, Any], node_names) -> None:
 
         check(check_data_params, params.get("data"))
     if problems:
+        problems = list(dict.fromkeys(problems))  # a group read by two stages is reported once
         raise ParameterError("Invalid parameters, nothing was run:\n  - " + "\n  - ".join(problems))

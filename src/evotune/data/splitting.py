@@ -180,8 +180,10 @@ def _validate_splits(df: pd.DataFrame, labels: list[int], p: str, *, official: b
         if not (df["split"] == name).any():
             raise DataSourceError(f"The {name} split is empty: set {where[name]}.")
     per = df.groupby(["split", "label"]).size()
-    short = [f"class {_class_name(df, y)} has no {name} image ({int((df['label'] == y).sum())} image(s) in all)"
-             for y in labels for name in ("train", "val") if per.get((name, y), 0) == 0]
+    need = max(1, int(n_chunks))  # one train and one val image per class in each search chunk
+    short = [f"class {_class_name(df, y)} has {int(per.get((name, y), 0))} {name} image(s) ({need} needed; "
+             f"{int((df['label'] == y).sum())} image(s) in all)"
+             for y in labels for name in ("train", "val") if per.get((name, y), 0) < need]
     if short:
         raise DataSourceError(_short_classes_message(short, p, official=official, n_chunks=n_chunks,
                                                      val_fraction=fractions[0], test_fraction=fractions[1]))

@@ -70,8 +70,9 @@ def get_method(name: str, parameter: str = "compare.methods") -> Method:
         ) from None
 
 
-def check_compare_params(compare: dict[str, Any]) -> None:
-    """Raise ParameterError listing every problem of the ``compare`` parameters (fast, no training)."""
+def check_compare_params(compare: dict[str, Any], population: int | None = None) -> None:
+    """Raise ParameterError listing every problem of the ``compare`` parameters (fast, no training);
+    with ``population`` (``search.population``) also what the search baselines need of it."""
     problems: list[str] = []
     compare = section(compare, "compare")
 
@@ -88,7 +89,9 @@ def check_compare_params(compare: dict[str, Any]) -> None:
     for name in methods:
         m = check(get_method, name)
         if m is not None:
-            check(lambda: m.resolve_params(require(compare, name, "compare")))
+            resolved = check(lambda: m.resolve_params(require(compare, name, "compare")))
+            if resolved is not None and population is not None and getattr(m, "check", None) is not None:
+                problems.extend(m.check(resolved, population))
     seeds = check(lambda: check_type(require(compare, "seeds", "compare"), list[int], "compare.seeds"))
     if seeds is not None and not seeds:
         problems.append("compare.seeds must list at least one seed")

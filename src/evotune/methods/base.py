@@ -136,6 +136,8 @@ class SearchMethod(Method):
     #: ``run(budget, num_blocks, seed, **params) -> dict | None`` (extra facts for the record);
     #: it must spend the whole :class:`Budget`, whose rows and best it leaves behind
     run: Callable[..., dict | None] | None = None
+    #: ``check(params, population) -> [problems]``: ranges, checked before anything runs
+    check: Callable[[dict, int], list[str]] | None = None
     kind: ClassVar[str] = "search"
 
     def search(

@@ -65,14 +65,11 @@ def _random_individual(rng: np.random.Generator, num_blocks: int) -> np.ndarray:
 
 
 def run(budget: Budget, num_blocks: int, seed: int, F: float = 0.5, CR: float = 0.9) -> dict:
-    if not 0.0 <= float(CR) <= 1.0:
-        raise ValueError(f"compare.deft.CR must be in [0, 1], got {CR}")
-    if not 0.0 < float(F) <= 2.0:
-        raise ValueError(f"compare.deft.F must be in (0, 2], got {F}")
+    problems = check({"F": F, "CR": CR}, budget.evo.population)
+    if problems:
+        raise ValueError("; ".join(problems))
     rng = np.random.default_rng(seed)
     n = budget.evo.population
-    if n < 4:
-        raise ValueError(f"deft (DE/rand/1) needs search.population >= 4, got {n}")
     pop = np.stack([_random_individual(rng, num_blocks) for _ in range(n)])
     fit = np.array(budget.evaluate(
         [(f"deft/g0/{i}", deft_phenotype(x), "init") for i, x in enumerate(pop)],
@@ -94,5 +91,17 @@ def run(budget: Budget, num_blocks: int, seed: int, F: float = 0.5, CR: float = 
     return {"de_generations": gen, "genotype": budget.best.get("genotype")}
 
 
+def check(params: dict, population: int) -> list[str]:
+    """DEFT's ranges, and the population DE/rand/1 needs (three others besides each individual)."""
+    problems = []
+    if not 0.0 <= float(params["CR"]) <= 1.0:
+        problems.append(f"compare.deft.CR must be in [0, 1], got {params['CR']}")
+    if not 0.0 < float(params["F"]) <= 2.0:
+        problems.append(f"compare.deft.F must be in (0, 2], got {params['F']}")
+    if population < 4:
+        problems.append(f"compare: deft (DE/rand/1) needs search.population >= 4, got {population}")
+    return problems
+
+
 METHOD = SearchMethod("deft", "DE/rand/1/bin over the block genome (gene > 0.5 trains the block at base lr)",
-                      {"F": float, "CR": float, "seed": int | None}, run)
+                      {"F": float, "CR": float, "seed": int | None}, run, check=check)

@@ -83,7 +83,7 @@ def backbone_from_source(source_model: dict, target_index: pd.DataFrame, backbon
         raise ParameterError(
             f"backbone.weights is '{weights}', but the default pipeline fine-tunes the model of the "
             "source_pretraining pipeline. For ImageNet weights or a checkpoint file run "
-            "`kedro run --pipeline pretrained` (or set backbone.weights: source)."
+            "`kedro run --pipelines pretrained` (or set backbone.weights: source)."
         )
     if bp.arch != source_model["arch"]:
         raise ParameterError(

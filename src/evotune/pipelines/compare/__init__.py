@@ -1,4 +1,4 @@
-"""Comparison with the baselines of SPEC section 6 (``kedro run --pipeline compare``)."""
+"""Comparison with the baselines of SPEC section 6 (``kedro run --pipelines compare``)."""
 
 from .pipeline import create_pipeline, method_pipeline
 

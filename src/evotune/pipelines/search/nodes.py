@@ -155,7 +155,7 @@ def run_search_worker(
     """A worker process of a search: trains queued units of the same study until the search ends.
 
     Start it with the same parameters and data as the search (``kedro run
-    --pipeline search_worker``); it finds the study by the same fingerprint.
+    --pipelines search_worker``); it finds the study by the same fingerprint.
     """
     sp, cfg, trainer, chunks, study, queue = _setup(backbone, target_train, target_val, search_params, training_params)
     if not sp.storage:

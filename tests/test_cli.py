@@ -1,0 +1,324 @@
+"""Every command README.md and the parameter files show, run as a user types it.
+
+The commands are read from README.md (fenced ``bash`` blocks and inline code that starts
+with ``kedro``, ``make``, ``python`` or an environment variable) and from the comments of
+``conf/**/*.yml``. Each one must have an entry in :data:`COMMANDS` saying how it is run
+here and what it must do, so a command added to the docs without a test fails
+:func:`test_every_documented_command_is_covered`.
+
+They run through the real command line (``bash -c``, the ``kedro`` of this venv on the
+PATH) in a copy of the project whose ``conf/local`` holds tiny sizes (data, epochs,
+population): the user's path, on settings small enough for CI. Placeholders such as
+``<version>`` are filled in with what the earlier commands wrote. Commands that cannot
+work offline (ImageNet weights, downloads) must fail fast with exit code 1 and the one
+clear message that names the missing file, without a traceback. Long-running ``make``
+targets (the test suite itself, the full benchmark) are checked with ``make -n``: the
+command they run is tested in its own right.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+#: conf/local of the test project: the embedded task at toy sizes
+TINY = """\
+source_pretraining: {data: {n_per_class: 6}, training: {epochs: 1, batch_size: 64}}
+data: {split: {train_per_class: 4, val_per_class: 4}}
+search: {population: 4, elite: 1, generations: 1, seeds: [1], worker_poll_s: 0.2, worker_idle_timeout_s: 5}
+training: {epochs: 1, batch_size: 32}
+retrain: {seeds: [1]}
+compare: {surgical: {blocks: [layer4]}}
+"""
+
+#: what README's "ImageNet weights" section puts in conf/local (arch kept small for the offline check)
+IMAGENET_YAML = "backbone: {arch: resnet50, weights: imagenet}\n"
+
+
+@dataclass
+class Expect:
+    """How a documented command is run here and what it must do."""
+
+    run: str | None = None  # what is typed, when it differs from the documented text (placeholders filled)
+    ok: bool = True  # exit code 0; else exit code 1 with `says` and no traceback
+    says: tuple[str, ...] = ()  # text the output must contain
+    make_dry_run: bool = False  # a make target checked with `make -n` (long-running, tested elsewhere)
+    server: int | None = None  # a server: started, answered HTTP on this port, stopped
+    local: str | None = None  # conf/local file content for this command only (name: parameters_cli.yml)
+    files: tuple[str, ...] = ()  # paths (under the project) the command must create or refresh
+    unchanged: tuple[str, ...] = ()  # paths it must leave alone (an earlier stage's versioned outputs)
+    after: tuple[str, ...] = field(default_factory=tuple)  # commands that must have run first
+
+
+OFFLINE = "cannot download"  # ImageNet weights missing: the message says where to put them
+
+COMMANDS: dict[str, Expect] = {
+    # --- the two commands, and their make relatives
+    # `make run` is `kedro run` in .venv (tested below for real): checked with make -n
+    "make run": Expect(make_dry_run=True, says=(".venv/bin/kedro run",)),
+    "make test": Expect(make_dry_run=True, says=("pytest",)),
+    'make run ARGS="--pipelines pretrained --params backbone.weights=none"': Expect(),
+    'make test ARGS="-k search"': Expect(make_dry_run=True, says=("pytest -k search",)),
+    "make viz": Expect(server=4141),
+    "make benchmark": Expect(make_dry_run=True, says=("scripts/benchmark_evaluation.py",)),
+    "make notebook": Expect(make_dry_run=True, says=("kedro jupyter notebook",)),
+    "make test-all": Expect(make_dry_run=True, says=("pytest -m",)),
+    "make upgrade": Expect(make_dry_run=True, says=("pip install", "--upgrade", "pytest")),
+    "make constraints": Expect(make_dry_run=True, says=("pip freeze",)),
+    "kedro viz": Expect(server=4141),
+    # --- kedro run, as README shows it
+    "kedro run": Expect(files=("data/08_reporting/latest/report.md", "data/06_models/source_model.pt",
+                               "data/07_model_output/best_genome.json", "data/08_reporting/test_metrics.json",
+                               *(f"data/08_reporting/latest/figures/{f}.png" for f in
+                                 ("fitness", "block_selection", "lr_multipliers", "confusion_matrix"))),
+                        says=("Pipeline execution completed",)),
+    "source .venv/bin/activate && kedro run --pipelines reporting": Expect(),
+    "kedro run --pipelines retrain": Expect(ok=False, says=("'best_genome' has no saved version yet",
+                                                            "kedro run --pipelines search")),
+    "kedro run --pipelines reporting": Expect(files=("data/08_reporting/report.md",),
+                                             unchanged=("data/07_model_output/retrained_models.pt",)),
+    "kedro run --from-nodes retrain_best_genome": Expect(
+        files=("data/07_model_output/retrained_models.pt", "data/08_reporting/test_metrics.json",
+               "data/08_reporting/latest/report.md"),
+        unchanged=("data/07_model_output/best_genome.json", "data/06_models/backbone.pt")),
+    "kedro run --from-nodes evolutionary_search": Expect(),
+    "kedro run --nodes evolutionary_search --params search.generations=2": Expect(),
+    "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",)),
+    'kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"': Expect(),
+    "kedro run --pipelines search_worker": Expect(),
+    "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(),
+    "kedro run --params training.cpu_threads=1": Expect(),
+    "kedro run --pipelines search_worker --params training.cpu_threads=1": Expect(),
+    "kedro run --pipelines pretrained": Expect(ok=False, local=IMAGENET_YAML, says=(OFFLINE, "resnet50-11ad3fa6.pth")),
+    "kedro run --pipelines data_processing": Expect(local="""\
+data:
+  source: {kind: image_folder, path: data/01_raw/my_images}
+  image: {resize_size: 232, crop_size: 224}
+  split: {seed: 42, val_fraction: 0.2, test_fraction: 0.2, train_per_class: null, val_per_class: null,
+          respect_official_splits: true}
+""", says=("image_folder data/01_raw/my_images",)),
+    "kedro run --env paper --pipelines pretrained --params paper.dataset=flowers102,paper.arch=resnet50":
+        Expect(ok=False, says=(OFFLINE, "resnet50-11ad3fa6.pth", "flowers-102")),
+    "kedro run --env paper --pipelines compare --params paper.dataset=flowers102,paper.arch=resnet50":
+        Expect(ok=False, says=("flowers-102",)),
+    "kedro run --env paper --pipelines pretrained --params paper.dataset=dtd,paper.arch=vgg19":
+        Expect(ok=False, says=(OFFLINE, "vgg19", "dtd")),
+    "kedro run --env paper --pipelines compare --params paper.dataset=dtd,paper.arch=vgg19":
+        Expect(ok=False, says=("dtd",)),
+    "kedro ipython": Expect(run="kedro ipython -c \"print('population', catalog.load('params:search')['population'])\"",
+                            says=("population 4",)),
+    # --- the scripts
+    "python scripts/transfer_check.py": Expect(run="python scripts/transfer_check.py --seeds 1",
+                                               says=("from scratch",)),
+    "python scripts/pruning_replay.py <search_trials.csv>": Expect(
+        run="python scripts/pruning_replay.py $(ls data/07_model_output/search_trials.csv/*/search_trials.csv | tail -1)",
+        says=("trained evaluations",)),
+    "python scripts/benchmark_evaluation.py --checkpoint data/06_models/source_model.pt/<version>/source_model.pt "
+    "--seeds 684 559 --repeats 2 --population 8 --out bench.json": Expect(
+        run="python scripts/benchmark_evaluation.py --checkpoint $(ls data/06_models/source_model.pt/*/source_model.pt | tail -1) "
+            "--seeds 684 --repeats 1 --population 1 --epochs 1 --n-train 2 --n-val 2 --genomes head --out bench.json",
+        files=("bench.json",)),
+    "python scripts/benchmark_evaluation.py --preset flowers --device cuda --seeds 684 559 629 --out bench_gpu.json":
+        Expect(ok=False, says=("CUDA is not available",)),
+}
+
+#: the order the commands run in: the default run first, later ones use what it wrote
+ORDER = ["kedro run --pipelines retrain", "kedro run"]  # the first on the fresh copy
+
+
+def normalise(cmd: str) -> str:
+    return " ".join(cmd.replace("\\\n", " ").split())
+
+
+def documented_commands() -> set[str]:
+    found: set[str] = set()
+    readme = (ROOT / "README.md").read_text()
+    starts = ("kedro ", "make ", "python ", "source ", "CUDA_VISIBLE_DEVICES=")
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.split(r"\s{2,}#|^#", line.strip())[0].strip()
+            if line.startswith(starts):
+                found.add(normalise(line))
+    for span in re.findall(r"`([^`\n]+)`", readme):
+        if span.startswith(starts) and " " in span:
+            found.add(normalise(span))
+    for yml in (ROOT / "conf").rglob("*.yml"):
+        for line in yml.read_text().splitlines():
+            if "#" in line:
+                for m in re.findall(r"(kedro run[^`\n)]*)", line.split("#", 1)[1]):
+                    found.add(normalise(m.strip().rstrip(".,:")))
+    return found
+
+
+def test_every_documented_command_is_covered():
+    documented = documented_commands()
+    missing = sorted(documented - set(COMMANDS))
+    assert not missing, f"documented but not tested (add them to COMMANDS): {missing}"
+    stale = sorted(set(COMMANDS) - documented)
+    assert not stale, f"tested but no longer documented (remove them from COMMANDS): {stale}"
+
+
+# --------------------------------------------------------------------------- the project copy
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("cli-project")
+    for name in ("pyproject.toml", ".telemetry", "Makefile", "constraints.txt"):
+        shutil.copy2(ROOT / name, dst / name)  # copy2: the venv's install stamp stays newer
+    shutil.copytree(ROOT / "scripts", dst / "scripts")
+    (dst / "src").mkdir()  # the package is imported from the installed project
+    shutil.copytree(ROOT / "conf", dst / "conf", ignore=shutil.ignore_patterns("local"))
+    (dst / "conf" / "local").mkdir()
+    (dst / "conf" / "local" / "parameters_tiny.yml").write_text(TINY)
+    for layer in (ROOT / "data").iterdir():
+        if layer.is_dir():
+            (dst / "data" / layer.name).mkdir(parents=True)
+    make_image_folder(dst / "data" / "01_raw" / "my_images")
+    venv = Path(sys.prefix)
+    (dst / ".venv").symlink_to(venv)  # `make` and `source .venv/bin/activate` use this environment
+    return dst
+
+
+def make_image_folder(root: Path) -> None:
+    """README's own-images layout: one folder per class, with a text file that is ignored."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            a = (rng.random((40, 48, 3)) * 80).astype(np.uint8)
+            a[:, c * 20:(c + 1) * 20] += 150
+            Image.fromarray(a).save(root / name / f"{i}.png")
+    (root / "cat" / "notes.txt").write_text("not an image")
+
+
+def environment() -> dict:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", KEDRO_DISABLE_TELEMETRY="1",
+               DO_NOT_TRACK="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def shell(project: Path, command: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", command], cwd=project, env=environment(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def installed_by_make() -> bool:
+    """`make` reinstalls unless the venv carries its stamp, newer than pyproject.toml and constraints.txt."""
+    stamp = Path(sys.prefix) / ".installed"
+    return stamp.is_file() and all(stamp.stat().st_mtime >= (ROOT / f).stat().st_mtime
+                                   for f in ("pyproject.toml", "constraints.txt"))
+
+
+def wait_for_http(port: int, proc: subprocess.Popen, timeout: float = 120) -> bytes:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                return r.read()
+        except (OSError, ValueError):
+            time.sleep(1)
+    raise AssertionError(f"nothing answered on port {port} within {timeout}s")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def ordered() -> list[str]:
+    return ORDER + [c for c in COMMANDS if c not in ORDER]
+
+
+@pytest.mark.parametrize("documented", ordered())
+def test_documented_command(project, documented):
+    spec = COMMANDS[documented]
+    if documented.startswith(("make ", "source .venv")) and not installed_by_make():
+        pytest.skip("make would reinstall the project: this venv was not made by `make` (no current .installed stamp)")
+    local = project / "conf" / "local" / "parameters_cli.yml"
+    if spec.local:
+        local.write_text(spec.local)
+    try:
+        command = spec.run or documented
+        if spec.make_dry_run:
+            command = command.replace("make ", "make -n ", 1)
+        if spec.server:
+            if not port_free(spec.server):
+                pytest.skip(f"port {spec.server} is taken on this machine")
+            proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=project, env=environment(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                assert b"<html" in wait_for_http(spec.server, proc).lower()
+            finally:
+                os.killpg(proc.pid, 15)
+                proc.wait(timeout=30)
+            return
+        before = {f: _mtime(project / f) for f in spec.files + spec.unchanged}
+        proc = shell(project, command)
+        out = proc.stdout + proc.stderr
+        if spec.ok:
+            assert proc.returncode == 0, f"`{command}` failed:\n{out[-4000:]}"
+        else:
+            assert proc.returncode == 1, f"`{command}` should fail with exit code 1:\n{out[-4000:]}"
+            assert "Traceback" not in out, f"`{command}` printed a traceback:\n{out[-6000:]}"
+            assert "Error:" in out, out[-3000:]
+        for text in spec.says:
+            assert text in out, f"`{command}` did not say {text!r}:\n{out[-4000:]}"
+        for f in spec.files:
+            assert _mtime(project / f) > before[f], f"`{command}` did not write {f}"
+        for f in spec.unchanged:
+            assert _mtime(project / f) == before[f] > 0, f"`{command}` rewrote {f}"
+    finally:
+        local.unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+@pytest.mark.parametrize("params, says", [
+    ("search.generations=abc", "search.generations must be an integer, got 'abc'"),
+    ("retrain.seeds=684", "retrain.seeds must be a list of integers, got 684"),
+    ("search.populaton=5", "Unknown parameter(s) search.populaton"),
+    ('"compare.methods=[linear_probe,nope]"', "Unknown method 'nope'"),
+])
+def test_bad_parameters_stop_the_run_with_one_message(project, params, says):
+    pipeline = "compare" if "compare." in params else "__default__"
+    proc = shell(project, f"kedro run --pipelines {pipeline} --params {params}", timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out[-4000:]
+    assert says in out and "nothing was run" in out, out[-3000:]
+    assert "Running node" not in out, "a node ran before the parameters were checked"
+
+
+def test_bad_data_stops_the_run_before_source_pretraining(project):
+    """A corrupt file in the user's folder is found before the slowest stage, with every bad file named."""
+    root = project / "data" / "01_raw" / "broken_images"
+    make_image_folder(root)
+    (root / "cat" / "0.png").write_bytes(b"")
+    (root / "dog" / "3.png").write_bytes((root / "dog" / "2.png").read_bytes()[:100])
+    proc = shell(project, "kedro run --params data.source.kind=image_folder,data.source.path=data/01_raw/broken_images",
+                 timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out[-4000:]
+    assert "2 of 12 image files cannot be read" in out and "cat/0.png" in out and "dog/3.png" in out, out[-3000:]
+    assert "Running node" not in out, "a node (source pretraining) ran before the data was checked"
