@@ -28,6 +28,8 @@ from typing import Any
 from kedro.config import MissingConfigException, OmegaConfigLoader
 from omegaconf import OmegaConf
 
+from .errors import ParameterError
+
 
 def merge_parameters(base: Any, override: Any) -> Any:
     """``override`` deep-merged into ``base`` (neither is modified).
@@ -60,7 +62,13 @@ class ProjectConfigLoader(OmegaConfigLoader):
         if key != "parameters" or key in self:
             return super().__getitem__(key)
         self._register_runtime_params_resolver()
-        base_configs, env_configs, base_path, env_path, processed = self._read_raw_config(key)
+        try:
+            base_configs, env_configs, base_path, env_path, processed = self._read_raw_config(key)
+        except ValueError as exc:
+            if "Duplicate keys" not in str(exc):
+                raise
+            raise ParameterError(f"{exc.args[0].strip()}\nSet each parameter in one file of an environment "
+                                 "(conf/local may override conf/base, but not itself).") from None
         if not processed:
             raise MissingConfigException(
                 f"No files of YAML or JSON format found in {base_path} or {env_path} matching"

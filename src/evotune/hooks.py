@@ -44,9 +44,27 @@ def missing_inputs(pipeline, catalog) -> list[str]:
     lines = []
     for ds in absent:
         stages = [s for s in producers.get(ds, []) if s not in ("pretrained", "search_worker")]
-        how = " or ".join(f"`kedro run --pipeline {s}`" for s in stages[:2]) if stages else "a run that writes it"
+        how = " or ".join(f"`kedro run --pipelines {s}`" for s in stages[:2]) if stages else "a run that writes it"
         lines.append(f"'{ds}' has no saved version yet: it is written by {how} (or by the whole `kedro run`)")
     return lines
+
+
+def check_saved_backbone(pipeline, catalog, params) -> None:
+    """A run that reads a saved ``backbone`` (not made in this run) gets the architecture its parameters
+    name: the data folders are shared by every environment, so the newest backbone may come from
+    another setting (the embedded run's resnet10 under ``--env paper``, whose resnet50 run is missing)."""
+    if "backbone" not in pipeline.inputs() or not isinstance(params.get("backbone"), dict):
+        return
+    wanted = params["backbone"].get("arch")
+    saved = catalog.load("backbone")
+    if wanted and saved.get("arch") != wanted:
+        env = "--env paper " if "paper" in params else ""
+        raise InputMismatchError(
+            f"The newest saved backbone is a {saved.get('arch')} (made {saved.get('created', 'by an older run')}), "
+            f"but this run's parameters ask for backbone.arch {wanted}; nothing was run. Make the backbone and "
+            f"the data of this setting first: `kedro run {env}--pipelines pretrained` with the same --params "
+            "(or the whole `kedro run`)."
+        )
 
 
 class ValidationHooks:
@@ -63,4 +81,5 @@ class ValidationHooks:
             from .pipelines.data_processing.nodes import check_target_data
 
             check_target_data(params["data"], params["search"])
+        check_saved_backbone(pipeline, catalog, params)
         log.info("parameters and inputs checked for %d nodes", len(names))

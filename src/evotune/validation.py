@@ -38,7 +38,7 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if "paper" in params:
         from .methods.paper_config import check_paper_setting
 
-        check(check_paper_setting, params, bool(nodes & {"ingest_index", "load_pretrained_backbone"}))
+        check(lambda: check_paper_setting(params, check_files=bool(nodes & {"ingest_index", "load_pretrained_backbone"})))
     if any(n.startswith("compare.") for n in nodes):
         from .methods import check_compare_params
 
