@@ -18,7 +18,10 @@ what it computes:
   frozen blocks before the first trained block is a fixed function of each
   image. :class:`PrefixCache` computes it once per (data, prefix length) and
   every epoch, seed and genome with that prefix reuses it.
-* On CUDA: bf16 autocast and channels-last memory format.
+* bf16 autocast and channels-last memory format (``training.amp`` and
+  ``training.channels_last``): ``auto`` turns them on on CUDA only, ``true`` on any
+  device. The same code applies them on CPU and on CUDA (torch has bf16 autocast on
+  both), so the CPU tests run it; only the defaults differ per device.
 * No per-sample Python: shuffling is one ``randperm`` per epoch, metrics are
   computed with ``bincount`` on the device.
 """
@@ -55,8 +58,10 @@ class TrainConfig:
     cosine_t_max: int = 100
     weight_decay: float = 0.0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only
+    #: bf16 autocast: "auto" = on CUDA only, True = on any device (CPU too), False = off
+    amp: bool | str = "auto"
+    #: channels-last memory format: "auto" = on CUDA only, True = on any device, False = off
+    channels_last: bool | str = "auto"
     cache_frozen_prefix: bool = True
     #: Adam's fused kernel (one pass over every parameter); the same update rule as
     #: the default implementation, which on CPU costs more than the convolutions
@@ -84,10 +89,22 @@ class TrainConfig:
             raise ValueError(f"training.patience must be >= 1, got {cfg.patience}")
         if not cfg.base_lr > 0:
             raise ValueError(f"training.base_lr must be > 0, got {cfg.base_lr}")
+        for name in ("amp", "channels_last"):
+            if getattr(cfg, name) not in (True, False, "auto"):
+                raise ValueError(f"training.{name} must be auto, true or false, got {getattr(cfg, name)!r}")
         if cfg.cpu_threads is not None and (isinstance(cfg.cpu_threads, bool) or not isinstance(cfg.cpu_threads, int)
                                             or cfg.cpu_threads < 1):
             raise ValueError(f"training.cpu_threads must be null or an integer >= 1, got {cfg.cpu_threads!r}")
         return cfg
+
+
+def device_setting(value: bool | str, device: torch.device) -> bool:
+    """``training.amp`` / ``training.channels_last`` on ``device``: ``auto`` means CUDA only."""
+    if value == "auto":
+        return device.type == "cuda"
+    if value in (True, False):
+        return bool(value)
+    raise ValueError(f"expected auto, true or false, got {value!r}")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -353,19 +370,21 @@ class Trainer:
         if cfg.cpu_threads is not None and torch.get_num_threads() != cfg.cpu_threads:
             torch.set_num_threads(int(cfg.cpu_threads))  # process-wide, as torch has it
             log.info("torch CPU threads set to %d (training.cpu_threads)", cfg.cpu_threads)
+        #: bf16 autocast and channels-last in this run (``auto``: on CUDA only; the default CPU
+        #: run stays float32 and contiguous, bit for bit as before these settings existed)
+        self.amp = device_setting(cfg.amp, self.device)
+        self.channels_last = device_setting(cfg.channels_last, self.device)
         self.model = model.to(self.device)
-        if self.cuda and cfg.channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.pristine = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.normalize = Normalizer(mean, std, self.device, self.cuda and cfg.channels_last)
+        self.normalize = Normalizer(mean, std, self.device, self.channels_last)
         self.cache = PrefixCache(cfg.prefix_cache_max_gb * 1024**3)
-        self.amp = self.cuda and cfg.amp
 
     # -- helpers -----------------------------------------------------------------
     def _autocast(self):
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return torch.autocast(device_type="cpu", enabled=False)
+        """bf16 autocast on this trainer's device type (CPU and CUDA alike) when ``amp``."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def reset(self, seed: int) -> None:
         """Restore the pretrained weights and draw a fresh head for ``seed``."""
@@ -436,6 +455,8 @@ class Trainer:
         if plan.prepare is not None:
             plan.prepare(self.model)
             self.model.to(self.device)
+            if self.channels_last:  # new modules (e.g. LoRA adapters) in the same memory format
+                self.model.to(memory_format=torch.channels_last)
         try:
             return self._train(plan, train, val, seed=seed, data_key=data_key, keep_best_state=keep_best_state,
                                progress=progress, t0=t0)
