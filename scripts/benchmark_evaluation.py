@@ -82,6 +82,7 @@ from evotune.training import (  # noqa: E402
     default_param_groups,
     make_optimizer,
     plan_loss,
+    device_setting,
     resolve_device,
     set_block_modes,
 )
@@ -96,10 +97,15 @@ GENOMES: dict[str, list[float]] = {
     "mixed": [0.1, 0.2, 0.6, 0.8, 0.45, 0.7, 0.3],
 }
 
+#: naive_seeds: how many of ``--seeds`` the naive loop runs (None: all). Every evaluation runs
+#: every epoch (patience = epochs), so its time does not depend on the seed; on a GPU the
+#: flowers preset's naive loop (JPEG decoding on one CPU core, about 10x the fast path) would
+#: otherwise take most of the device check's 8 minutes.
 PRESETS = {
-    "embedded": dict(arch="resnet10", epochs=5, batch_size=32, eval_batch_size=256, n_train=10, n_val=5),
+    "embedded": dict(arch="resnet10", epochs=5, batch_size=32, eval_batch_size=256, n_train=10, n_val=5,
+                     naive_seeds=None),
     "flowers": dict(arch="resnet50", epochs=3, batch_size=96, eval_batch_size=64, n_train=10, n_val=5,
-                    classes=102),
+                    classes=102, naive_seeds=1),
 }
 
 
@@ -368,6 +374,21 @@ def compute_floor(trainer: Trainer, plan: TrainingPlan, train: DeviceData, steps
     return (time.perf_counter() - t0) / (steps * bs)
 
 
+def validation_pass(trainer: Trainer, plan: TrainingPlan, val: DeviceData, data_key) -> float:
+    """Seconds of one validation pass of the fast path over ``val`` (prefix cache warm), as
+    every epoch of an evaluation runs it; lets ``scripts/extrapolate_search.py`` split an
+    evaluation's time into training and validation. Call after :func:`compute_floor` (which
+    applies the plan's freezing, what the frozen prefix is read from)."""
+    times = []
+    for _ in range(2):  # the first pass may build the prefix cache of ``val``
+        sync(trainer.device)
+        t0 = time.perf_counter()
+        trainer.evaluate(val, plan=plan, data_key=data_key)
+        sync(trainer.device)
+        times.append(time.perf_counter() - t0)
+    return times[-1]
+
+
 def random_genomes(k: int, num_blocks: int, seed: int) -> dict[str, list[float]]:
     """``k`` genomes drawn as the search draws its initial population (SPEC section 4)."""
     rng = np.random.default_rng(seed)
@@ -434,7 +455,10 @@ def print_table(rows: list[dict]) -> None:
     print("oversubscribed cores (load average above the core count) make CPU wall times noisy.")
 
 
-def write_out(path: Path, machine: dict, settings: dict, rows: list[dict], records: list[dict]) -> None:
+def write_out(path: Path, machine: dict, settings: dict, rows: list[dict], records: list[dict],
+              partial: bool = False) -> None:
+    """The table as CSV, or as JSON with every evaluation (``partial``: written during the run,
+    after each genome, so that a run stopped by a time limit still leaves what it measured)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
         keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -447,9 +471,12 @@ def write_out(path: Path, machine: dict, settings: dict, rows: list[dict], recor
                             "epochs": settings["epochs"], "n_train": settings["n_train_images"],
                             "n_val": settings["n_val_images"]})
     else:
-        path.write_text(json.dumps({"machine": machine, "settings": settings, "table": rows,
-                                    "evaluations": records}, indent=2, default=str))
-    print(f"wrote {path}")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"machine": machine, "settings": settings, "partial": partial, "table": rows,
+                                   "evaluations": records}, indent=2, default=str))
+        tmp.replace(path)
+    if not partial:
+        print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(rows rand1..randK and their mix, RANDOM)")
     ap.add_argument("--population-seed", type=int, default=0)
     ap.add_argument("--paths", default="fast,naive", help="comma list of fast,naive")
+    ap.add_argument("--naive-seeds", type=int, default=None, metavar="K",
+                    help="run the naive loop for the first K of --seeds only (default: embedded all, flowers 1; "
+                         "0 = all); per-evaluation times and the ratio are per evaluation either way")
     ap.add_argument("--checkpoint", help="an evotune checkpoint file (embedded: the source model)")
     ap.add_argument("--weights", choices=["auto", "imagenet", "random"], default="auto",
                     help="flowers: ImageNet weights from the local torch cache (auto: when present)")
@@ -479,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-batch-size", type=int, help="evaluation batch (embedded 256, flowers 64)")
     ap.add_argument("--pretrain-per-class", type=int, default=60, help="embedded quick pretraining: images/class")
     ap.add_argument("--pretrain-epochs", type=int, default=2)
-    ap.add_argument("--no-amp", action="store_true", help="fast path without bf16 autocast on CUDA")
+    ap.add_argument("--no-amp", action="store_true",
+                    help="fast path without bf16 autocast (default: training.amp auto, i.e. on CUDA only)")
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--no-floor", action="store_true", help="skip timing each genome's compute floor")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
@@ -507,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = base_training_config(epochs=epochs, patience=args.patience or epochs,
                                batch_size=args.batch_size or p["batch_size"],
                                eval_batch_size=args.eval_batch_size or p["eval_batch_size"],
-                               device=str(device), amp=not args.no_amp)
+                               device=str(device), amp=False if args.no_amp else "auto")
+    naive_seeds = args.naive_seeds if args.naive_seeds is not None else p["naive_seeds"]
+    naive_seeds = list(args.seeds[:naive_seeds]) if naive_seeds else list(args.seeds)
     machine = machine_info(device)
     print("=" * 100)
     print(f"evotune genome-evaluation benchmark: preset {args.preset} on {device}")
@@ -527,12 +560,14 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": cfg.epochs, "patience": cfg.patience, "batch_size": cfg.batch_size,
         "eval_batch_size": cfg.eval_batch_size, "base_lr": cfg.base_lr, "seeds": args.seeds,
         "repeats": args.repeats, "genomes": {g: GENOMES[g] for g in genomes},
-        "fast_amp": bool(device.type == "cuda" and cfg.amp),
-        "fast_channels_last": bool(device.type == "cuda" and cfg.channels_last),
+        "naive_seeds": naive_seeds,
+        "fast_amp": device_setting(cfg.amp, device),
+        "fast_channels_last": device_setting(cfg.channels_last, device),
     }
     print(f"{d['arch']} ({d['weights']}), {d['n_cls']} classes, {len(d['ytr'])} train / {len(d['yva'])} val "
           f"images, resize {d['resize']} crop {d['crop']}; epochs {cfg.epochs}, patience {cfg.patience}, "
-          f"batch {cfg.batch_size}/{cfg.eval_batch_size}, seeds {args.seeds}, repeats {args.repeats}")
+          f"batch {cfg.batch_size}/{cfg.eval_batch_size}, seeds {args.seeds} (naive loop: {naive_seeds}), "
+          f"repeats {args.repeats}")
 
     naive_kw = dict(resize_size=d["resize"], crop_size=d["crop"], mean=d["mean"], std=d["std"],
                     num_classes=d["n_cls"], device=device)
@@ -581,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for rep in range(args.repeats):
                 for path in paths:
+                    if path == "naive" and seed not in naive_seeds:
+                        continue
                     sync(device)
                     t0, c0 = time.perf_counter(), time.process_time()
                     if path == "fast":
@@ -606,13 +643,18 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {g:<6} {path:<5} seed {seed} #{rep}: {secs:7.2f}s (process CPU {cpu_s:6.2f}s), "
                           f"{res.epochs_run} epochs, "
                           f"best val {res.best_val_acc:.3f}{note}", flush=True)
+        if args.out and Path(args.out).suffix.lower() == ".json":  # what is measured so far
+            write_out(Path(args.out), machine, settings, summarise(records, genomes, paths), records, partial=True)
 
     if trainer is not None and not args.no_floor:
         for g, plan in plans.items():
             per_image = compute_floor(trainer, plan, train)
+            val_s = validation_pass(trainer, plan, val, data_key=(("bench", 0), "val"))
             for r in records:
                 if r["genome"] == g:
                     r["floor_s"] = per_image * r["train_images"]
+                    if r["path"] == "fast":
+                        r["val_pass_s"] = val_s
     rows = summarise(records, genomes, paths)
     print()
     print_table(rows)

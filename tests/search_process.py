@@ -4,6 +4,7 @@ usage: python search_process.py {search|worker} INPUTS.pt
 """
 
 import logging
+import os
 import sys
 
 import torch
@@ -13,6 +14,9 @@ from evotune.pipelines.search.nodes import run_search, run_search_worker
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     torch.set_num_threads(1)
+    if os.environ.get("EVOTUNE_TEST_DETERMINISTIC"):  # tests/test_cuda.py: the same kernels as the test process
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     role, path = sys.argv[1], sys.argv[2]
     inputs = torch.load(path, weights_only=False)
     args = (inputs["backbone"], inputs["train"], inputs["val"], inputs["search"], inputs["training"])

@@ -37,7 +37,9 @@ def inputs(tmp_path, storage, **search):
 
 def spawn(role, path):
     """Start a search or worker process; its output goes to files (a full pipe would block it)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE)])}
+    # keep the caller's PYTHONPATH (scripts/device_check.sh puts the installed wheels there)
+    paths = [str(HERE.parent / "src"), str(HERE), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     out, err = path.with_suffix(f".{role}.out"), path.with_suffix(f".{role}.err")
     proc = subprocess.Popen([sys.executable, str(HERE / "search_process.py"), role, str(path)],
                             stdout=out.open("w"), stderr=err.open("w"), text=True, env=env)

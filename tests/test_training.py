@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import base_parameters, make_split, train_config
+from conftest import base_parameters, make_split, method_params, train_config
 from evotune.backbones import build_model
 from evotune.search import genome_plan
 from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan, confusion_matrix, macro_accuracy
@@ -223,3 +223,73 @@ def test_fused_adam_is_the_default_and_follows_the_same_update_as_plain_adam():
         assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
         assert not torch.equal(trainer.model.state_dict()["stages.2.0.conv1.weight"],
                                trainer.pristine["stages.2.0.conv1.weight"]), "degenerate test: layer2 did not train"
+
+
+def test_amp_and_channels_last_are_off_on_cpu_by_default_and_validated():
+    """``auto`` (conf/base) means CUDA only: the default CPU run stays float32 and contiguous."""
+    trainer = make_trainer(epochs=1)
+    assert trainer.cfg.amp == "auto" and trainer.cfg.channels_last == "auto"
+    assert not trainer.amp and not trainer.channels_last
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    for key in ("amp", "channels_last"):
+        with pytest.raises(ValueError, match=f"training.{key} must be auto, true or false"):
+            TrainConfig.from_params({**base_parameters()["training"], key: "cuda"})
+        assert getattr(TrainConfig.from_params({**base_parameters()["training"], key: True}), key) is True
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu_and_agree_with_float32():
+    """The code path CUDA uses by default (bf16 autocast + channels-last), forced on CPU.
+
+    Tolerances: bf16 keeps 8 bits of mantissa (relative rounding 2**-9 per operation), so the
+    logits of the same weights under autocast differ from float32 by up to a few percent of
+    their scale after ten layers; they are compared at 10 % of the logits' spread, and at
+    least 90 % of the predicted classes must agree. A short training must stay finite and
+    learn the easy task (chance 0.25).
+    """
+    trainer = make_trainer(epochs=4, amp=True, channels_last=True)
+    assert trainer.amp and trainer.channels_last and trainer.device.type == "cpu"
+    convs = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    train, val = data(trainer)
+    assert trainer.normalize(val.images[:2]).is_contiguous(memory_format=torch.channels_last)
+    plan = TrainingPlan(block_lrs=[None, None, 1e-3, 1e-3, 1e-3, 1e-3])  # a frozen prefix: cached in bf16
+    res = trainer.train(plan, train, val, seed=7, data_key=("bf16", 0))
+    losses = [h["train_loss"] for h in res.history]
+    assert not res.diverged and all(math.isfinite(x) for x in losses)
+    assert res.best_val_acc > 0.5
+    assert trainer.cache.hits > 0
+    assert {t.dtype for t in trainer.cache._store.values()} == {torch.bfloat16}
+
+    # the same weights: autocast bf16 logits against float32 logits
+    trainer.model.eval()
+    x = trainer.normalize(val.images)
+    with torch.no_grad():
+        with trainer._autocast():
+            low = trainer.model(x).float()
+        ref = trainer.model(x)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    spread = (ref.max() - ref.min()).item()
+    assert (low - ref).abs().max().item() <= 0.1 * spread
+    assert (low.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.9
+    # predict() goes through the prefix cache and autocast too
+    assert trainer.predict(val, plan=plan, data_key=(("bf16", 0), "val")).shape == val.labels.shape
+
+
+def test_lora_adapters_follow_channels_last():
+    from evotune.methods import get_method
+    from evotune.methods.lora import LoRAConv2d
+
+    trainer = make_trainer(epochs=1, channels_last=True)
+    train, val = data(trainer)
+    seen = {}
+
+    plan = get_method("lora").plan(trainer.model, 1e-3, **method_params("lora", rank=2, alpha=4.0, init_seed=0))
+
+    def capture(model, optimizer, batches):
+        loras = [m for m in model.modules() if isinstance(m, LoRAConv2d)]
+        seen["formats"] = [m.lora_A.weight.is_contiguous(memory_format=torch.channels_last) for m in loras]
+
+    plan.on_epoch_start = capture
+    res = trainer.train(plan, train, val, seed=0)
+    assert not res.diverged and seen["formats"] and all(seen["formats"])

@@ -18,7 +18,10 @@ what it computes:
   frozen blocks before the first trained block is a fixed function of each
   image. :class:`PrefixCache` computes it once per (data, prefix length) and
   every epoch, seed and genome with that prefix reuses it.
-* On CUDA: bf16 autocast and channels-last memory format.
+* bf16 autocast and channels-last memory format (``training.amp`` and
+  ``training.channels_last``): ``auto`` turns them on on CUDA only, ``true`` on any
+  device. The same code applies them on CPU and on CUDA (torch has bf16 autocast on
+  both), so the CPU tests run it; only the defaults differ per device.
 * No per-sample Python: shuffling is one ``randperm`` per epoch, metrics are
   computed with ``bincount`` on the device.
 """
@@ -59,8 +62,10 @@ class TrainConfig:
     cosine_t_max: int
     weight_decay: float
     device: str
-    amp: bool  # bf16 autocast, CUDA only
-    channels_last: bool  # CUDA only
+    #: bf16 autocast: "auto" = on CUDA only, true = on any device (CPU too), false = off
+    amp: bool | str
+    #: channels-last memory format: "auto" = on CUDA only, true = on any device, false = off
+    channels_last: bool | str
     cache_frozen_prefix: bool
     #: Adam's fused kernel (one pass over every parameter); the same update rule as
     #: the default implementation, which on CPU costs more than the convolutions
@@ -84,6 +89,9 @@ class TrainConfig:
             problems.append(f"{path}.weight_decay, prefix_cache_max_gb and aux_loss_weight must be >= 0")
         if cfg.cpu_threads is not None and cfg.cpu_threads < 1:
             problems.append(f"{path}.cpu_threads must be null or an integer >= 1, got {cfg.cpu_threads!r}")
+        for name in ("amp", "channels_last"):
+            if getattr(cfg, name) not in (True, False, "auto"):
+                problems.append(f"{path}.{name} must be auto, true or false, got {getattr(cfg, name)!r}")
         if problems:
             raise ParameterError("; ".join(problems))
         return cfg
@@ -102,6 +110,15 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` (for scripts and tests that vary a few settings)."""
         return dataclasses.replace(self, **changes)
+
+
+def device_setting(value: bool | str, device: torch.device) -> bool:
+    """``training.amp`` / ``training.channels_last`` on ``device``: ``auto`` means CUDA only."""
+    if value == "auto":
+        return device.type == "cuda"
+    if value in (True, False):
+        return bool(value)
+    raise ValueError(f"expected auto, true or false, got {value!r}")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -370,19 +387,21 @@ class Trainer:
         if cfg.cpu_threads is not None and torch.get_num_threads() != cfg.cpu_threads:
             torch.set_num_threads(int(cfg.cpu_threads))  # process-wide, as torch has it
             log.info("torch CPU threads set to %d (training.cpu_threads)", cfg.cpu_threads)
+        #: bf16 autocast and channels-last in this run (``auto``: on CUDA only; the default CPU
+        #: run stays float32 and contiguous, bit for bit as before these settings existed)
+        self.amp = device_setting(cfg.amp, self.device)
+        self.channels_last = device_setting(cfg.channels_last, self.device)
         self.model = model.to(self.device)
-        if self.cuda and cfg.channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.pristine = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.normalize = Normalizer(mean, std, self.device, self.cuda and cfg.channels_last)
+        self.normalize = Normalizer(mean, std, self.device, self.channels_last)
         self.cache = PrefixCache(cfg.prefix_cache_max_gb * 1024**3)
-        self.amp = self.cuda and cfg.amp
 
     # -- helpers -----------------------------------------------------------------
     def _autocast(self):
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return torch.autocast(device_type="cpu", enabled=False)
+        """bf16 autocast on this trainer's device type (CPU and CUDA alike) when ``amp``."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def reset(self, seed: int) -> None:
         """Restore the pretrained weights and draw a fresh head for ``seed``."""
@@ -453,6 +472,8 @@ class Trainer:
         if plan.prepare is not None:
             plan.prepare(self.model)
             self.model.to(self.device)
+            if self.channels_last:  # new modules (e.g. LoRA adapters) in the same memory format
+                self.model.to(memory_format=torch.channels_last)
         try:
             return self._train(plan, train, val, seed=seed, data_key=data_key, keep_best_state=keep_best_state,
                                progress=progress, t0=t0)
