@@ -583,20 +583,26 @@ def _set_submodule(root: nn.Module, dotted: str, new: nn.Module) -> None:
 
 
 def _fresh_linear(old: nn.Linear, num_classes: int, generator: torch.Generator | None) -> nn.Linear:
-    """A new Linear(old.in_features, num_classes) with PyTorch's default init."""
+    """A new Linear(old.in_features, num_classes) with PyTorch's default init, on ``old``'s device.
+
+    With a (CPU) ``generator`` the weights are drawn on the CPU in float32 and then moved, so
+    a seed gives the same head on every device (and a CUDA model needs no CUDA generator).
+    """
+    seeded = generator is not None
     new = nn.Linear(
         old.in_features,
         int(num_classes),
         bias=old.bias is not None,
-        device=old.weight.device,
-        dtype=old.weight.dtype,
+        device="cpu" if seeded else old.weight.device,
+        dtype=torch.float32 if seeded else old.weight.dtype,
     )
-    if generator is not None:  # same distribution as Linear.reset_parameters, seeded
+    if seeded:  # same distribution as Linear.reset_parameters, seeded
         with torch.no_grad():
             nn.init.kaiming_uniform_(new.weight, a=math.sqrt(5), generator=generator)
             if new.bias is not None:
                 bound = 1 / math.sqrt(old.in_features) if old.in_features > 0 else 0.0
                 nn.init.uniform_(new.bias, -bound, bound, generator=generator)
+        new = new.to(device=old.weight.device, dtype=old.weight.dtype)
     return new
 
 
