@@ -35,6 +35,16 @@ def test_registry_has_every_stage_and_the_default_chains_them(project):
     assert "pretrain_source_model" not in {n.name for n in project["pretrained"].nodes}
 
 
+@pytest.mark.parametrize("name", ["pretrained", "search_worker", "compare", "retrain"])
+def test_every_pipeline_loads_when_it_is_the_one_requested(project, name):
+    """`kedro run --pipeline <name>` asks the registry for that name only (Kedro 1.x)."""
+    project.set_requested([name])
+    try:
+        assert len(project[name].nodes) >= 1
+    finally:
+        project.set_requested(None)
+
+
 def test_every_dataset_of_the_default_pipeline_is_in_the_catalog_and_versioned(project):
     with KedroSession.create(project_path=ROOT) as session:
         context = session.load_context()

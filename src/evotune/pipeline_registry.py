@@ -7,23 +7,45 @@
   file or random init (``backbone.weights``), without source pretraining.
 * ``search_worker``: an extra worker process for a running search.
 * each stage alone: ``source_pretraining``, ``data_processing``, ``backbone``,
-  ``search``, ``retrain``, ``reporting``, and every other pipeline package that
-  ``find_pipelines`` discovers under ``evotune.pipelines`` (e.g. ``compare``).
+  ``search``, ``retrain``, ``reporting``, and every other pipeline package under
+  ``evotune.pipelines`` (e.g. ``compare``).
 """
 
-from kedro.framework.project import find_pipelines
+import importlib
+import pkgutil
+
 from kedro.pipeline import Pipeline
 
+from . import pipelines as _pipelines_package
 from .pipelines import backbone, data_processing, reporting, retrain, search, source_pretraining
 
-# The stages the composite pipelines are made of. They are built here directly:
-# Kedro 1.x lets find_pipelines load only the pipelines a run asks for, and a
-# composite like __default__ needs all of its parts.
-TARGET_STAGES = {"data_processing": data_processing, "search": search, "retrain": retrain, "reporting": reporting}
+# The stages the composite pipelines are made of.
+TARGET_STAGES = {
+    "data_processing": data_processing,
+    "search": search,
+    "retrain": retrain,
+    "reporting": reporting,
+}
+
+
+def _pipeline_packages() -> dict[str, Pipeline]:
+    """``create_pipeline()`` of every package under ``evotune.pipelines``, by package name.
+
+    Not ``kedro.framework.project.find_pipelines``: in Kedro 1.x, during ``kedro run
+    --pipeline <name>`` it only imports the package named ``<name>`` and raises for a name
+    that is no package, so the composite pipelines (``pretrained``, ``search_worker``)
+    could not be run by name.
+    """
+    found = {}
+    for info in pkgutil.iter_modules(_pipelines_package.__path__):
+        if info.ispkg and not info.name.startswith(("_", ".")):
+            module = importlib.import_module(f"{_pipelines_package.__name__}.{info.name}")
+            found[info.name] = module.create_pipeline()
+    return found
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = find_pipelines(raise_errors=True)
+    pipelines = _pipeline_packages()
     stages = {name: module.create_pipeline() for name, module in TARGET_STAGES.items()}
     stages["source_pretraining"] = source_pretraining.create_pipeline()
     stages["backbone"] = backbone.create_pipeline()
