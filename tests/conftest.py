@@ -36,3 +36,11 @@ def make_split(n_per_class: int, num_classes: int, size: int = 32, n_chunks: int
 @pytest.fixture
 def tiny_split():
     return make_split
+
+
+@pytest.fixture(scope="session")
+def resnet10_export(tmp_path_factory):
+    """A tiny resnet10 retrained (2 seeds, 2 epochs) and exported by the project's nodes (tests/exported.py)."""
+    from exported import make_export
+
+    return make_export(tmp_path_factory.mktemp("export_resnet10"), arch="resnet10")

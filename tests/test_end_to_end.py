@@ -35,6 +35,9 @@ def project(tmp_path_factory):
     os.chdir(old)
 
 
+EXPORTS = ("07_model_output/exported_model.safetensors", "07_model_output/exported_model.pt2", "07_model_output/exported_model.json")
+
+
 def run(project, **kw):
     bootstrap_project(project)
     with KedroSession.create(project_path=project, runtime_params=TINY) as session:
@@ -54,14 +57,17 @@ def test_kedro_run_end_to_end_then_rerun_one_stage(project):
         assert (project / "data/08_reporting/latest/figures" / fig).stat().st_size > 1000
     for rel in ("06_models/source_model.pt", "06_models/backbone.pt", "05_model_input/target_train.pt",
                 "07_model_output/best_genome.json", "07_model_output/search_trials.csv",
-                "08_reporting/test_metrics.json"):
+                "08_reporting/test_metrics.json", *EXPORTS):
         assert len(versions(project, rel)) == 1, rel
+    # the three files of one export share its version
+    assert len({versions(project, rel)[0] for rel in EXPORTS}) == 1
     search_mtime = (project / "data/07_model_output/best_genome.json").stat().st_mtime
 
     # rerun only the retrain and what follows: the search is reused, nothing is overwritten
     run(project, from_nodes=["retrain_best_genome"])
     assert len(versions(project, "07_model_output/retrained_models.pt")) == 2
     assert len(versions(project, "08_reporting/test_metrics.json")) == 2
+    assert all(len(versions(project, rel)) == 2 for rel in EXPORTS)
     assert len(versions(project, "07_model_output/best_genome.json")) == 1
     assert (project / "data/07_model_output/best_genome.json").stat().st_mtime == search_mtime
 
@@ -69,3 +75,4 @@ def test_kedro_run_end_to_end_then_rerun_one_stage(project):
     run(project, pipeline_names=["reporting"])
     assert len(versions(project, "08_reporting/report.md")) == 3
     assert len(versions(project, "07_model_output/retrained_models.pt")) == 2
+

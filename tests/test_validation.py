@@ -85,3 +85,14 @@ def test_num_classes_that_disagrees_with_the_data_is_an_error():
     assert target_num_classes(index, {}) == 3
     with pytest.raises(ValueError, match="backbone.num_classes is 5 but the target data has 3 classes"):
         target_num_classes(index, {"num_classes": 5})
+
+
+
+def test_export_seed_must_be_a_retrained_seed(base_params, nodes):
+    params = copy.deepcopy(base_params)
+    params["export"].update(selection="seed", seed=12345)
+    with pytest.raises(ParameterError, match=r"export.seed is 12345, which is not one of retrain.seeds"):
+        validate_run(params, nodes["__default__"])
+    del params["export"]["verify_images"]
+    with pytest.raises(ParameterError, match="export.verify_images not set.*parameters_export.yml"):
+        validate_run(params, nodes["export"])

@@ -2,13 +2,13 @@
 
 * ``__default__``: the embedded offline reproduction, raw data to report:
   source pretraining -> target ingestion and splitting -> backbone (from the
-  source model) -> evolutionary search -> retrain -> test -> reporting.
+  source model) -> evolutionary search -> retrain -> test -> export -> reporting.
 * ``pretrained``: the same on a backbone with ImageNet weights, a checkpoint
   file or random init (``backbone.weights``), without source pretraining.
 * ``search_worker``: an extra worker process for a running search.
 * each stage alone: ``source_pretraining``, ``data_processing``, ``backbone``,
-  ``search``, ``retrain``, ``reporting``, and every other pipeline package under
-  ``evotune.pipelines`` (e.g. ``compare``).
+  ``search``, ``retrain``, ``export``, ``reporting``, and every other pipeline package
+  under ``evotune.pipelines`` (e.g. ``compare``).
 """
 
 import importlib
@@ -17,13 +17,14 @@ import pkgutil
 from kedro.pipeline import Pipeline
 
 from . import pipelines as _pipelines_package
-from .pipelines import backbone, data_processing, reporting, retrain, search, source_pretraining
+from .pipelines import backbone, data_processing, export, reporting, retrain, search, source_pretraining
 
 # The stages the composite pipelines are made of.
 TARGET_STAGES = {
     "data_processing": data_processing,
     "search": search,
     "retrain": retrain,
+    "export": export,
     "reporting": reporting,
 }
 

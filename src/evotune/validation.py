@@ -7,12 +7,36 @@ file fails in seconds with one clear message, not an hour into a search.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 
 class ParameterError(ValueError):
     """A parameter (named in the message) is wrong; the message says what to do."""
+
+
+def require_keys(section: Any, name: str, keys: Sequence[str], file: str) -> dict[str, Any]:
+    """``section`` (the parameters under ``name``) as a dict holding exactly ``keys``.
+
+    conf/base is the only source of defaults: a missing key is an error naming it and the
+    file that defines it, an unknown key (a typo) is an error listing the valid ones.
+    """
+    if not isinstance(section, Mapping):
+        raise ParameterError(f"`{name}` is missing or not a mapping (got {section!r}); it is defined in {file}.")
+    missing = [k for k in keys if k not in section]
+    if missing:
+        raise ParameterError(
+            f"{', '.join(f'{name}.{k}' for k in missing)} not set: every key of `{name}` must be given "
+            f"(conf/base/{file} has them all, with comments)."
+        )
+    unknown = sorted(set(section) - set(keys))
+    if unknown:
+        raise ParameterError(
+            f"Unknown parameter(s) {', '.join(f'{name}.{k}' for k in unknown)}; valid keys of `{name}`: "
+            f"{', '.join(keys)} (conf/base/{file})."
+        )
+    return dict(section)
 
 
 def validate_run(params: dict[str, Any], node_names) -> None:
@@ -94,9 +118,17 @@ def validate_run(params: dict[str, Any], node_names) -> None:
         seeds = params.get("retrain", {}).get("seeds")
         if not seeds:
             problems.append("retrain.seeds must list at least one seed (conf/base/parameters_retrain.yml).")
+    if "export_best_model" in nodes:
+        from .pipelines.export.nodes import ExportParams
+
+        exp = check(ExportParams.from_params, params.get("export"))
+        seeds = params.get("retrain", {}).get("seeds") or []
+        if exp is not None and exp.selection == "seed" and "retrain_best_genome" in nodes and exp.seed not in seeds:
+            problems.append(f"export.seed is {exp.seed}, which is not one of retrain.seeds {list(seeds)}.")
     if "ingest_index" in nodes:
         from .pipelines.data_processing.nodes import check_data_params
 
         check(check_data_params, params.get("data", {}))
     if problems:
         raise ParameterError("Invalid parameters, nothing was run:\n  - " + "\n  - ".join(problems))
+
