@@ -1,10 +1,16 @@
 """`kedro run` end to end on a copy of the project, with tiny settings; then one stage alone."""
 
+import io
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
@@ -76,3 +82,86 @@ def test_kedro_run_end_to_end_then_rerun_one_stage(project):
     assert len(versions(project, "08_reporting/report.md")) == 3
     assert len(versions(project, "07_model_output/retrained_models.pt")) == 2
 
+
+def _latest(project, rel, name=None):
+    return project / "data" / rel / versions(project, rel)[-1] / (name or Path(rel).name)
+
+
+def _new_images_folder(project, root: Path) -> int:
+    """Test images as PNGs plus a corrupt JPEG, a text file, a zero-byte PNG and a 16-bit PNG;
+    returns the number of good test images written."""
+    from PIL import Image
+
+    test = torch.load(_latest(project, "05_model_input/target_test.pt"), weights_only=True)
+    n = 20
+    root.mkdir()
+    for i in range(n):
+        Image.fromarray(test["images"][i].permute(1, 2, 0).numpy(), "RGB").save(root / f"test_{i:02d}.png")
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(root / "deep16.png")
+    jpeg = io.BytesIO()
+    Image.fromarray(test["images"][0].permute(1, 2, 0).numpy(), "RGB").save(jpeg, format="JPEG")
+    (root / "corrupt.jpg").write_bytes(jpeg.getvalue()[:200])
+    (root / "readme.txt").write_text("these are new images")
+    (root / "empty.png").write_bytes(b"")
+    return n
+
+
+def test_predict_through_the_kedro_cli(project, tmp_path):
+    """`kedro run --pipeline predict --params predict.source=...` in a subprocess, on the newest export."""
+    if not versions(project, EXPORTS[0]):
+        run(project)
+    folder = tmp_path / "new images"
+    n = _new_images_folder(project, folder)
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+    kedro = Path(sys.executable).parent / "kedro"
+    proc = subprocess.run(
+        [str(kedro), "run", "--pipeline", "predict", "--params", f"predict.source={folder},predict.device=cpu"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "skipped 3 (1 empty file, 1 not an image, 1 unreadable image" in " ".join(out.split()), out[-3000:]
+    for name in ("corrupt.jpg", "readme.txt", "empty.png"):
+        assert name in out
+
+    pred = pd.read_csv(_latest(project, "07_model_output/predictions.csv"))
+    skipped = pd.read_csv(_latest(project, "07_model_output/prediction_skipped.csv"))
+    assert sorted(skipped["file"]) == ["corrupt.jpg", "empty.png", "readme.txt"]
+    assert len(pred) == n + 1 and "deep16.png" in set(pred["file"])
+
+    # the same classes as the trained model of the exported seed on those test images
+    from evotune.backbones import model_from_checkpoint
+    from evotune.training import Normalizer
+
+    meta = pd.read_json(_latest(project, EXPORTS[2]), typ="series")
+    backbone = torch.load(_latest(project, "06_models/backbone.pt"), weights_only=True)
+    retrained = torch.load(_latest(project, "07_model_output/retrained_models.pt"), weights_only=True)
+    test = torch.load(_latest(project, "05_model_input/target_test.pt"), weights_only=True)
+    model = model_from_checkpoint(backbone)
+    model.load_state_dict(next(r["state_dict"] for r in retrained["runs"] if r["seed"] == meta["selection"]["seed"]))
+    model.eval()
+    with torch.no_grad():
+        logits = model(Normalizer(backbone["mean"], backbone["std"], torch.device("cpu"), False)(test["images"][:n]))
+    by_file = pred.set_index("file")["predicted_class"].astype(str)
+    assert [by_file[f"test_{i:02d}.png"] for i in range(n)] == [test["classes"][int(k)] for k in logits.argmax(1)]
+
+
+def test_predict_reads_a_chosen_export_version(project, tmp_path):
+    from evotune.validation import ParameterError
+
+    if not versions(project, EXPORTS[0]):
+        run(project)
+    folder = tmp_path / "imgs"
+    _new_images_folder(project, folder)
+    oldest = versions(project, EXPORTS[0])[0]
+    before = len(versions(project, "07_model_output/predictions.csv"))
+    params = {"predict": {"source": str(folder), "device": "cpu", "model_version": oldest}}
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, runtime_params=params) as session:
+        session.run(pipeline_names=["predict"])
+    assert len(versions(project, "07_model_output/predictions.csv")) == before + 1
+
+    params["predict"]["model_version"] = "2000-01-01T00.00.00.000Z"
+    with pytest.raises(ParameterError, match=f"no export 2000-01-01T00.00.00.000Z.*{oldest}"):
+        with KedroSession.create(project_path=project, runtime_params=params) as session:
+            session.run(pipeline_names=["predict"])

@@ -6,9 +6,10 @@
 * ``pretrained``: the same on a backbone with ImageNet weights, a checkpoint
   file or random init (``backbone.weights``), without source pretraining.
 * ``search_worker``: an extra worker process for a running search.
+* ``predict``: classify a folder (or a CSV of paths) with the newest exported model.
 * each stage alone: ``source_pretraining``, ``data_processing``, ``backbone``,
   ``search``, ``retrain``, ``export``, ``reporting``, and every other pipeline package
-  under ``evotune.pipelines`` (e.g. ``compare``).
+  under ``evotune.pipelines`` (e.g. ``compare``, ``predict``).
 """
 
 import importlib
