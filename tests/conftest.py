@@ -87,3 +87,11 @@ def backbone_checkpoint(model, num_classes: int, **meta) -> dict:
 @pytest.fixture
 def tiny_split():
     return make_split
+
+
+@pytest.fixture(scope="session")
+def resnet10_export(tmp_path_factory):
+    """A tiny resnet10 retrained (2 seeds, 2 epochs) and exported by the project's nodes (tests/exported.py)."""
+    from exported import make_export
+
+    return make_export(tmp_path_factory.mktemp("export_resnet10"), arch="resnet10")

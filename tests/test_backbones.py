@@ -179,6 +179,50 @@ def test_staged_forward_equals_torchvision(wrapped):
     assert staged.aux_logits == []  # eval mode never records aux logits
 
 
+def test_torchvision_state_dict_loads_into_plain_torchvision(wrapped):
+    """The one StagedModel -> torchvision key mapping (evotune.backbones.torchvision_key_map):
+    every key maps, a model built from the exported description loads it strictly, and its
+    eval-mode forward is the staged model's."""
+    arch, tv, staged = wrapped
+    mapping = B.torchvision_key_map(staged)
+    assert set(mapping) == set(staged.state_dict()) and set(mapping.values()) == set(tv.state_dict())
+    exported = B.torchvision_state_dict(staged)
+    assert list(exported) == list(tv.state_dict())  # torchvision's own key order
+    for key, value in tv.state_dict().items():
+        assert torch.equal(exported[key], value), key
+    description = B.torchvision_description(staged)
+    assert description["kwargs"]["num_classes"] == NUM_CLASSES
+    with torch.device("meta"):
+        plain = B.construct_from_description(description)
+    plain = plain.to_empty(device="cpu")
+    plain.load_state_dict(exported, strict=True)
+    plain.eval()
+    reference = _torchvision_model(arch) if arch in ("resnet10", "resnet18") else None
+    if reference is not None:  # the description builds the very architecture of the independent builder
+        assert type(plain) is type(reference) and str(plain) == str(reference)
+    x = _input(arch)
+    with torch.no_grad():
+        assert torch.equal(plain(x), staged(x))
+
+
+@pytest.mark.parametrize("arch", ["resnet10", "mobilenet_v3_small"])
+def test_torchvision_export_after_a_new_head(arch):
+    torch.manual_seed(0)
+    staged = B.replace_head(B.build_model(arch, 5), 3).eval()
+    plain = B.to_torchvision(staged)
+    assert not plain.training
+    x = _input(arch)
+    with torch.no_grad():
+        assert torch.equal(plain(x), staged(x)) and plain(x).shape == (2, 3)
+
+
+def test_descriptions_only_import_torchvision_models():
+    with pytest.raises(ValueError, match="refusing"):
+        B.construct_from_description({"callable": "os.system", "args": ["true"], "kwargs": {}})
+    with pytest.raises(ValueError, match="refusing"):
+        B.construct_from_description({"callable": "torchvision.models.resnet18", "args": [{"import": "os.system"}]})
+
+
 def test_blocks_are_in_forward_order(wrapped):
     """Forward hooks on the torchvision model's leaf modules: first activations visit the
     stages in increasing order."""

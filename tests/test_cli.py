@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -45,7 +46,7 @@ source_pretraining: {data: {n_per_class: 6}, training: {epochs: 1, batch_size: 6
 data: {split: {train_per_class: 4, val_per_class: 4}}
 search: {population: 4, elite: 1, generations: 1, seeds: [1], worker_poll_s: 0.2, worker_idle_timeout_s: 5}
 training: {epochs: 1, batch_size: 32}
-retrain: {seeds: [1]}
+retrain: {seeds: [559]}
 compare: {methods: [full_finetune, l2_sp, random_search], surgical: {blocks: [layer4]}}  # all ten: test_compare.py
 """
 
@@ -68,7 +69,8 @@ class Expect:
     after: tuple[str, ...] = field(default_factory=tuple)  # commands that must have run first
 
 
-OFFLINE = "cannot download"  # ImageNet weights missing: the message says where to put them
+OFFLINE = "cannot download"
+CUDA = torch.cuda.is_available()  # ImageNet weights missing: the message says where to put them
 
 COMMANDS: dict[str, Expect] = {
     # --- the two commands, and their make relatives
@@ -125,6 +127,22 @@ data:
         Expect(ok=False, says=("backbone.arch vgg19", "kedro run --env paper --pipelines pretrained")),
     "kedro ipython": Expect(run="kedro ipython -c \"print('population', catalog.load('params:search')['population'])\"",
                             says=("population 4",)),
+    # --- the exported model
+    "kedro run --pipelines export --params export.selection=seed,export.seed=559": Expect(
+        files=("data/07_model_output/exported_model.safetensors", "data/07_model_output/exported_model.pt2",
+               "data/07_model_output/exported_model.json")),
+    "kedro run --pipelines predict --params predict.source=data/01_raw/new_images": Expect(
+        says=("skipped 3 (1 empty file, 1 not an image, 1 unreadable image", "corrupt.jpg", "readme.txt",
+              "empty.png"),
+        files=("data/07_model_output/predictions.csv", "data/07_model_output/prediction_skipped.csv")),
+    "kedro run --pipelines predict --params predict.source=new/list.csv,predict.csv_column=filename": Expect(
+        files=("data/07_model_output/predictions.csv",)),
+    "kedro run --pipelines predict --params predict.source=new_images,predict.model_version=<version>,"
+    "predict.device=cuda": Expect(
+        run="kedro run --pipelines predict --params predict.source=new_images,predict.model_version="
+            "$(ls data/07_model_output/exported_model.json | head -1),predict.device=cuda",
+        ok=CUDA, says=() if CUDA else ("predict.device is 'cuda' but CUDA is not available",)),
+    "kedro run --pipelines predict": Expect(ok=False, says=("predict.source is not set",)),
     # --- the scripts
     "python scripts/transfer_check.py": Expect(run="python scripts/transfer_check.py --seeds 1",
                                                says=("from scratch",)),
@@ -193,6 +211,10 @@ def project(tmp_path_factory):
         if layer.is_dir():
             (dst / "data" / layer.name).mkdir(parents=True)
     make_image_folder(dst / "data" / "01_raw" / "my_images")
+    make_new_images(dst / "data" / "01_raw" / "new_images")
+    make_new_images(dst / "new_images")
+    (dst / "new").mkdir()
+    (dst / "new" / "list.csv").write_text("filename\n" + "".join(f"../new_images/test_{i:02d}.png\n" for i in range(5)))
     venv = Path(sys.prefix)
     (dst / ".venv").symlink_to(venv)  # `make` and `source .venv/bin/activate` use this environment
     return dst
@@ -208,6 +230,22 @@ def make_image_folder(root: Path) -> None:
             a[:, c * 20:(c + 1) * 20] += 150
             Image.fromarray(a).save(root / name / f"{i}.png")
     (root / "cat" / "notes.txt").write_text("not an image")
+
+
+def make_new_images(root: Path) -> None:
+    """Images to classify: PNGs, a 16-bit PNG, a corrupt JPEG, a text file and a zero-byte PNG."""
+    import io
+
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(root / f"test_{i:02d}.png")
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60).save(root / "deep16.png")
+    jpeg = io.BytesIO()
+    Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(jpeg, format="JPEG")
+    (root / "corrupt.jpg").write_bytes(jpeg.getvalue()[:200])
+    (root / "readme.txt").write_text("these are new images")
+    (root / "empty.png").write_bytes(b"")
 
 
 def environment() -> dict:

@@ -65,6 +65,29 @@ def test_decode_split_matches_torchvision_resize_and_centre_crop():
     assert out["chunks"].tolist() == [0, 1, 0, 1, -1]
 
 
+def test_predict_decodes_a_file_exactly_as_the_training_split(tmp_path):
+    """One preprocessing: load_image_file (predict) gives decode_split's bytes for the same file,
+    and the split records what was done (the export's metadata copies it)."""
+    from evotune.data import make_source
+    from evotune.data.preprocess import load_image_file
+
+    rng = np.random.default_rng(1)
+    files = {"a/big.jpg": Image.fromarray(rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)),  # JPEG draft path
+             "a/gray16.png": Image.fromarray(rng.integers(0, 65536, (40, 30), dtype=np.uint16)),
+             "b/palette.png": Image.fromarray(rng.integers(0, 256, (25, 33, 3), dtype=np.uint8)).convert("P"),
+             "b/rgba.png": Image.fromarray(rng.integers(0, 256, (20, 20, 4), dtype=np.uint8), "RGBA")}
+    for name, img in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        img.save(tmp_path / name)
+    source = make_source({"kind": "image_folder", "path": str(tmp_path)})
+    index = source.index()
+    out = decode_split(source, index[["item", "label"]], resize_size=24, crop_size=16)
+    for i, item in enumerate(out["items"]):
+        assert np.array_equal(load_image_file(tmp_path / item, 24, 16), out["images"][i].numpy()), item
+    assert out["preprocessing"]["resize_shorter_side"] == 24 and out["preprocessing"]["center_crop"] == 16
+    assert out["preprocessing"]["interpolation"] == "bilinear"
+
+
 def test_decode_split_rejects_crop_larger_than_resize():
     with pytest.raises(DataSourceError, match="data.image.crop_size"):
         decode_split(ArraySource([]), pd.DataFrame({"item": [], "label": []}), resize_size=16, crop_size=32)

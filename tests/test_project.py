@@ -24,15 +24,28 @@ def test_telemetry_is_disabled_in_the_project():
 
 def test_registry_has_every_stage_and_the_default_chains_them(project):
     for name in ("__default__", "pretrained", "source_pretraining", "data_processing", "backbone", "search",
-                 "search_worker", "retrain", "reporting", "compare"):
+                 "search_worker", "retrain", "export", "reporting", "compare", "predict"):
         assert name in project, name
     default = {n.name for n in project["__default__"].nodes}
     for node in ("make_source_dataset", "pretrain_source_model", "ingest_index", "split_dataset",
                  "preprocess_splits", "backbone_from_source", "evolutionary_search", "retrain_best_genome",
-                 "evaluate_on_test", "write_report"):
+                 "evaluate_on_test", "export_best_model", "write_report"):
         assert node in default, node
     assert "load_pretrained_backbone" in {n.name for n in project["pretrained"].nodes}
+    assert "export_best_model" in {n.name for n in project["pretrained"].nodes}
     assert "pretrain_source_model" not in {n.name for n in project["pretrained"].nodes}
+    assert "predict_images" not in default
+    assert [n.name for n in project["predict"].nodes] == ["predict_images"]
+
+
+@pytest.mark.parametrize("name", ["pretrained", "search_worker", "predict", "export"])
+def test_every_pipeline_loads_when_it_is_the_one_requested(project, name):
+    """`kedro run --pipeline <name>` asks the registry for that name only (Kedro 1.x)."""
+    project.set_requested([name])
+    try:
+        assert len(project[name].nodes) >= 1
+    finally:
+        project.set_requested(None)
 
 
 def test_every_dataset_of_the_default_pipeline_is_in_the_catalog_and_versioned(project):

@@ -88,3 +88,34 @@ def test_num_classes_that_disagrees_with_the_data_is_an_error():
     assert target_num_classes(index, bp) == 3
     with pytest.raises(ValueError, match="backbone.num_classes is 5 but the target data has 3 classes"):
         target_num_classes(index, BackboneParams.from_params({**base_parameters()["backbone"], "num_classes": 5}))
+
+
+def test_predict_needs_a_source_and_export_a_retrained_seed(base_params, nodes, tmp_path):
+    with pytest.raises(ParameterError, match="predict.source is not set"):
+        validate_run(base_params, nodes["predict"])
+    params = copy.deepcopy(base_params)
+    params["predict"]["source"] = str(tmp_path)
+    validate_run(params, nodes["predict"])
+    params["export"].update(selection="seed", seed=12345)
+    with pytest.raises(ParameterError, match=r"export.seed is 12345, which is not one of retrain.seeds"):
+        validate_run(params, nodes["__default__"])
+    del params["export"]["verify_images"]
+    with pytest.raises(ParameterError, match="Missing parameter.*export.verify_images.*parameters_export.yml"):
+        validate_run(params, nodes["export"])
+
+
+def test_predict_without_an_export_says_to_run_the_pipeline_first(tmp_path):
+    from evotune.validation import check_export_available
+
+    class Catalog:  # what the hook sees: an export dataset with no version yet
+        def exists(self, name):
+            return False
+
+        def get(self, name):
+            return type("Dataset", (), {"_filepath": tmp_path / "exported_model.safetensors"})()
+
+    with pytest.raises(ParameterError, match="No exported model to predict with.*Run `kedro run`"):
+        check_export_available(Catalog(), {"predict": {"model_version": None}}, ["exported_model_weights"])
+    (tmp_path / "exported_model.safetensors" / "2026-01-01T00.00.00.000Z").mkdir(parents=True)
+    with pytest.raises(ParameterError, match="no export 2030.*Versions there: 2026-01-01T00.00.00.000Z"):
+        check_export_available(Catalog(), {"predict": {"model_version": "2030"}}, ["exported_model_weights"])

@@ -90,7 +90,13 @@ __all__ = [
     "make_checkpoint",
     "model_from_checkpoint",
     "replace_head",
+    "construct_from_description",
     "staged_from_torchvision",
+    "to_torchvision",
+    "torchvision_constructor",
+    "torchvision_description",
+    "torchvision_key_map",
+    "torchvision_state_dict",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -496,33 +502,73 @@ def _stage_efficientnet(m: nn.Module) -> list[nn.Module]:
     ]
 
 
-def _construct_resnet10(**kwargs: Any) -> nn.Module:
-    from torchvision.models.resnet import BasicBlock, ResNet
-
-    return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
-
-
-def _tv_constructor(name: str) -> Callable[..., nn.Module]:
-    def construct(**kwargs: Any) -> nn.Module:
-        import torchvision.models
-
-        return torchvision.models.get_model(name, weights=None, **kwargs)
-
-    return construct
-
-
-# arch -> (torchvision constructor (keyword args, no weights), stager)
-_IMPLS: dict[str, tuple[Callable[..., nn.Module], Callable[[nn.Module], list[nn.Module]]]] = {
-    "resnet10": (_construct_resnet10, _stage_resnet),
-    **{n: (_tv_constructor(n), _stage_resnet) for n in ("resnet18", "resnet34", "resnet50", "resnet101")},
-    "densenet121": (_tv_constructor("densenet121"), _stage_densenet),
-    "vgg19": (_tv_constructor("vgg19"), _stage_vgg),
-    "vgg19_bn": (_tv_constructor("vgg19_bn"), _stage_vgg),
-    "inception_v3": (_tv_constructor("inception_v3"), _stage_inception),
-    "mobilenet_v3_small": (_tv_constructor("mobilenet_v3_small"), _stage_mobilenet_v3),
-    "efficientnet_b0": (_tv_constructor("efficientnet_b0"), _stage_efficientnet),
+# arch -> (how torchvision builds it: dotted callable and positional args, stager). The
+# description is what the exported model's metadata records (see torchvision_constructor),
+# so the project builds its models exactly the way a user without this package does.
+_RESNET10_ARGS = [{"import": "torchvision.models.resnet.BasicBlock"}, [1, 1, 1, 1]]
+_IMPLS: dict[str, tuple[tuple[str, list], Callable[[nn.Module], list[nn.Module]]]] = {
+    # resnet10 has no torchvision builder: torchvision's ResNet(BasicBlock, [1, 1, 1, 1]).
+    "resnet10": (("torchvision.models.resnet.ResNet", _RESNET10_ARGS), _stage_resnet),
+    **{n: ((f"torchvision.models.{n}", []), _stage_resnet) for n in ("resnet18", "resnet34", "resnet50", "resnet101")},
+    "densenet121": (("torchvision.models.densenet121", []), _stage_densenet),
+    "vgg19": (("torchvision.models.vgg19", []), _stage_vgg),
+    "vgg19_bn": (("torchvision.models.vgg19_bn", []), _stage_vgg),
+    "inception_v3": (("torchvision.models.inception_v3", []), _stage_inception),
+    "mobilenet_v3_small": (("torchvision.models.mobilenet_v3_small", []), _stage_mobilenet_v3),
+    "efficientnet_b0": (("torchvision.models.efficientnet_b0", []), _stage_efficientnet),
 }
 assert set(_IMPLS) == set(ARCHITECTURES)
+
+#: Only callables under this prefix are built from a description (a metadata file must
+#: not be able to import arbitrary code).
+_TORCHVISION_PREFIX = "torchvision.models."
+
+
+def torchvision_constructor(
+    arch: str, num_classes: int, *, arch_config: Mapping[str, Any] | None = None, random_init: bool = False
+) -> dict[str, Any]:
+    """How to build the bare torchvision model of ``arch``, as plain JSON-ready values.
+
+    ``{"callable": dotted name, "args": [...], "kwargs": {...}, "python": one-line expression}``;
+    an argument ``{"import": dotted name}`` stands for that object (resnet10's ``BasicBlock``).
+    ``construct_from_description`` (or ``getattr(importlib.import_module(module), name)``
+    on each dotted name) builds it; no weights are loaded. ``random_init=False`` skips
+    Inception's slow initialiser (the caller loads a full state dict).
+    """
+    spec = get_arch(arch)
+    (dotted, args), _ = _IMPLS[spec.name]
+    kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
+    if spec.name == "inception_v3":
+        kwargs["aux_logits"] = True
+        kwargs["transform_input"] = bool((arch_config or {}).get("transform_input", True))
+        kwargs["init_weights"] = bool(random_init)  # explicit: avoids torchvision's warning
+    shown = [a["import"] if isinstance(a, dict) else repr(a) for a in args]
+    shown += [f"{k}={v!r}" for k, v in kwargs.items()]
+    return {
+        "callable": dotted,
+        "args": [dict(a) if isinstance(a, dict) else list(a) for a in args],
+        "kwargs": kwargs,
+        "python": f"{dotted}({', '.join(shown)})",
+    }
+
+
+def _import_dotted(dotted: Any) -> Any:
+    import importlib
+
+    if not isinstance(dotted, str) or not dotted.startswith(_TORCHVISION_PREFIX):
+        raise ValueError(f"{dotted!r} is not a torchvision.models name; refusing to import it")
+    module, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def construct_from_description(description: Mapping[str, Any]) -> nn.Module:
+    """Build the torchvision model a :func:`torchvision_constructor` description names
+    (on the current default device; wrap in ``torch.device("meta")`` to skip allocation)."""
+    fn = _import_dotted(description["callable"])
+    args = [
+        _import_dotted(a["import"]) if isinstance(a, Mapping) else a for a in description.get("args", [])
+    ]
+    return fn(*args, **dict(description.get("kwargs", {})))
 
 
 def _construct_torchvision(
@@ -533,13 +579,9 @@ def _construct_torchvision(
     ``random_init=False`` skips initialisers that will be overwritten anyway (callers
     building on the meta device load a full state dict afterwards).
     """
-    constructor, _ = _IMPLS[arch]
-    kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
-    if arch == "inception_v3":
-        kwargs["aux_logits"] = True
-        kwargs["transform_input"] = bool((arch_config or {}).get("transform_input", True))
-        kwargs["init_weights"] = bool(random_init)  # explicit: avoids torchvision's warning
-    return constructor(**kwargs)
+    return construct_from_description(
+        torchvision_constructor(arch, num_classes, arch_config=arch_config, random_init=random_init)
+    )
 
 
 def staged_from_torchvision(arch: str, model: nn.Module) -> StagedModel:
@@ -646,6 +688,65 @@ def redraw_head(model: StagedModel, seed: int) -> None:
             lin.weight.copy_(fresh.weight)
             if lin.bias is not None:
                 lin.bias.copy_(fresh.bias)
+
+
+# --------------------------------------------------------------------------------------
+# Back to plain torchvision: key mapping and state dicts (the exported model)
+# --------------------------------------------------------------------------------------
+def torchvision_key_map(model: StagedModel) -> dict[str, str]:
+    """``{StagedModel state-dict key: torchvision state-dict key}`` for ``model``'s layout,
+    in torchvision's key order.
+
+    Derived, not written down: a fresh torchvision model of the same architecture, class
+    count and constructor options is built on the meta device and cut into stages by the
+    same stager as every other model; since the stages hold the torchvision model's own
+    parameter and buffer objects, each staged key is matched to the torchvision key of the
+    identical tensor. Every key must match, in both directions.
+    """
+    with torch.device("meta"):
+        tv = _construct_torchvision(model.arch, model.num_classes, random_init=False, arch_config=_arch_config(model))
+    staged = staged_from_torchvision(model.arch, tv)
+    staged_keys = {id(t): k for k, t in staged.state_dict(keep_vars=True).items()}
+    mapping: dict[str, str] = {}
+    for tv_key, tensor in tv.state_dict(keep_vars=True).items():
+        if id(tensor) not in staged_keys:  # pragma: no cover - a stager dropping a module
+            raise ValueError(f"{model.arch}: torchvision key {tv_key!r} is in no stage")
+        mapping[staged_keys[id(tensor)]] = tv_key
+    unmatched = sorted(set(staged_keys.values()) - set(mapping))
+    if unmatched:  # pragma: no cover - a stager adding stateful glue
+        raise ValueError(f"{model.arch}: staged keys {unmatched[:5]} have no torchvision counterpart")
+    own = set(model.state_dict())
+    if own != set(mapping):
+        raise ValueError(
+            f"{model.arch}: the model's keys differ from a fresh {model.arch}'s "
+            f"(e.g. {sorted(own ^ set(mapping))[:3]}); was it modified (e.g. LoRA surgery)?"
+        )
+    return mapping
+
+
+def torchvision_state_dict(model: StagedModel) -> OrderedDict[str, Tensor]:
+    """``model``'s weights keyed as its torchvision architecture expects (contiguous CPU
+    copies, torchvision's key order): ``load_state_dict(..., strict=True)`` on the model
+    :func:`torchvision_constructor` describes accepts it."""
+    state = model.state_dict()
+    return OrderedDict(
+        (tv_key, state[key].detach().to("cpu", copy=True).contiguous())
+        for key, tv_key in torchvision_key_map(model).items()
+    )
+
+
+def torchvision_description(model: StagedModel) -> dict[str, Any]:
+    """:func:`torchvision_constructor` for ``model``'s architecture, classes and options."""
+    return torchvision_constructor(model.arch, model.num_classes, arch_config=_arch_config(model))
+
+
+def to_torchvision(model: StagedModel) -> nn.Module:
+    """A plain torchvision model (CPU) holding ``model``'s weights, in ``model``'s train/eval mode."""
+    with torch.device("meta"):
+        tv = construct_from_description(torchvision_description(model))
+    tv = tv.to_empty(device="cpu")
+    tv.load_state_dict(torchvision_state_dict(model), strict=True)
+    return tv.train(model.training)
 
 
 # --------------------------------------------------------------------------------------

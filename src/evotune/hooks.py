@@ -7,18 +7,24 @@
 3. When the run ingests the target data: every image file decodes and every class has
    enough images for the splits and the search chunks (``check_target_data``), so bad
    data stops the run before source pretraining, not after it.
+4. ``predict``: the export it reads exists, and ``predict.model_version`` pins all three
+   export files to one version.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
 from .errors import InputMismatchError
-from .validation import validate_run
+from .validation import ParameterError, check_export_available, validate_run
 
 log = logging.getLogger(__name__)
+
+#: The catalog entries of one export; `predict.model_version` pins all three to one version.
+EXPORT_DATASETS = ("exported_model_weights", "exported_model_archive", "exported_model_metadata")
 
 
 def producing_stages() -> dict[str, list[str]]:
@@ -69,10 +75,33 @@ def check_saved_backbone(pipeline, catalog, params) -> None:
 
 class ValidationHooks:
     @hook_impl
+    def after_catalog_created(
+        self, catalog, conf_catalog: dict[str, Any], parameters: dict[str, Any], save_version: str,
+        load_versions: dict[str, str],
+    ) -> None:
+        version = ((parameters.get("parameters") or {}).get("predict") or {}).get("model_version")
+        if not version:
+            return
+        from kedro.io import AbstractDataset
+
+        for name in EXPORT_DATASETS:
+            given = (load_versions or {}).get(name)
+            if given and given != version:
+                raise ParameterError(
+                    f"predict.model_version is {version} but --load-versions gives {name}:{given}; use one of them."
+                )
+            if name in conf_catalog:
+                catalog[name] = AbstractDataset.from_config(
+                    name, conf_catalog[name], load_version=str(version), save_version=save_version
+                )
+
+    @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         params = catalog.load("parameters")
         names = [n.name for n in pipeline.nodes]
         validate_run(params, names)
+        if "predict_images" in names:
+            check_export_available(catalog, params, [d for d in EXPORT_DATASETS if d in pipeline.inputs()])
         absent = missing_inputs(pipeline, catalog)
         if absent:
             raise InputMismatchError("This run needs data that earlier stages write; nothing was run:\n  - "

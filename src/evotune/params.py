@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any, TypeVar, Union
 
@@ -32,6 +32,8 @@ PARAMETER_FILES = {
     "training": "parameters_search.yml",
     "retrain": "parameters_retrain.yml",
     "compare": "parameters_compare.yml",
+    "export": "parameters_export.yml",
+    "predict": "parameters_predict.yml",
     "paper": "conf/paper/parameters.yml",
 }
 
@@ -63,6 +65,21 @@ def missing_message(names: list[str]) -> str:
     files = sorted({where(n) for n in names})
     return (f"Missing parameter(s) {', '.join(names)}: every parameter is set in conf/base "
             f"({', '.join(files)}); restore the key there, or override it in conf/local or with --params.")
+
+
+def require_keys(params: Any, path: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The group ``path`` as a dict holding exactly ``keys``: a missing key is an error naming it
+    and its file, an unknown key (a typo) an error listing the valid ones. For groups whose
+    values need checks of their own (see :func:`from_params` for typed dataclasses)."""
+    mapping = section(params, path)
+    missing = [f"{path}.{k}" for k in keys if k not in mapping]
+    if missing:
+        raise ParameterError(missing_message(missing))
+    unknown = sorted(set(mapping) - set(keys))
+    if unknown:
+        raise ParameterError(f"Unknown parameter(s) {', '.join(f'{path}.{k}' for k in unknown)}; valid keys of "
+                             f"{path} are {', '.join(keys)} ({where(path)}).")
+    return mapping
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}

@@ -2,13 +2,14 @@
 
 * ``__default__``: the embedded offline reproduction, raw data to report:
   source pretraining -> target ingestion and splitting -> backbone (from the
-  source model) -> evolutionary search -> retrain -> test -> reporting.
+  source model) -> evolutionary search -> retrain -> test -> export -> reporting.
 * ``pretrained``: the same on a backbone with ImageNet weights, a checkpoint
   file or random init (``backbone.weights``), without source pretraining.
 * ``search_worker``: an extra worker process for a running search.
 * ``compare``: the baselines against BioTune (after a run).
+* ``predict``: classify a folder (or a CSV of paths) with the newest exported model.
 * each stage alone: ``source_pretraining``, ``data_processing``, ``backbone``,
-  ``search``, ``retrain``, ``reporting``.
+  ``search``, ``retrain``, ``export``, ``reporting``.
 
 The registry is written out rather than discovered with ``find_pipelines``: Kedro
 1.7's discovery imports a module per requested pipeline name, so composite
@@ -17,10 +18,20 @@ pipelines such as ``pretrained`` or ``search_worker`` could not be run by name.
 
 from kedro.pipeline import Pipeline
 
-from .pipelines import backbone, compare, data_processing, reporting, retrain, search, source_pretraining
+from .pipelines import (
+    backbone,
+    compare,
+    data_processing,
+    export,
+    predict,
+    reporting,
+    retrain,
+    search,
+    source_pretraining,
+)
 
 #: the stages after the backbone, shared by ``__default__`` and ``pretrained``
-TARGET_STAGES = ("data_processing", "search", "retrain", "reporting")
+TARGET_STAGES = ("data_processing", "search", "retrain", "export", "reporting")
 
 
 def stage_pipelines() -> dict[str, Pipeline]:
@@ -31,6 +42,7 @@ def stage_pipelines() -> dict[str, Pipeline]:
         "backbone": backbone.create_pipeline(),
         "search": search.create_pipeline(),
         "retrain": retrain.create_pipeline(),
+        "export": export.create_pipeline(),
         "reporting": reporting.create_pipeline(),
     }
 
@@ -41,6 +53,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     return {
         **stages,
         "compare": compare.create_pipeline(),
+        "predict": predict.create_pipeline(),
         "pretrained": target + backbone.create_pretrained_pipeline(),
         "search_worker": search.create_worker_pipeline(),
         "__default__": stages["source_pretraining"] + stages["backbone"] + target,

@@ -121,18 +121,19 @@ def device_setting(value: bool | str, device: torch.device) -> bool:
     raise ValueError(f"expected auto, true or false, got {value!r}")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU. An explicit missing device is an error."""
+def resolve_device(name: str = "auto", param: str = "training.device") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU. An explicit missing device is an error
+    naming ``param``, the parameter that set it."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise ParameterError(f"training.device: {name!r} is not a device; use auto, cpu, cuda or cuda:<index>.") from exc
+        raise ParameterError(f"{param} is '{name}', not a torch device; use 'auto', 'cpu' or 'cuda[:i]'.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ParameterError(
-            f"training.device is '{name}' but CUDA is not available here; "
-            "set training.device to 'auto' or 'cpu'."
+            f"{param} is '{name}' but CUDA is not available here; "
+            f"set {param} to 'auto' or 'cpu'."
         )
     return device
 
@@ -168,6 +169,15 @@ class DeviceData:
         return int(self.labels.shape[0])
 
 
+def normalize_uint8(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """uint8 images ``[N, 3, H, W]`` to the model's input: ``(x / 255 - mean) / std`` in float32.
+
+    The one definition of the input normalisation: the training loop (:class:`Normalizer`)
+    and the exported archive (``evotune.export.UInt8Classifier``) both call it.
+    """
+    return (x.float().div(255.0) - mean) / std
+
+
 class Normalizer:
     """uint8 -> float, scaled to [0, 1] and standardised, on the device."""
 
@@ -177,7 +187,7 @@ class Normalizer:
         self.channels_last = channels_last
 
     def __call__(self, x: Tensor) -> Tensor:
-        x = (x.float().div_(255.0) - self.mean) / self.std
+        x = normalize_uint8(x, self.mean, self.std)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -8,6 +8,7 @@ not an hour into a search.
 
 from __future__ import annotations
 
+
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,17 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if "retrain_best_genome" in nodes:
         check(retrain_seeds, params.get("retrain"))
         check(retrain_config, params.get("training"), params.get("retrain"))
+    if "export_best_model" in nodes:
+        from .pipelines.export.nodes import ExportParams
+
+        exp = check(ExportParams.from_params, params.get("export"))
+        seeds = (params.get("retrain") or {}).get("seeds") or []
+        if exp is not None and exp.selection == "seed" and "retrain_best_genome" in nodes and exp.seed not in seeds:
+            problems.append(f"export.seed is {exp.seed}, which is not one of retrain.seeds {list(seeds)}.")
+    if "predict_images" in nodes:
+        from .pipelines.predict.nodes import PredictParams
+
+        check(PredictParams.from_params, params.get("predict"))
     if "ingest_index" in nodes:
         from .pipelines.data_processing.nodes import check_data_params
 
@@ -118,3 +130,23 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if problems:
         problems = list(dict.fromkeys(problems))  # a group read by two stages is reported once
         raise ParameterError("Invalid parameters, nothing was run:\n  - " + "\n  - ".join(problems))
+
+
+def check_export_available(catalog, params: dict[str, Any], names) -> None:
+    """Before ``predict``: the export it reads exists (the newest, or ``predict.model_version``)."""
+    version = (params.get("predict") or {}).get("model_version")
+    missing = [name for name in names if not catalog.exists(name)]
+    if not missing:
+        return
+    ds = catalog.get(missing[0])
+    folder = Path(str(getattr(ds, "_filepath", missing[0])))
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if version:
+        raise ParameterError(
+            f"predict.model_version: there is no export {version} of {missing[0]} (looked in {folder}). "
+            f"Versions there: {', '.join(found[-10:]) or 'none'}."
+        )
+    raise ParameterError(
+        f"No exported model to predict with: {missing[0]} has no version in {folder}. "
+        "Run `kedro run` (or `kedro run --pipelines pretrained`) first; its export node writes it."
+    )

@@ -1,9 +1,11 @@
-"""Decode, resize and centre-crop a split once, into the project's uint8 split format."""
+"""Decode, resize and centre-crop images into the project's uint8 format: the one place
+that defines the preprocessing (training splits, the exported model's metadata, predict)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ import torch
 from PIL import Image
 
 from .errors import DataSourceError
-from .sources import ImageSource, to_rgb
+from .sources import ImageSource, open_image_file, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,43 @@ def check_image_params(resize_size, crop_size, prefix: str = "data.image") -> tu
     return r, c
 
 
+def image_to_uint8(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
+    """One decoded image as the model sees it before normalisation: any mode to 8-bit RGB
+    (:func:`to_rgb`), shorter side resized to ``resize_size``, centre crop ``crop_size``;
+    a uint8 array ``[3, crop, crop]``."""
+    if img.mode != "RGB":
+        img = to_rgb(img)
+    img = center_crop(resize_shorter_side(img, resize_size), crop_size)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def load_image_file(path: str | Path, resize_size: int, crop_size: int) -> np.ndarray:
+    """An image file decoded exactly as training decodes an ``image_folder`` or ``csv``
+    source (EXIF orientation, JPEG draft decoding at no less than ``resize_size``,
+    :func:`image_to_uint8`). Raises :class:`DataSourceError` for a file that cannot be
+    read as an image (its ``__cause__`` is the decoder's error)."""
+    return image_to_uint8(open_image_file(Path(path), min_side=resize_size), resize_size, crop_size)
+
+
+def preprocessing_record(resize_size: int, crop_size: int) -> dict:
+    """What :func:`image_to_uint8` does, as plain values (stored with each decoded split and
+    in the exported model's metadata). Normalisation by the backbone's mean and std follows
+    on the device (``training.Normalizer``: ``(x / 255 - mean) / std``)."""
+    return {
+        "decode": "PIL; EXIF orientation applied; any mode to 8-bit RGB (transparency composited on white, "
+                  "16-bit scaled from 0..65535 to 0..255, palette/grayscale/CMYK converted)",
+        "resize_shorter_side": int(resize_size),
+        "resize_rule": "shorter side to resize_shorter_side, longer side int(size * long / short) "
+                       "(torchvision.transforms.Resize(size))",
+        "interpolation": "bilinear",
+        "antialias": True,
+        "library": "PIL (Image.resize with Image.Resampling.BILINEAR)",
+        "center_crop": int(crop_size),
+        "crop_rule": "offsets round((w - crop) / 2), round((h - crop) / 2) (torchvision.transforms.CenterCrop)",
+        "layout": "uint8 RGB, channels first [3, crop, crop]",
+    }
+
+
 def decode_split(
     source: ImageSource,
     index_rows: pd.DataFrame,
@@ -86,10 +125,7 @@ def decode_split(
         part = items[start:start + batch]
         k = start
         for img in source.load_images(part, min_side=r):
-            if img.mode != "RGB":
-                img = to_rgb(img)
-            img = center_crop(resize_shorter_side(img, r), c)
-            out[k] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            out[k] = image_to_uint8(img, r, c)
             k += 1
         if k != start + len(part):
             raise DataSourceError(f"{source.describe()}: returned {k - start} images for {len(part)} items.")
@@ -103,4 +139,5 @@ def decode_split(
             f"The index has label {int(labels.max())} but {source.describe()} has {len(classes)} classes; "
             "rerun the data_processing pipeline from ingest_index."
         )
-    return {"images": images, "labels": labels, "chunks": chunks, "classes": classes, "items": items}
+    return {"images": images, "labels": labels, "chunks": chunks, "classes": classes, "items": items,
+            "preprocessing": preprocessing_record(r, c)}

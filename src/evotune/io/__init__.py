@@ -1,5 +1,5 @@
 """Kedro dataset classes owned by the project."""
 
-from .torch_dataset import TorchDataset
+from .torch_dataset import SafetensorsDataset, TorchDataset, TorchExportDataset
 
-__all__ = ["TorchDataset"]
+__all__ = ["SafetensorsDataset", "TorchDataset", "TorchExportDataset"]

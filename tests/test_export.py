@@ -1,0 +1,215 @@
+"""The exported model: both formats load and predict without this package; metadata; selection rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from evotune.backbones import ARCHITECTURES
+from evotune.export import model_from_export, select_run
+from evotune.pipelines.export.nodes import ExportParams
+from evotune.validation import ParameterError
+from exported import make_export
+
+
+@pytest.fixture(scope="module")
+def resnet18_export(tmp_path_factory):
+    """A standard torchvision architecture (README's three lines), exported without training."""
+    return make_export(tmp_path_factory.mktemp("export_resnet18"), arch="resnet18", train=False)
+
+
+@pytest.fixture(params=["resnet10", "resnet18"])
+def export(request, resnet10_export, resnet18_export):
+    return {"resnet10": resnet10_export, "resnet18": resnet18_export}[request.param]
+
+
+# Runs in a fresh interpreter (-I: no PYTHONPATH, no user site, no current directory on sys.path)
+# in which `evotune` cannot be imported: only torch, torchvision, safetensors and json are used.
+STANDALONE = textwrap.dedent('''
+    import sys
+
+    class _NoEvotune:
+        def find_spec(self, name, path=None, target=None):
+            if name == "evotune" or name.startswith("evotune."):
+                raise ImportError("evotune is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, _NoEvotune())
+    try:
+        import evotune  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("evotune was importable")
+
+    import importlib, json
+    import torch, torchvision
+    from safetensors.torch import load_file
+
+
+    def resolve(dotted):
+        module, _, name = dotted.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+
+    def run(weights, archive, metadata, images, out):
+        meta = json.load(open(metadata))
+        images = torch.load(images, weights_only=True)          # uint8 [N, 3, S, S], decoded and cropped
+        K = len(meta["classes"])
+
+        # 1. safetensors into torchvision: the standard builder when torchvision has one (README's
+        #    lines), else the constructor the metadata names (resnet10 = ResNet(BasicBlock, [1, 1, 1, 1]))
+        arch = meta["architecture"]["name"]
+        if hasattr(torchvision.models, arch):
+            model = getattr(torchvision.models, arch)(num_classes=K)
+        else:
+            desc = meta["architecture"]["torchvision"]
+            args = [resolve(a["import"]) if isinstance(a, dict) else a for a in desc["args"]]
+            model = resolve(desc["callable"])(*args, **desc["kwargs"])
+        model.load_state_dict(load_file(weights), strict=True)
+        model.eval()
+        pre = meta["preprocessing"]
+        mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
+        with torch.no_grad():
+            weights_logits = model((images.float() / 255 - mean) / std)
+
+        # 2. the torch.export archive: uint8 in, logits out, any batch size
+        program = torch.export.load(archive)
+        with torch.no_grad():
+            archive_logits = program.module()(images)
+            one = program.module()(images[:1])
+        torch.save({"weights": weights_logits, "archive": archive_logits, "one": one}, out)
+
+
+    for job in json.load(open(sys.argv[1])):
+        run(**job)
+    assert not any(m.startswith("evotune") for m in sys.modules), "evotune got imported"
+''')
+
+
+def test_both_exports_predict_like_the_project_model_without_this_package(resnet10_export, resnet18_export, tmp_path):
+    exports = {"resnet10": resnet10_export, "resnet18": resnet18_export}
+    jobs = []
+    for arch, export in exports.items():
+        torch.save(export.test["images"], tmp_path / f"{arch}_images.pt")
+        f = export.files
+        jobs.append({"weights": str(f["weights"]), "archive": str(f["archive"]), "metadata": str(f["metadata"]),
+                     "images": str(tmp_path / f"{arch}_images.pt"), "out": str(tmp_path / f"{arch}_out.pt")})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    script = tmp_path / "standalone.py"
+    script.write_text(STANDALONE)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "jobs.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for arch, export in exports.items():
+        out = torch.load(tmp_path / f"{arch}_out.pt", weights_only=True)
+        expected = export.project_logits(export.test["images"])
+        assert len(set(expected.argmax(1).tolist())) > 1, arch  # not a constant model: the check means something
+        for what in ("weights", "archive"):
+            assert torch.equal(out[what].argmax(1), expected.argmax(1)), (arch, what)
+            torch.testing.assert_close(out[what], expected, rtol=1e-5, atol=1e-5)
+        # batch size 1 takes other CPU kernels than a batch: equal within float tolerance
+        torch.testing.assert_close(out["one"], expected[:1], rtol=1e-4, atol=1e-4)
+        assert out["one"].argmax(1) == expected[:1].argmax(1)
+
+
+def test_the_metadata_says_what_a_user_needs(export):
+    meta = json.loads(export.files["metadata"].read_text())
+    assert meta["classes"] == export.test["classes"]
+    pre = meta["preprocessing"]
+    assert (pre["resize_shorter_side"], pre["center_crop"], pre["interpolation"]) == (32, 32, "bilinear")
+    assert pre["mean"] == pytest.approx(list(export.backbone["mean"]))
+    assert pre["std"] == pytest.approx(list(export.backbone["std"]))
+    assert meta["architecture"]["name"] == export.arch
+    if export.arch == "resnet10":
+        assert meta["architecture"]["torchvision"]["python"] == (
+            "torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=4)")
+    else:
+        assert meta["architecture"]["torchvision"]["python"] == f"torchvision.models.{export.arch}(num_classes=4)"
+    runs = {r["seed"]: r for r in export.retrained["runs"]}
+    best = max(runs.values(), key=lambda r: r["best_val_acc"])
+    assert meta["selection"]["seed"] == best["seed"] and meta["selection"]["rule"] == "best_val"
+    assert set(meta["genome"]["learning_rates"]) == set(export.backbone["block_names"])
+    assert all(lr == pytest.approx(1e-3 * 10 ** (2 * (0.8 - 0.5))) for lr in meta["genome"]["learning_rates"].values())
+    # the exported seed's test metrics are evaluate_on_test's for that seed
+    row = export.test_metrics_per_seed.set_index("seed").loc[meta["selection"]["seed"]]
+    for key in ("accuracy", "macro_accuracy", "macro_f1", "cohen_kappa"):
+        assert meta["test_metrics"][key] == pytest.approx(row[key])
+    assert meta["test_metrics"]["n_test_images"] == len(export.test["labels"])
+    assert meta["versions"]["torch"] == torch.__version__ and meta["versions"]["torchvision"]
+    assert meta["export_check"]["archive"]["ok"] and meta["export_check"]["images"] == len(export.test["labels"])
+
+
+def test_weights_of_another_export_are_refused(export):
+    model = model_from_export(export.weights, export.metadata)
+    assert not model.training
+    other = {k: v.clone() for k, v in export.weights.items()}
+    key = next(k for k, v in other.items() if v.is_floating_point())
+    other[key] += 1
+    with pytest.raises(ValueError, match="different exports"):
+        model_from_export(other, export.metadata)
+
+
+def _runs(*accs, diverged=()):
+    return {"runs": [{"seed": 10 + i, "best_val_acc": a, "state_dict": None if i in diverged else {}}
+                     for i, a in enumerate(accs)]}
+
+
+def test_selection_rules():
+    assert select_run(_runs(0.5, 0.9, 0.9), "best_val", None)["seed"] == 11      # ties: the first
+    assert select_run(_runs(0.5, 0.9, 0.7, diverged=(1,)), "best_val", None)["seed"] == 12
+    assert select_run(_runs(0.5, 0.9), "seed", 10)["seed"] == 10
+    with pytest.raises(ValueError, match="export.seed"):
+        select_run(_runs(0.5, 0.9), "seed", 99)
+    with pytest.raises(ValueError, match="diverged"):
+        select_run(_runs(0.5, diverged=(0,)), "best_val", None)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"selection": "best_test", "seed": None, "verify_images": 1}, "export.selection"),
+    ({"selection": "seed", "seed": None, "verify_images": 1}, "export.seed"),
+    ({"selection": "best_val", "seed": None, "verify_images": -1}, "export.verify_images"),
+    ({"selection": "best_val", "seed": None}, "export.verify_images not set"),
+    ({"selection": "best_val", "seed": None, "verify_images": 1, "sed": 1}, "export.sed"),
+    (None, "`export` is missing"),
+])
+def test_bad_export_parameters_name_the_parameter(params, message):
+    with pytest.raises(ParameterError, match=message):
+        ExportParams.from_params(params)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_every_architecture_exports_and_round_trips(arch, tmp_path):
+    """torch.export of every registered architecture (random init, tiny input): the archive, saved and
+    loaded by the catalog dataset, gives the staged model's logits; the safetensors state dict loads."""
+    from evotune.backbones import (build_model, construct_from_description, get_arch, to_torchvision,
+                                   torchvision_description, torchvision_state_dict)
+    from evotune.export import export_archive
+    from evotune.io import SafetensorsDataset, TorchExportDataset
+    from evotune.training import Normalizer
+
+    torch.manual_seed(0)
+    spec = get_arch(arch)
+    size = 75 if arch == "inception_v3" else 32
+    model = build_model(arch, 3).eval()
+    ds = TorchExportDataset(filepath=str(tmp_path / "m.pt2"))
+    ds.save(export_archive(to_torchvision(model).eval(), spec.mean, spec.std, size))
+    st = SafetensorsDataset(filepath=str(tmp_path / "m.safetensors"))
+    st.save(torchvision_state_dict(model))
+    x = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
+    norm = Normalizer(spec.mean, spec.std, torch.device("cpu"), channels_last=False)
+    plain = construct_from_description(torchvision_description(model))
+    plain.load_state_dict(st.load(), strict=True)
+    with torch.no_grad():
+        expected = model(norm(x))
+        torch.testing.assert_close(ds.load().module()(x), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(plain.eval()(norm(x)), expected, rtol=1e-5, atol=1e-5)
