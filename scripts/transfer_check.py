@@ -25,6 +25,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from evotune.backbones import build_model, make_checkpoint, model_from_checkpoint
+from evotune.lineage import check_same_lineage
 from evotune.metrics import classification_metrics
 from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan
 
@@ -55,6 +56,8 @@ def main() -> None:
         catalog, params = context.catalog, context.params
         backbone = catalog.load("backbone")
         data = {k: catalog.load(f"target_{k}") for k in ("train", "val", "test")}
+    check_same_lineage("transfer_check", "dataset", {"backbone": backbone, **{f"target_{k}": v for k, v in data.items()}},
+                       "kedro run (the backbone and the target splits of one run)")
     cfg = TrainConfig.from_params(params["training"])
     torch.manual_seed(0)
     scratch_model = build_model(backbone["arch"], backbone["num_classes"], weights=None)

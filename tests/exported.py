@@ -10,15 +10,16 @@ import numpy as np
 import torch
 from kedro_datasets.json import JSONDataset
 
-from conftest import make_split
-from evotune.backbones import build_model, get_arch, make_checkpoint, model_from_checkpoint
+from conftest import backbone_checkpoint, base_parameters, make_split
+from evotune.backbones import build_model, get_arch, model_from_checkpoint
 from evotune.data.preprocess import preprocessing_record
 from evotune.io import SafetensorsDataset, TorchExportDataset
 from evotune.pipelines.export.nodes import export_best_model
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
 from evotune.training import Normalizer
 
-TRAINING = {"epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64, "device": "cpu"}
+TRAINING = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64,
+            "device": "cpu"}
 EXPORT = {"selection": "best_val", "seed": None, "verify_images": 256}
 
 
@@ -66,7 +67,8 @@ def _untrained_runs(model, genome: dict, seeds) -> dict:
         runs.append({"seed": int(seed), "state_dict": state, "best_val_acc": 0.5 + 0.1 * i, "best_epoch": 1,
                      "epochs_run": 1, "history": [], "seconds": 0.0, "diverged": False})
     return {"method": "biotune", "genome": genome, "block_lrs": [1e-3 * 10 ** (2 * (0.8 - 0.5))] * len(genome["block_names"]),
-            "trainable_params": 1, "total_params": 1, "device": "cpu", "runs": runs}
+            "trainable_params": 1, "total_params": 1, "device": "cpu", "runs": runs, "dataset": genome["dataset"],
+            "backbone_id": genome["backbone_id"], "created": "2026-01-01T00:00:00Z"}
 
 
 def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size: int = 32, train: bool = True) -> Export:
@@ -74,17 +76,18 @@ def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size
     torch.manual_seed(0)
     spec = get_arch(arch)
     model = build_model(arch, num_classes)
-    backbone = make_checkpoint(model, num_classes=num_classes, input_size=size, resize_size=size,
-                               mean=spec.mean, std=spec.std, source="random init (test)")
+    backbone = backbone_checkpoint(model, num_classes, input_size=size, resize_size=size,
+                                   mean=list(spec.mean), std=list(spec.std), source="random init (test)")
     train_split, val = make_split(6, num_classes, size, seed=1), make_split(3, num_classes, size, seed=2)
     test = make_split(5, num_classes, size, seed=3)
     for split in (train_split, val, test):
         split["preprocessing"] = preprocessing_record(size, size)
         split["classes"] = [f"class_{k}" for k in range(num_classes)]
     genome = {"block_names": list(spec.block_names), "genes": [0.8] * spec.num_blocks + [0.5], "key": "test",
-              "mask": "1" * spec.num_blocks, "threshold": 0.5, "force_head_trainable": True}
+              "mask": "1" * spec.num_blocks, "threshold": 0.5, "force_head_trainable": True,
+              "dataset": backbone["dataset"], "backbone_id": backbone["backbone_id"]}
     if train:
-        retrained = retrain_best_genome(backbone, train_split, val, genome, {"seeds": [3, 4]}, TRAINING)
+        retrained = retrain_best_genome(backbone, train_split, val, genome, {"seeds": [3, 4], "training": {}}, TRAINING)
     else:
         retrained = _untrained_runs(model, genome, [3, 4])
     _, per_seed = evaluate_on_test(backbone, retrained, test, TRAINING)

@@ -177,9 +177,9 @@ def test_selection_rules():
     ({"selection": "best_test", "seed": None, "verify_images": 1}, "export.selection"),
     ({"selection": "seed", "seed": None, "verify_images": 1}, "export.seed"),
     ({"selection": "best_val", "seed": None, "verify_images": -1}, "export.verify_images"),
-    ({"selection": "best_val", "seed": None}, "export.verify_images not set"),
+    ({"selection": "best_val", "seed": None}, "Missing parameter.*export.verify_images"),
     ({"selection": "best_val", "seed": None, "verify_images": 1, "sed": 1}, "export.sed"),
-    (None, "`export` is missing"),
+    (None, "export must be a mapping"),
 ])
 def test_bad_export_parameters_name_the_parameter(params, message):
     with pytest.raises(ParameterError, match=message):

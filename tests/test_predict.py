@@ -131,7 +131,7 @@ def test_bad_predict_parameters_name_the_parameter(tmp_path, change, message):
 def test_missing_predict_key_and_non_csv_file(tmp_path):
     params = {**PARAMS, "source": str(tmp_path)}
     del params["top_k"]
-    with pytest.raises(ParameterError, match="predict.top_k not set"):
+    with pytest.raises(ParameterError, match="Missing parameter.*predict.top_k"):
         PredictParams.from_params(params)
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(ParameterError, match="not a .csv"):

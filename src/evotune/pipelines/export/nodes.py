@@ -18,6 +18,7 @@ from ...export import build_metadata, compare_logits, export_archive, select_run
 from ...metrics import classification_metrics
 from ...training import DeviceData, Normalizer, TrainConfig, Trainer
 from ...errors import ParameterError
+from ...lineage import check_same_lineage
 from ...params import require_keys
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ def export_best_model(
     (uint8 images in) and the metadata JSON; both exports are checked against the trained
     model on the first ``export.verify_images`` test images."""
     p = ExportParams.from_params(export_params)
+    rerun = "kedro run --from-nodes retrain_best_genome (or the whole kedro run)"
+    check_same_lineage("export_best_model", "dataset", {"backbone": backbone, "retrained_models": retrained_models,
+                                                        "target_test": target_test}, rerun)
+    check_same_lineage("export_best_model", "backbone_id", {"backbone": backbone, "retrained_models": retrained_models},
+                       rerun)
     run = select_run(retrained_models, p.selection, p.seed)
     model = model_from_checkpoint(backbone)
     model.load_state_dict(run["state_dict"])
