@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ParameterError
-from .params import check_type, require
+from .params import check_type, from_params, require
 
 __all__ = ["ParameterError", "validate_run"]
 
@@ -101,9 +101,8 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             check(resolve_device, cfg.device)
         check(lambda: check_type(require(src, "arch", "source_pretraining"), str, "source_pretraining.arch"))
         check(lambda: check_type(require(src, "seed", "source_pretraining"), int, "source_pretraining.seed"))
-    if nodes & {"make_source_dataset"}:
+    if "make_source_dataset" in nodes:
         from .pipelines.source_pretraining.nodes import SourceDataParams
-        from .params import from_params
 
         check(lambda: from_params(SourceDataParams, require(params.get("source_pretraining"), "data",
                                                             "source_pretraining"), "source_pretraining.data"))
