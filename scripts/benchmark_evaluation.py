@@ -80,9 +80,9 @@ from evotune.training import (  # noqa: E402
     TrainingPlan,
     apply_freezing,
     default_param_groups,
+    device_setting,
     make_optimizer,
     plan_loss,
-    device_setting,
     resolve_device,
     set_block_modes,
 )

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import backbone_checkpoint, base_parameters, make_split
 from kedro_datasets.json import JSONDataset
 
-from conftest import backbone_checkpoint, base_parameters, make_split
 from evotune.backbones import build_model, get_arch, model_from_checkpoint
 from evotune.data.preprocess import preprocessing_record
 from evotune.io import SafetensorsDataset, TorchExportDataset

@@ -33,9 +33,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from evotune.config import merge_parameters
 
 BIN = Path(sys.executable).parent

@@ -6,16 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import backbone_checkpoint, base_parameters, make_split, method_params
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from conftest import backbone_checkpoint, base_parameters, make_split, method_params
 from evotune import settings
 from evotune.backbones import build_model
+from evotune.evolution import EvolutionConfig
 from evotune.genome import decode
 from evotune.methods import METHODS, SEARCH_METHODS, evaluation_chunk
-from evotune.evolution import EvolutionConfig
 from evotune.pipelines.compare import create_pipeline
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_split, method_params, train_config
+
 from evotune.backbones import build_model
 from evotune.methods import PLAN_METHODS, get_method
 from evotune.search import genome_plan
@@ -195,6 +195,7 @@ def test_search_killed_with_sigkill_resumes_on_cuda(tmp_path, monkeypatch, deter
     resumed search, the killed one and an uninterrupted one compute the same trainings.
     """
     import test_search_survival as survival
+
     from evotune.pipelines.search.nodes import run_search
 
     monkeypatch.setattr(survival, "TRAINING", {**survival.TRAINING, "device": "cuda"})

@@ -7,9 +7,9 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import base_parameters
 from PIL import Image
 
-from conftest import base_parameters
 from evotune.data import DataSourceError
 from evotune.data.splitting import assign_splits, minimum_class_size
 from evotune.pipelines.data_processing.nodes import check_target_data, ingest_index

@@ -7,13 +7,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import base_parameters
 from PIL import Image
 
-from conftest import base_parameters
-
 from evotune.data import DataSourceError, decode_split
-from evotune.errors import EvotuneError
 from evotune.data.sources import ImageSource
+from evotune.errors import EvotuneError
 from evotune.pipelines.data_processing import create_pipeline
 from evotune.pipelines.data_processing.nodes import ingest_index, preprocess_splits, split_dataset
 
@@ -102,7 +101,7 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path):
     from kedro.io import DataCatalog
 
     catalog_cfg = yaml.safe_load((CONF / "catalog_data_processing.yml").read_text())
-    for name, entry in catalog_cfg.items():
+    for entry in catalog_cfg.values():
         entry["filepath"] = str(tmp_path / Path(entry["filepath"]).name)
     catalog = DataCatalog.from_config(catalog_cfg)
 

@@ -10,12 +10,12 @@ import textwrap
 
 import pytest
 import torch
+from exported import make_export
 
 from evotune.backbones import ARCHITECTURES
 from evotune.export import model_from_export, select_run
 from evotune.pipelines.export.nodes import ExportParams
 from evotune.validation import ParameterError
-from exported import make_export
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +191,14 @@ def test_bad_export_parameters_name_the_parameter(params, message):
 def test_every_architecture_exports_and_round_trips(arch, tmp_path):
     """torch.export of every registered architecture (random init, tiny input): the archive, saved and
     loaded by the catalog dataset, gives the staged model's logits; the safetensors state dict loads."""
-    from evotune.backbones import (build_model, construct_from_description, get_arch, to_torchvision,
-                                   torchvision_description, torchvision_state_dict)
+    from evotune.backbones import (
+        build_model,
+        construct_from_description,
+        get_arch,
+        to_torchvision,
+        torchvision_description,
+        torchvision_state_dict,
+    )
     from evotune.export import export_archive
     from evotune.io import SafetensorsDataset, TorchExportDataset
     from evotune.training import Normalizer

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import base_parameters, make_split, method_params, train_config
 from torch import nn
 
-from conftest import base_parameters, make_split, method_params, train_config
 from evotune.backbones import StagedModel, build_model
 from evotune.evolution import EvolutionConfig
 from evotune.genome import decode
@@ -106,7 +106,8 @@ def test_surgical_block_2_moves_block_2_and_head(setup):
         assert all(changed) if b in (2, head) else not any(changed), b
     labels = [label for label, _ in get_method("surgical").variants(trainer.model, **method_params("surgical"))]
     assert labels == [f"surgical[{n}]" for n in trainer.model.block_names[:-1]]
-    assert [p["block"] for _, p in get_method("surgical").variants(trainer.model, **method_params("surgical", blocks=["layer3", 1]))] == [3, 1]
+    variants = get_method("surgical").variants(trainer.model, **method_params("surgical", blocks=["layer3", 1]))
+    assert [p["block"] for _, p in variants] == [3, 1]
     with pytest.raises(ValueError, match="linear_probe"):
         get_method("surgical").plan(trainer.model, BASE_LR, **method_params("surgical", block="fc"))
 

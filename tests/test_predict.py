@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from exported import save_png
 from PIL import Image
 
 from evotune.pipelines.predict.nodes import PredictParams, predict_images
 from evotune.validation import ParameterError
-from exported import save_png
 
 PARAMS = {"source": None, "csv_column": "path", "model_version": None, "top_k": 3, "batch_size": 4,
           "device": "cpu", "decode_workers": 2, "log_every_s": 10}

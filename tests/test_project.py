@@ -65,9 +65,9 @@ def test_every_dataset_of_the_default_pipeline_is_in_the_catalog_and_versioned(p
 
 
 def test_kedro_viz_builds_the_pipeline_headlessly(project, tmp_path):
+    import fsspec
     from kedro_viz.api.rest.responses.save_responses import save_api_responses_to_fs
     from kedro_viz.server import load_and_populate_data
-    import fsspec
 
     load_and_populate_data(ROOT, None, False, "evotune", None, None, False)
     save_api_responses_to_fs(str(tmp_path), fsspec.filesystem("file"), True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import train_config
 from PIL import Image
 
 import evotune.reference as reference
@@ -28,8 +29,6 @@ from evotune.backbones import build_model, load_checkpoint, make_checkpoint, mod
 from evotune.reference import decode_once, encode_png, naive_predict, naive_train
 from evotune.search import genome_plan
 from evotune.training import DeviceData, Trainer, apply_freezing
-
-from conftest import train_config
 
 N_CLS = 4
 MEAN, STD = (0.3, 0.3, 0.3), (0.25, 0.25, 0.25)

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 import torch
-
 from conftest import backbone_checkpoint, base_parameters, make_split
+
 from evotune.backbones import build_model
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
 from evotune.pipelines.search.nodes import run_search

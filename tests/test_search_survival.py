@@ -10,8 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-
 from conftest import backbone_checkpoint, base_parameters, make_split
+
 from evotune.backbones import build_model
 from evotune.evaluation_queue import UNITS_SUFFIX
 from evotune.pipelines.search.nodes import run_search

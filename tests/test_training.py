@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import base_parameters, make_split, method_params, train_config
+
 from evotune.backbones import build_model
 from evotune.search import genome_plan
 from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan, confusion_matrix, macro_accuracy

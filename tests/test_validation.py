@@ -3,13 +3,12 @@
 import copy
 
 import pytest
+from conftest import ROOT, base_parameters
 from kedro.config import OmegaConfigLoader
+from kedro.framework.project import configure_project
 
 from evotune.pipeline_registry import register_pipelines
 from evotune.validation import ParameterError, validate_run
-from kedro.framework.project import configure_project
-
-from conftest import ROOT, base_parameters
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +78,7 @@ def test_a_storage_that_cannot_be_opened_names_the_parameter(tmp_path):
 def test_num_classes_that_disagrees_with_the_data_is_an_error():
     import pandas as pd
 
-    from evotune.pipelines.backbone.nodes import target_num_classes
-
-    from evotune.pipelines.backbone.nodes import BackboneParams
+    from evotune.pipelines.backbone.nodes import BackboneParams, target_num_classes
 
     index = pd.DataFrame({"label": [0, 1, 2, 1]})
     bp = BackboneParams.from_params(base_parameters()["backbone"])

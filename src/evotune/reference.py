@@ -58,8 +58,8 @@ from .backbones import StagedModel, load_checkpoint, model_from_checkpoint, redr
 from .training import (
     EarlyStopping,
     TrainConfig,
-    TrainResult,
     TrainingPlan,
+    TrainResult,
     apply_freezing,
     confusion_matrix,
     default_param_groups,

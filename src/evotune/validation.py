@@ -8,7 +8,6 @@ not an hour into a search.
 
 from __future__ import annotations
 
-
 from pathlib import Path
 from typing import Any
 

@@ -89,7 +89,7 @@ def check_compare_params(compare: dict[str, Any], population: int | None = None)
     for name in methods:
         m = check(get_method, name)
         if m is not None:
-            resolved = check(lambda: m.resolve_params(require(compare, name, "compare")))
+            resolved = check(lambda m=m, name=name: m.resolve_params(require(compare, name, "compare")))
             if resolved is not None and population is not None and getattr(m, "check", None) is not None:
                 problems.extend(m.check(resolved, population))
     seeds = check(lambda: check_type(require(compare, "seeds", "compare"), list[int], "compare.seeds"))

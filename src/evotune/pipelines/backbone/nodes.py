@@ -17,7 +17,6 @@ from ...backbones import (
     model_from_checkpoint,
     replace_head,
 )
-
 from ...data.errors import DataSourceError
 from ...errors import ParameterError
 from ...lineage import dataset_fingerprint, now

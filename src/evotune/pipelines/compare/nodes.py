@@ -32,12 +32,12 @@ import numpy as np
 import pandas as pd
 
 from ...backbones import count_parameters, model_from_checkpoint
+from ...lineage import check_same_lineage, now
 from ...methods import PlanMethod, SearchMethod, check_compare_params, get_method, trainable_parameters
+from ...params import require
 from ...search import GenomeEvaluator, Progress, chunk_data
 from ...study import TrialRecorder, config_fingerprint, open_study
 from ...training import DeviceData, TrainConfig, Trainer
-from ...lineage import check_same_lineage, now
-from ...params import require
 from ..retrain.nodes import evaluate_on_test, retrain_best_genome, retrain_config, retrain_seeds
 from ..search.nodes import SearchParams, genome_record, study_name_for
 

@@ -14,12 +14,12 @@ from ...backbones import (
     torchvision_description,
     torchvision_state_dict,
 )
-from ...export import build_metadata, compare_logits, export_archive, select_run, weights_fingerprint
-from ...metrics import classification_metrics
-from ...training import DeviceData, Normalizer, TrainConfig, Trainer
 from ...errors import ParameterError
+from ...export import build_metadata, compare_logits, export_archive, select_run, weights_fingerprint
 from ...lineage import check_same_lineage
+from ...metrics import classification_metrics
 from ...params import require_keys
+from ...training import DeviceData, Normalizer, TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 

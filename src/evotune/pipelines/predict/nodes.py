@@ -27,10 +27,10 @@ from PIL import UnidentifiedImageError
 from ...data.errors import DataSourceError
 from ...data.preprocess import load_image_file
 from ...data.sources import IMG_EXTENSIONS
-from ...export import model_from_export
-from ...training import Normalizer, resolve_device
 from ...errors import ParameterError
+from ...export import model_from_export
 from ...params import require_keys
+from ...training import Normalizer, resolve_device
 
 log = logging.getLogger(__name__)
 

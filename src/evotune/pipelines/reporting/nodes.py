@@ -7,8 +7,8 @@ import logging
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ...lineage import check_same_lineage
 from ... import reporting as R
+from ...lineage import check_same_lineage
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import pandas as pd
 
 from ...backbones import model_from_checkpoint
 from ...errors import ParameterError
+from ...evaluation_queue import UnitQueue
 from ...evolution import EvolutionConfig, Individual, biotune_search
 from ...genome import decode
 from ...lineage import check_same_lineage, now
 from ...params import from_params
-from ...evaluation_queue import UnitQueue
 from ...search import GenomeEvaluator, Progress, chunk_data, work
 from ...study import TrialRecorder, config_fingerprint, open_study, tensor_fingerprint
 from ...training import TrainConfig, Trainer
