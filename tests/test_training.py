@@ -153,7 +153,7 @@ def test_train_config_rejects_unknown_missing_and_bad_values():
     base = base_parameters()["training"]
     with pytest.raises(ValueError, match="Unknown parameter.*training.epochz"):
         TrainConfig.from_params({**base, "epochz": 3})
-    with pytest.raises(ValueError, match="Missing parameter.*training.patience.*parameters_search.yml"):
+    with pytest.raises(ValueError, match="Missing parameter.*training.patience.*parameters_training.yml"):
         TrainConfig.from_params({k: v for k, v in base.items() if k != "patience"})
     with pytest.raises(ValueError, match="training.patience"):
         TrainConfig.from_params({**base, "patience": 0})

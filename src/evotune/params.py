@@ -29,7 +29,7 @@ PARAMETER_FILES = {
     "data": "parameters_data_processing.yml",
     "backbone": "parameters_backbone.yml",
     "search": "parameters_search.yml",
-    "training": "parameters_search.yml",
+    "training": "parameters_training.yml",
     "retrain": "parameters_retrain.yml",
     "compare": "parameters_compare.yml",
     "export": "parameters_export.yml",

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainConfig:
     """How one training run goes: the ``training`` parameters (SPEC section 3), every
-    key required (``conf/base/parameters_search.yml`` holds the defaults)."""
+    key required (``conf/base/parameters_training.yml`` holds the defaults)."""
 
     epochs: int
     patience: int

@@ -36,7 +36,7 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             return None
 
     if "paper" in params:
-        from .methods.paper_config import check_paper_setting
+        from .paper_setting import check_paper_setting
 
         check(lambda: check_paper_setting(params, check_files=bool(nodes & {"ingest_index", "load_pretrained_backbone"})))
     if any(n.startswith("compare.") for n in nodes):

@@ -15,7 +15,7 @@ missing data (the folder or file torchvision / the CSV source expects; nothing
 is downloaded). It only looks at the file system (no decoding, no model), so
 it takes milliseconds. Call it early, e.g. from the project's validation hook::
 
-    from evotune.methods.paper_config import check_paper_setting
+    from evotune.paper_setting import check_paper_setting
     check_paper_setting(params)      # no-op when params has no `paper` key
 """
 
@@ -25,10 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvotuneError
-
-PAPER_DATASETS = ("flowers102", "fgvc_aircraft", "isic2020", "dtd", "cifar10", "stl10", "mnist", "usps", "svhn")
-PAPER_ARCHS = ("resnet50", "densenet121", "vgg19", "inception_v3")
+from .errors import EvotuneError
 
 #: what must exist under ``data.source.root`` for each torchvision dataset (offline)
 TORCHVISION_EXPECTED: dict[str, tuple[str, ...]] = {
@@ -68,7 +65,7 @@ def paper_setting_problems(params: dict[str, Any], *, check_files: bool = True) 
         problems.append(f"backbone.arch is {backbone.get('arch')!r} but paper.arch is {arch!r}: keep "
                         "`backbone.arch: ${{paper.arch}}` in conf/paper/parameters_backbone.yml.")
     image = data.get("image", {})
-    from ..backbones import get_arch
+    from .backbones import get_arch
 
     spec = get_arch(arch)
     if image.get("crop_size") != spec.input_size:
@@ -98,7 +95,7 @@ def _weights_problems(arch: str, backbone: dict) -> list[str]:
         return []
     import torchvision.models
 
-    from ..backbones import get_arch, imagenet_weights_path
+    from .backbones import get_arch, imagenet_weights_path
 
     spec = get_arch(arch)
     path = imagenet_weights_path(arch, backbone.get("torch_home"))
