@@ -244,9 +244,9 @@ def pretrain_embedded_checkpoint(path: Path, args, device: torch.device) -> None
 
     t0 = time.perf_counter()
     data = render_printed_characters(int(args.pretrain_per_class), image_size=32, seed=0)
-    images = _as_uint8_nchw(data["images"])
-    labels = torch.as_tensor(data["labels"]).long()
-    n_cls = len(data["classes"])
+    images = _as_uint8_nchw(data.images)
+    labels = torch.as_tensor(data.labels).long()
+    n_cls = len(data.classes)
     x = images.float().div(255.0)
     mean = x.mean(dim=(0, 2, 3)).tolist()
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()

@@ -70,8 +70,8 @@ def main() -> None:
         "linear probing (source-pretrained)": (backbone, lambda m: [None] * (m.num_blocks - 1) + [cfg.base_lr]),
         "from scratch (random init)": (scratch, lambda m: [cfg.base_lr] * m.num_blocks),
     }
-    print(f"target: {len(data['train']['labels'])} train / {len(data['val']['labels'])} val / "
-          f"{len(data['test']['labels'])} test images, {len(data['train']['classes'])} classes; "
+    print(f"target: {len(data['train'].labels)} train / {len(data['val'].labels)} val / "
+          f"{len(data['test'].labels)} test images, {len(data['train'].classes)} classes; "
           f"{backbone['arch']}, seeds {args.seeds}")
     for name, (ckpt, lrs) in methods.items():
         t0 = time.perf_counter()

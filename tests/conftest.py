@@ -49,8 +49,10 @@ def _deterministic_torch():
     yield
 
 
-def make_split(n_per_class: int, num_classes: int, size: int = 32, n_chunks: int = 1, seed: int = 0) -> dict:
-    """A small learnable split in the project's format: class k is a bright square at a class-specific place."""
+def make_split(n_per_class: int, num_classes: int, size: int = 32, n_chunks: int = 1, seed: int = 0):
+    """A small learnable :class:`~evotune.data.split.Split`: class k is a bright square at a class-specific place."""
+    from evotune.data.split import Split
+
     g = torch.Generator().manual_seed(seed)
     n = n_per_class * num_classes
     labels = torch.arange(num_classes).repeat_interleave(n_per_class)
@@ -59,14 +61,14 @@ def make_split(n_per_class: int, num_classes: int, size: int = 32, n_chunks: int
     for i, y in enumerate(labels.tolist()):
         images[i, :, y * cell : (y + 1) * cell, :] += 150
     chunks = torch.arange(n) % n_chunks
-    return {
-        "images": images,
-        "labels": labels.long(),
-        "chunks": chunks.long(),
-        "classes": [f"c{k}" for k in range(num_classes)],
-        "items": [str(i) for i in range(n)],
+    return Split(
+        images=images,
+        labels=labels.long(),
+        chunks=chunks.long(),
+        classes=[f"c{k}" for k in range(num_classes)],
+        items=[str(i) for i in range(n)],
         **TINY_LINEAGE,
-    }
+    )
 
 
 #: what the data stage records in every split (see evotune.lineage): the tiny splits of a test belong together

@@ -81,8 +81,8 @@ def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size
     train_split, val = make_split(6, num_classes, size, seed=1), make_split(3, num_classes, size, seed=2)
     test = make_split(5, num_classes, size, seed=3)
     for split in (train_split, val, test):
-        split["preprocessing"] = preprocessing_record(size, size)
-        split["classes"] = [f"class_{k}" for k in range(num_classes)]
+        split.preprocessing = preprocessing_record(size, size)
+        split.classes = [f"class_{k}" for k in range(num_classes)]
     genome = {"block_names": list(spec.block_names), "genes": [0.8] * spec.num_blocks + [0.5], "key": "test",
               "mask": "1" * spec.num_blocks, "threshold": 0.5, "force_head_trainable": True,
               "dataset": backbone["dataset"], "backbone_id": backbone["backbone_id"]}

@@ -13,14 +13,14 @@ from evotune.data.embedded import (
 def test_render_shape_dtype_counts_and_format():
     d = render_printed_characters(3, image_size=32, seed=0)
     k = len(DEFAULT_CLASSES)
-    assert d["images"].shape == (3 * k, 3, 32, 32) and d["images"].dtype == torch.uint8
-    assert d["labels"].dtype == torch.int64 and d["chunks"].dtype == torch.int64
-    assert d["classes"] == list(DEFAULT_CLASSES)
-    assert torch.bincount(d["labels"], minlength=k).tolist() == [3] * k
-    assert (d["chunks"] == -1).all()
-    assert d["items"][:2] == ["printed:0", "printed:1"] and len(set(d["items"])) == 3 * k
+    assert d.images.shape == (3 * k, 3, 32, 32) and d.images.dtype == torch.uint8
+    assert d.labels.dtype == torch.int64 and d.chunks.dtype == torch.int64
+    assert d.classes == list(DEFAULT_CLASSES)
+    assert torch.bincount(d.labels, minlength=k).tolist() == [3] * k
+    assert (d.chunks == -1).all()
+    assert d.items[:2] == ["printed:0", "printed:1"] and len(set(d.items)) == 3 * k
     # value range: every image has ink/background contrast, and the set spans dark and light
-    imgs = d["images"].float()
+    imgs = d.images.float()
     spread = imgs.amax(dim=(1, 2, 3)) - imgs.amin(dim=(1, 2, 3))
     assert (spread > 40).all()
     assert imgs.min() < 30 and imgs.max() > 225
@@ -30,19 +30,19 @@ def test_render_is_deterministic_and_seeded():
     a = render_printed_characters(2, image_size=24, seed=7, classes="0123")
     b = render_printed_characters(2, image_size=24, seed=7, classes="0123")
     c = render_printed_characters(2, image_size=24, seed=8, classes="0123")
-    assert torch.equal(a["images"], b["images"]) and torch.equal(a["labels"], b["labels"])
-    assert not torch.equal(a["images"], c["images"])
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
     # a smaller n_per_class is a prefix of a larger one
     big = render_printed_characters(3, image_size=24, seed=7, classes="0123")
-    assert torch.equal(big["images"][:8], a["images"])
+    assert torch.equal(big.images[:8], a.images)
 
 
 def test_render_varies_within_a_class():
     d = render_printed_characters(6, image_size=32, seed=1, classes="AB")
-    a = d["images"][d["labels"] == 0].float()
+    a = d.images[d.labels == 0].float()
     assert (a[1:] - a[:1]).abs().mean(dim=(1, 2, 3)).min() > 5  # no two copies of one image
     # both polarities occur: mean brightness of the border vs centre differs in sign across samples
-    border = torch.cat([d["images"][:, :, 0, :], d["images"][:, :, -1, :]], dim=2).float().mean(dim=(1, 2))
+    border = torch.cat([d.images[:, :, 0, :], d.images[:, :, -1, :]], dim=2).float().mean(dim=(1, 2))
     assert border.min() < 110 and border.max() > 140
 
 

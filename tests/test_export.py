@@ -98,7 +98,7 @@ def test_both_exports_predict_like_the_project_model_without_this_package(resnet
     exports = {"resnet10": resnet10_export, "resnet18": resnet18_export}
     jobs = []
     for arch, export in exports.items():
-        torch.save(export.test["images"], tmp_path / f"{arch}_images.pt")
+        torch.save(export.test.images, tmp_path / f"{arch}_images.pt")
         f = export.files
         jobs.append({"weights": str(f["weights"]), "archive": str(f["archive"]), "metadata": str(f["metadata"]),
                      "images": str(tmp_path / f"{arch}_images.pt"), "out": str(tmp_path / f"{arch}_out.pt")})
@@ -111,7 +111,7 @@ def test_both_exports_predict_like_the_project_model_without_this_package(resnet
     assert proc.returncode == 0, proc.stderr[-3000:]
     for arch, export in exports.items():
         out = torch.load(tmp_path / f"{arch}_out.pt", weights_only=True)
-        expected = export.project_logits(export.test["images"])
+        expected = export.project_logits(export.test.images)
         assert len(set(expected.argmax(1).tolist())) > 1, arch  # not a constant model: the check means something
         for what in ("weights", "archive"):
             assert torch.equal(out[what].argmax(1), expected.argmax(1)), (arch, what)
@@ -123,7 +123,7 @@ def test_both_exports_predict_like_the_project_model_without_this_package(resnet
 
 def test_the_metadata_says_what_a_user_needs(export):
     meta = json.loads(export.files["metadata"].read_text())
-    assert meta["classes"] == export.test["classes"]
+    assert meta["classes"] == export.test.classes
     pre = meta["preprocessing"]
     assert (pre["resize_shorter_side"], pre["center_crop"], pre["interpolation"]) == (32, 32, "bilinear")
     assert pre["mean"] == pytest.approx(list(export.backbone["mean"]))
@@ -143,9 +143,9 @@ def test_the_metadata_says_what_a_user_needs(export):
     row = export.test_metrics_per_seed.set_index("seed").loc[meta["selection"]["seed"]]
     for key in ("accuracy", "macro_accuracy", "macro_f1", "cohen_kappa"):
         assert meta["test_metrics"][key] == pytest.approx(row[key])
-    assert meta["test_metrics"]["n_test_images"] == len(export.test["labels"])
+    assert meta["test_metrics"]["n_test_images"] == len(export.test.labels)
     assert meta["versions"]["torch"] == torch.__version__ and meta["versions"]["torchvision"]
-    assert meta["export_check"]["archive"]["ok"] and meta["export_check"]["images"] == len(export.test["labels"])
+    assert meta["export_check"]["archive"]["ok"] and meta["export_check"]["images"] == len(export.test.labels)
 
 
 def test_weights_of_another_export_are_refused(export):

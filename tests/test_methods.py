@@ -216,8 +216,8 @@ def test_auto_rgn_sets_per_tensor_lrs_from_relative_gradient_norms():
     assert trainable_parameters(model, plan) == sum(p.numel() for g in groups for p in g["params"])
     opt = torch.optim.Adam(groups, lr=BASE_LR)
     split = make_split(4, 3)
-    x = (split["images"].float() / 255 - 0.3) / 0.25
-    batches = [(x[i:i + 6], split["labels"][i:i + 6], 0) for i in (0, 6)]
+    x = (split.images.float() / 255 - 0.3) / 0.25
+    batches = [(x[i:i + 6], split.labels[i:i + 6], 0) for i in (0, 6)]
     model.train()
     params = [g["params"][0] for g in groups]
     buffers = {k: v.clone() for k, v in model.named_buffers()}

@@ -28,7 +28,7 @@ def _gray(img: torch.Tensor) -> np.ndarray:
 @pytest.fixture
 def folder(resnet10_export, tmp_path):
     """Good PNGs of test images, the same image as 16-bit, 8-bit gray and RGBA files, and bad files."""
-    images = resnet10_export.test["images"]
+    images = resnet10_export.test.images
     root = tmp_path / "new_images"
     save_png(images[:9], root / "good")
     gray = _gray(images[9])
@@ -68,7 +68,7 @@ def test_folder_with_bad_files_and_odd_modes(resnet10_export, folder, caplog):
     assert "skipped 4 (1 empty file, 1 not an image, 2 unreadable image" in log and "bad/notes.txt" in log
 
     # the good images: exactly the trained model's predictions on the test split
-    images = resnet10_export.test["images"]
+    images = resnet10_export.test.images
     logits = resnet10_export.project_logits(images)
     classes = resnet10_export.metadata["classes"]
     good = pred.set_index("file")

@@ -1,5 +1,7 @@
 """The search node end to end on a tiny backbone and tiny data (real code paths)."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -143,4 +145,4 @@ def test_stages_refuse_inputs_made_from_other_data_or_another_backbone(backbone,
         retrain_best_genome(backbone, train, val, {k: v for k, v in best.items() if k != "dataset"}, retrain, TRAINING)
     retrained = retrain_best_genome(backbone, train, val, best, retrain, TRAINING)
     with pytest.raises(InputMismatchError, match="evaluate_on_test.*target_test: elsewhere"):
-        evaluate_on_test(backbone, retrained, {**test, "dataset": "elsewhere"}, TRAINING)
+        evaluate_on_test(backbone, retrained, dataclasses.replace(test, dataset="elsewhere"), TRAINING)

@@ -75,16 +75,14 @@ def test_a_storage_that_cannot_be_opened_names_the_parameter(tmp_path):
         open_study(f"sqlite:///{blocker}/sub/study.db", "s")
 
 
-def test_num_classes_that_disagrees_with_the_data_is_an_error():
-    import pandas as pd
-
+def test_num_classes_that_disagrees_with_the_data_is_an_error(tiny_split):
     from evotune.pipelines.backbone.nodes import BackboneParams, target_num_classes
 
-    index = pd.DataFrame({"label": [0, 1, 2, 1]})
+    split = tiny_split(2, 3)
     bp = BackboneParams.from_params(base_parameters()["backbone"])
-    assert target_num_classes(index, bp) == 3
+    assert target_num_classes(split, bp) == 3
     with pytest.raises(ValueError, match="backbone.num_classes is 5 but the target data has 3 classes"):
-        target_num_classes(index, BackboneParams.from_params({**base_parameters()["backbone"], "num_classes": 5}))
+        target_num_classes(split, BackboneParams.from_params({**base_parameters()["backbone"], "num_classes": 5}))
 
 
 def test_predict_needs_a_source_and_export_a_retrained_seed(base_params, nodes, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timezone
+from typing import Any
 
 import pandas as pd
 
@@ -25,10 +26,7 @@ INDEX_KEY_COLUMNS = ("item", "label", "class_name", "split", "chunk")
 def dataset_fingerprint(target_index: pd.DataFrame) -> str:
     """A short hash of the split index (items, labels, class names, splits, chunks), independent of row order."""
     cols = [c for c in INDEX_KEY_COLUMNS if c in target_index.columns]
-    df = target_index[cols].copy()
-    for c in cols:
-        df[c] = df[c].fillna("").astype(str) if c in ("item", "class_name", "split") else df[c].astype("int64")
-    rows = sorted(map(tuple, df.astype(str).to_numpy().tolist()))
+    rows = sorted(map(tuple, target_index[cols].astype(str).to_numpy().tolist()))
     return hashlib.sha256(repr((cols, rows)).encode()).hexdigest()[:12]
 
 
@@ -37,11 +35,11 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def check_same_lineage(stage: str, key: str, artifacts: dict[str, dict], rerun: str) -> str:
-    """All ``artifacts`` (name -> artifact dict) record the same ``key`` (``dataset`` or
+def check_same_lineage(stage: str, key: str, artifacts: dict[str, Any], rerun: str) -> str:
+    """All ``artifacts`` (name -> artifact dict or typed artifact) record the same ``key`` (``dataset`` or
     ``backbone_id``); otherwise :class:`InputMismatchError` naming each artifact's value and
     the command to rerun (``rerun``). Returns the common value."""
-    values = {name: (a.get(key) if isinstance(a, dict) else None) for name, a in artifacts.items()}
+    values = {name: (a.get(key) if isinstance(a, dict) else getattr(a, key, None)) for name, a in artifacts.items()}
     if len(set(values.values())) == 1 and None not in values.values():
         return next(iter(values.values()))
     what = {"dataset": "data", "backbone_id": "backbone"}.get(key, key)

@@ -41,7 +41,7 @@ class ChunkData:
 
 def chunk_data(trainer: Trainer, train_split: dict, val_split: dict, n_chunks: int) -> dict[int, ChunkData]:
     """Per search chunk, its train and validation images on the trainer's device."""
-    n_cls = len(train_split["classes"])
+    n_cls = len(train_split.classes)
     out = {}
     for c in range(n_chunks):
         out[c] = ChunkData(

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backbones import StagedModel, redraw_head
+from .data.split import Split
 from .errors import ParameterError
 from .params import from_params, section, where
 
@@ -152,17 +153,17 @@ class DeviceData:
     @classmethod
     def from_split(
         cls,
-        split: dict[str, Any],
+        split: Split,
         device: torch.device,
         *,
         chunk: int | None = None,
         num_classes: int | None = None,
     ) -> DeviceData:
-        images, labels = split["images"], split["labels"]
+        images, labels = split.images, split.labels
         if chunk is not None:
-            mask = split["chunks"] == chunk
+            mask = split.chunks == chunk
             images, labels = images[mask], labels[mask]
-        n_cls = num_classes if num_classes is not None else len(split["classes"])
+        n_cls = num_classes if num_classes is not None else len(split.classes)
         return cls(images.to(device), labels.to(device), n_cls)
 
     def __len__(self) -> int:

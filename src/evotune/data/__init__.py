@@ -1,20 +1,23 @@
 """Data layer: the embedded offline task, image sources, splits and one-time preprocessing.
 
-A preprocessed split is a plain dict (``torch.load(weights_only=True)`` reads it)::
-
-    {"images": uint8 [N, 3, S, S] RGB, "labels": int64 [N], "chunks": int64 [N] (-1: not chunked),
-     "classes": list[str], "items": list[str]}
+A preprocessed split is a :class:`Split` (``evotune.data.split``): uint8 ``images``
+``[N, 3, S, S]`` RGB, int64 ``labels`` and ``chunks`` (-1: not chunked), ``classes``,
+``items``, and for the target data its ``preprocessing`` and lineage (``dataset``,
+``dataset_name``). The catalog stores it as a plain dict (``evotune.io.TypedTorchDataset``;
+``torch.load(weights_only=True)`` reads it).
 """
 
 from .embedded import load_handwritten_digits, render_printed_characters
 from .errors import DataSourceError
 from .preprocess import decode_split
 from .sources import ImageSource, make_source, to_rgb
+from .split import Split
 from .splitting import assign_chunks, assign_splits, n_chunks_for
 
 __all__ = [
     "DataSourceError",
     "ImageSource",
+    "Split",
     "assign_chunks",
     "assign_splits",
     "decode_split",

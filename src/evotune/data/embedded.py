@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from .errors import DataSourceError
+from .split import Split
 
 DEFAULT_CLASSES = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -181,8 +182,8 @@ def render_printed_characters(
     image_size: int = 32,
     seed: int = 0,
     classes: str | list[str] = DEFAULT_CLASSES,
-) -> dict:
-    """The source task: ``n_per_class`` rendered images per character, in the split format.
+) -> Split:
+    """The source task: ``n_per_class`` rendered images per character, as one :class:`Split`.
 
     ``classes`` is a string (one class per character) or a list of strings. Image ``i``
     shows class ``i % len(classes)``; the result is a deterministic function of the
@@ -208,13 +209,13 @@ def render_printed_characters(
     images = np.empty((n, 3, int(image_size), int(image_size)), dtype=np.uint8)
     for i in range(n):
         images[i] = _render_one(rng, glyphs, len(fonts), names[i % k], int(image_size))
-    return {
-        "images": torch.from_numpy(images),
-        "labels": torch.arange(k, dtype=torch.int64).repeat(int(n_per_class)),
-        "chunks": torch.full((n,), -1, dtype=torch.int64),
-        "classes": names,
-        "items": [f"printed:{i}" for i in range(n)],
-    }
+    return Split(
+        images=torch.from_numpy(images),
+        labels=torch.arange(k, dtype=torch.int64).repeat(int(n_per_class)),
+        chunks=torch.full((n,), -1, dtype=torch.int64),
+        classes=names,
+        items=[f"printed:{i}" for i in range(n)],
+    )
 
 
 def load_handwritten_digits(polarity: str = "dark_on_light") -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from .errors import DataSourceError
 from .sources import ImageSource, open_image_file, to_rgb
+from .split import Split
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ def decode_split(
     crop_size: int,
     batch: int = 256,
     log_every_s: float = 30.0,
-) -> dict:
-    """Decode each image of ``index_rows`` once into the split format.
+) -> Split:
+    """Decode each image of ``index_rows`` once into a :class:`Split` (without lineage).
 
     ``index_rows``: ``item``, ``label`` and optionally ``chunk`` (-1 when absent). Images are
     resized (shorter side to ``resize_size``), centre-cropped to ``crop_size`` and written
@@ -139,5 +140,5 @@ def decode_split(
             f"The index has label {int(labels.max())} but {source.describe()} has {len(classes)} classes; "
             "rerun the data_processing pipeline from ingest_index."
         )
-    return {"images": images, "labels": labels, "chunks": chunks, "classes": classes, "items": items,
-            "preprocessing": preprocessing_record(r, c)}
+    return Split(images=images, labels=labels, chunks=chunks, classes=classes, items=items,
+                 preprocessing=preprocessing_record(r, c))

@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from ...backbones import (
@@ -17,9 +16,9 @@ from ...backbones import (
     model_from_checkpoint,
     replace_head,
 )
-from ...data.errors import DataSourceError
+from ...data.split import Split
 from ...errors import ParameterError
-from ...lineage import dataset_fingerprint, now
+from ...lineage import now
 from ...params import from_params, require
 from ...study import tensor_fingerprint
 
@@ -41,17 +40,15 @@ class BackboneParams:
         return from_params(cls, params, "backbone")
 
 
-def _with_lineage(ckpt: dict, target_index: pd.DataFrame) -> dict:
+def _with_lineage(ckpt: dict, target_train: Split) -> dict:
     """The checkpoint with the data it was made for and an id of its weights (see evotune.lineage)."""
-    return {**ckpt, "dataset": dataset_fingerprint(target_index),
+    return {**ckpt, "dataset": target_train.dataset,
             "backbone_id": tensor_fingerprint(ckpt["state_dict"])[:12], "created": now()}
 
 
-def target_num_classes(target_index: pd.DataFrame, bp: BackboneParams) -> int:
-    labels = sorted(int(x) for x in target_index["label"].unique())
-    n = len(labels)
-    if labels != list(range(n)):
-        raise DataSourceError(f"Target labels must be 0..{n - 1}; got {labels[:20]}")
+def target_num_classes(target_train: Split, bp: BackboneParams) -> int:
+    """The head's size: the target's classes (the data stage checked that labels are 0..n-1)."""
+    n = len(target_train.classes)
     wanted = bp.num_classes
     if wanted is not None and wanted != n:
         raise ParameterError(
@@ -74,7 +71,7 @@ def _head_generator(bp: BackboneParams) -> torch.Generator:
     return torch.Generator().manual_seed(bp.head_seed)
 
 
-def backbone_from_source(source_model: dict, target_index: pd.DataFrame, backbone_params: dict, data_params: dict) -> dict:
+def backbone_from_source(source_model: dict, target_train: Split, backbone_params: dict, data_params: dict) -> dict:
     """The source-pretrained model with a fresh head for the target's classes."""
     bp = BackboneParams.from_params(backbone_params)
     weights = bp.weights
@@ -89,7 +86,7 @@ def backbone_from_source(source_model: dict, target_index: pd.DataFrame, backbon
             f"backbone.arch is '{bp.arch}' but the source model is a "
             f"'{source_model['arch']}': set source_pretraining.arch and backbone.arch to the same name."
         )
-    n = target_num_classes(target_index, bp)
+    n = target_num_classes(target_train, bp)
     model = model_from_checkpoint(source_model)
     replace_head(model, n, generator=_head_generator(bp))
     _check_input_size(source_model["input_size"], data_params, "The source model")
@@ -97,17 +94,17 @@ def backbone_from_source(source_model: dict, target_index: pd.DataFrame, backbon
     return _with_lineage(make_checkpoint(
         model, num_classes=n, input_size=source_model["input_size"], resize_size=source_model["resize_size"],
         mean=source_model["mean"], std=source_model["std"], source=source_model["source"],
-    ), target_index)
+    ), target_train)
 
 
-def load_pretrained_backbone(target_index: pd.DataFrame, backbone_params: dict, data_params: dict) -> dict:
+def load_pretrained_backbone(target_train: Split, backbone_params: dict, data_params: dict) -> dict:
     """``backbone.weights``: ``imagenet`` (torchvision, from the local torch cache), ``none``
     (random init), or the path of a checkpoint file written by this project."""
     bp = BackboneParams.from_params(backbone_params)
     arch_name = bp.arch
     spec = get_arch(arch_name)
     weights = bp.weights
-    n = target_num_classes(target_index, bp)
+    n = target_num_classes(target_train, bp)
     if weights in ("imagenet", "none"):
         model = build_model(
             arch_name, n, weights=None if weights == "none" else "imagenet",
@@ -126,4 +123,4 @@ def load_pretrained_backbone(target_index: pd.DataFrame, backbone_params: dict, 
         meta["source"] = f"checkpoint {weights}"
     _check_input_size(meta["input_size"], data_params, f"{arch_name} ({weights})")
     log.info("backbone %s (%s), head for %d classes", arch_name, meta["source"], n)
-    return _with_lineage(make_checkpoint(model, num_classes=n, **meta), target_index)
+    return _with_lineage(make_checkpoint(model, num_classes=n, **meta), target_train)

@@ -9,7 +9,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 backbone_from_source,
-                inputs=["source_model", "target_index", "params:backbone", "params:data"],
+                inputs=["source_model", "target_train", "params:backbone", "params:data"],
                 outputs="backbone",
                 name="backbone_from_source",
             )
@@ -23,7 +23,7 @@ def create_pretrained_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 load_pretrained_backbone,
-                inputs=["target_index", "params:backbone", "params:data"],
+                inputs=["target_train", "params:backbone", "params:data"],
                 outputs="backbone",
                 name="load_pretrained_backbone",
             )

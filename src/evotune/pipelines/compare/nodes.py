@@ -157,7 +157,7 @@ def search_baseline(
                        {"backbone": backbone, "target_train": target_train, "target_val": target_val},
                        "kedro run --from-nodes split_dataset (or the whole kedro run), then the compare pipeline")
     evo = sp.evolution()
-    n_chunks_data = int(target_train["chunks"].max()) + 1
+    n_chunks_data = int(target_train.chunks.max()) + 1
     if n_chunks_data != sp.n_chunks:
         raise ValueError(
             f"The training split has {n_chunks_data} search chunk(s) but search.train_split_pct="

@@ -1,21 +1,22 @@
 """Nodes of the target data stage (``data`` parameters, parameters_data_processing.yml).
 
-ingest_index -> target_index_raw (CSV: item, label, class_name, official_split)
+ingest_index -> target_index_raw (Parquet: item, label, class_name, official_split)
 split_dataset -> target_index (+ split, chunk)
-preprocess_splits -> target_train / target_val / target_test (uint8 tensors, decoded once)
+preprocess_splits -> target_train / target_val / target_test (:class:`~evotune.data.split.Split`:
+uint8 tensors, decoded once, with the index's fingerprint)
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 import pandas as pd
 
 from ...data.errors import DataSourceError
 from ...data.preprocess import check_image_params, decode_split
 from ...data.sources import INDEX_COLUMNS, make_source, unreadable_items
+from ...data.split import Split
 from ...data.splitting import assign_chunks, assign_splits, n_chunks_for
 from ...lineage import dataset_fingerprint
 from ...params import check_type, from_params, require, section
@@ -55,18 +56,6 @@ def image_options(data_params: dict) -> tuple[int, int]:
     return check_image_params(image.resize_size, image.crop_size)
 
 
-def _clean_index(index: pd.DataFrame) -> pd.DataFrame:
-    """Undo what a CSV round trip may do (empty strings -> NaN, ids -> numbers)."""
-    df = index.copy()
-    for col in ("item", "class_name", "official_split", "split"):
-        if col in df.columns:
-            df[col] = df[col].fillna("").astype(str)
-    for col in ("label", "chunk"):
-        if col in df.columns:
-            df[col] = df[col].astype(np.int64)
-    return df
-
-
 def ingest_index(data_params: dict) -> pd.DataFrame:
     """List the target source's items and labels, after checking that every image file decodes.
 
@@ -99,7 +88,7 @@ def split_dataset(target_index_raw: pd.DataFrame, data_params: dict, search_para
     (``search.train_split_pct``)."""
     opts = split_options(data_params)
     pct = check_type(require(search_params, "train_split_pct", "search"), float, "search.train_split_pct")
-    index = assign_splits(_clean_index(target_index_raw), **opts, n_chunks=n_chunks_for(pct))
+    index = assign_splits(target_index_raw, **opts, n_chunks=n_chunks_for(pct))
     index = assign_chunks(index, train_split_pct=pct, seed=int(opts["seed"]),
                           val_fraction=opts["val_fraction"], test_fraction=opts["test_fraction"])
     n_chunks = int(index["chunk"].max()) + 1
@@ -107,19 +96,36 @@ def split_dataset(target_index_raw: pd.DataFrame, data_params: dict, search_para
     return index
 
 
-def preprocess_splits(target_index: pd.DataFrame, data_params: dict) -> tuple[dict, dict, dict]:
+def check_labels(index: pd.DataFrame, classes: list[str]) -> None:
+    """Every class of the source has images: the labels are exactly 0..len(classes)-1, so
+    the backbone's head (one output per class) and the splits agree."""
+    labels = sorted(int(x) for x in index["label"].unique())
+    n = len(classes)
+    if labels != list(range(n)):
+        empty = [f"{k} ({classes[k]!r})" for k in range(n) if k not in set(labels)]
+        extra = [y for y in labels if not 0 <= y < n]
+        problem = (f"no images of class(es) {', '.join(empty[:20])}" if empty else "") + (
+            "; " if empty and extra else "") + (f"labels {extra[:20]} outside 0..{n - 1}" if extra else "")
+        raise DataSourceError(
+            f"Target labels must be 0..{n - 1}, one per class of the source ({n} classes); the index has "
+            f"{problem}. Give every class images (or remove the class from the source), then rerun the "
+            "data_processing pipeline."
+        )
+
+
+def preprocess_splits(target_index: pd.DataFrame, data_params: dict) -> tuple[Split, Split, Split]:
     """Decode, resize and centre-crop every image once, per split."""
     resize, crop = image_options(data_params)
     source = make_source(_section(data_params, "source"))
-    index = _clean_index(target_index)
-    lineage = {"dataset": dataset_fingerprint(index), "dataset_name": source.describe()}
+    check_labels(target_index, list(source.classes))
+    lineage = {"dataset": dataset_fingerprint(target_index), "dataset_name": source.describe()}
     out = []
     for name in ("train", "val", "test"):
-        rows = index[index["split"] == name]
+        rows = target_index[target_index["split"] == name]
         if rows.empty:
             raise DataSourceError(f"target_index has no {name} rows; rerun split_dataset.")
-        split = {**decode_split(source, rows, resize_size=resize, crop_size=crop), **lineage}
-        log.info("%s: %d images of %dpx", name, len(split["labels"]), crop)
+        split = replace(decode_split(source, rows, resize_size=resize, crop_size=crop), **lineage)
+        log.info("%s: %d images of %dpx", name, len(split.labels), crop)
         out.append(split)
     return tuple(out)
 

@@ -72,7 +72,7 @@ def _test_metrics(model, target_test: dict, backbone: dict, training_params: dic
     project's evaluation, on the training device)."""
     trainer = Trainer(model, TrainConfig.from_params(training_params), mean=backbone["mean"], std=backbone["std"])
     _, conf = trainer.evaluate(DeviceData.from_split(target_test, trainer.device))
-    return {**classification_metrics(conf.cpu().numpy()), "n_test_images": int(len(target_test["labels"]))}
+    return {**classification_metrics(conf.cpu().numpy()), "n_test_images": int(len(target_test.labels))}
 
 
 def export_best_model(
@@ -92,13 +92,13 @@ def export_best_model(
     model.load_state_dict(run["state_dict"])
     model.eval()
 
-    preprocessing = target_test.get("preprocessing")
+    preprocessing = target_test.preprocessing
     if preprocessing is None:
         raise ValueError(
             "target_test does not record its preprocessing (it was decoded by an older version): rerun "
             "`kedro run --from-nodes preprocess_splits` so that the export can state it."
         )
-    crop = int(target_test["images"].shape[-1])
+    crop = int(target_test.images.shape[-1])
     if int(preprocessing["center_crop"]) != crop:
         raise ValueError(f"target_test holds {crop}px images but records a {preprocessing['center_crop']}px crop.")
     mean, std = backbone["mean"], backbone["std"]
@@ -108,7 +108,7 @@ def export_best_model(
     tv_model = to_torchvision(model).eval()
     program = export_archive(tv_model, mean, std, crop)
     if p.verify_images:
-        verification = _verify(model, tv_model, program, target_test["images"][: p.verify_images], mean, std)
+        verification = _verify(model, tv_model, program, target_test.images[: p.verify_images], mean, std)
         log.info("export check on %d test images: max |logit diff| torchvision %.2e, archive %.2e",
                  verification["images"], verification["torchvision"]["max_abs_logit_diff"],
                  verification["archive"]["max_abs_logit_diff"])
@@ -117,7 +117,7 @@ def export_best_model(
     test_metrics = _test_metrics(model, target_test, backbone, training_params)  # last: moves the model
 
     metadata = build_metadata(
-        model=model, description=description, classes=list(target_test["classes"]),
+        model=model, description=description, classes=list(target_test.classes),
         preprocessing=preprocessing, mean=mean, std=std, run=run, retrained=retrained_models,
         selection=p.selection, test_metrics=test_metrics, verification=verification,
         weights_sha256=weights_fingerprint(weights), backbone_source=str(backbone.get("source", "")),

@@ -81,8 +81,8 @@ def study_name_for(sp: SearchParams, cfg: TrainConfig, backbone: dict, train: di
     training = {k: v for k, v in cfg.__dict__.items() if k not in ("device", "cpu_threads")}
     fp = config_fingerprint(
         relevant, training, tensor_fingerprint(backbone["state_dict"]),
-        tensor_fingerprint(train["labels"], train["chunks"], train["images"]),
-        tensor_fingerprint(val["labels"], val["chunks"], val["images"]),
+        tensor_fingerprint(train.labels, train.chunks, train.images),
+        tensor_fingerprint(val.labels, val.chunks, val.images),
     )
     return f"{sp.study_name}-{fp}"
 
@@ -133,7 +133,7 @@ def _setup(backbone: dict, target_train: dict, target_val: dict, search_params: 
     check_same_lineage("evolutionary_search", "dataset",
                        {"backbone": backbone, "target_train": target_train, "target_val": target_val},
                        "kedro run --from-nodes split_dataset (or the whole kedro run)")
-    n_chunks_data = int(target_train["chunks"].max()) + 1
+    n_chunks_data = int(target_train.chunks.max()) + 1
     if n_chunks_data != sp.n_chunks:
         raise ValueError(
             f"The training split has {n_chunks_data} search chunk(s) but search.train_split_pct="

@@ -13,6 +13,7 @@ import torch
 
 from ...backbones import build_model, count_parameters, make_checkpoint
 from ...data.embedded import render_printed_characters
+from ...data.split import Split
 from ...data.splitting import assign_splits
 from ...params import check_type, from_params, require
 from ...training import DeviceData, TrainConfig, Trainer, TrainingPlan
@@ -32,13 +33,7 @@ class SourceDataParams:
     classes: list[str] | None  # null: 0-9 and A-Z
 
 
-def _subset(split: dict, mask: torch.Tensor) -> dict:
-    items = [it for it, keep in zip(split["items"], mask.tolist()) if keep]
-    return {"images": split["images"][mask], "labels": split["labels"][mask],
-            "chunks": split["chunks"][mask], "classes": list(split["classes"]), "items": items}
-
-
-def make_source_dataset(params: dict) -> tuple[dict, dict, dict]:
+def make_source_dataset(params: dict) -> tuple[Split, Split, Split]:
     """Render the printed-character source task and split it (stratified, seeded)."""
     import pandas as pd
 
@@ -47,19 +42,19 @@ def make_source_dataset(params: dict) -> tuple[dict, dict, dict]:
         d.n_per_class, image_size=d.image_size, seed=d.seed,
         **({"classes": d.classes} if d.classes is not None else {}),
     )
-    labels = data["labels"].tolist()
+    labels = data.labels.tolist()
     index = pd.DataFrame({
-        "item": data["items"], "label": labels,
-        "class_name": [data["classes"][i] for i in labels], "official_split": "",
+        "item": data.items, "label": labels,
+        "class_name": [data.classes[i] for i in labels], "official_split": "",
     })
     index = assign_splits(index, seed=d.seed, val_fraction=d.val_fraction,
                           test_fraction=d.test_fraction, respect_official_splits=False)
     out = []
     for name in ("train", "val", "test"):
         mask = torch.tensor((index["split"] == name).to_numpy())
-        out.append(_subset(data, mask))
+        out.append(data.subset(mask))
     log.info("source task: %d classes, %d/%d/%d train/val/test images of %dpx",
-             len(data["classes"]), *(len(o["labels"]) for o in out), data["images"].shape[-1])
+             len(data.classes), *(len(o.labels) for o in out), data.images.shape[-1])
     return tuple(out)
 
 
@@ -70,7 +65,7 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-def pretrain_source_model(source_train: dict, source_val: dict, source_test: dict, params: dict,
+def pretrain_source_model(source_train: Split, source_val: Split, source_test: Split, params: dict,
                           training_params: dict) -> tuple[dict, dict]:
     """Train ``params.arch`` from scratch on the source task (all blocks, base lr), with the
     ``training`` parameters updated by ``source_pretraining.training``."""
@@ -78,10 +73,10 @@ def pretrain_source_model(source_train: dict, source_val: dict, source_test: dic
                                      "source_pretraining.training")
     arch = check_type(require(params, "arch", "source_pretraining"), str, "source_pretraining.arch")
     seed = check_type(require(params, "seed", "source_pretraining"), int, "source_pretraining.seed")
-    n_cls = len(source_train["classes"])
+    n_cls = len(source_train.classes)
     torch.manual_seed(seed)
     model = build_model(arch, n_cls, weights=None)
-    mean, std = channel_stats(source_train["images"])
+    mean, std = channel_stats(source_train.images)
     trainer = Trainer(model, cfg, mean=mean, std=std)
     train = DeviceData.from_split(source_train, trainer.device)
     val = DeviceData.from_split(source_val, trainer.device)
@@ -94,7 +89,7 @@ def pretrain_source_model(source_train: dict, source_val: dict, source_test: dic
                                                      r["epoch"], r["train_loss"], r["val_macro_acc"]))
     trainer.model.load_state_dict(res.best_state)
     test_acc, _ = trainer.evaluate(test)
-    size = int(source_train["images"].shape[-1])
+    size = int(source_train.images.shape[-1])
     ckpt = make_checkpoint(
         trainer.model.cpu(), num_classes=n_cls, input_size=size, resize_size=size, mean=mean, std=std,
         source="embedded printed characters (source_pretraining pipeline)",
