@@ -124,7 +124,7 @@ for m in mods:
     except Exception as exc:  # noqa: BLE001
         bad += 1
         print(f"import {m}: FAILED {exc!r}")
-from kedro_datasets.pandas import CSVDataset  # noqa: F401  (lazy-loaded: import the classes themselves)
+from kedro_datasets.pandas import CSVDataset, ParquetDataset  # noqa: F401  (lazy-loaded: import the classes themselves)
 from kedro_datasets.json import JSONDataset  # noqa: F401
 from kedro_datasets.matplotlib import MatplotlibDataset  # noqa: F401
 from kedro_datasets.text import TextDataset  # noqa: F401

@@ -85,6 +85,20 @@ def test_num_classes_that_disagrees_with_the_data_is_an_error(tiny_split):
         target_num_classes(split, BackboneParams.from_params({**base_parameters()["backbone"], "num_classes": 5}))
 
 
+def test_the_backbone_stage_reads_classes_and_lineage_from_target_train(tiny_split):
+    """The backbone stage needs the class count and the data's fingerprint, both in the split
+    (the data stage checked the labels); it does not read the data index."""
+    from evotune.pipelines.backbone import create_pipeline, create_pretrained_pipeline
+    from evotune.pipelines.backbone.nodes import load_pretrained_backbone
+
+    for pipe in (create_pipeline(), create_pretrained_pipeline()):
+        assert "target_train" in pipe.inputs() and "target_index" not in pipe.inputs()
+    split = tiny_split(2, 3)
+    params = {**base_parameters()["backbone"], "arch": "resnet10", "weights": "none"}
+    ckpt = load_pretrained_backbone(split, params, base_parameters()["data"])
+    assert ckpt["num_classes"] == 3 and ckpt["dataset"] == split.dataset == "tiny"
+
+
 def test_predict_needs_a_source_and_export_a_retrained_seed(base_params, nodes, tmp_path):
     with pytest.raises(ParameterError, match="predict.source is not set"):
         validate_run(base_params, nodes["predict"])

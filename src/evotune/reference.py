@@ -284,7 +284,7 @@ def naive_train(
     naive search does per evaluation); a :class:`StagedModel` is used as it is (its
     weights are then changed in place). ``num_classes`` defaults to ``max(label) + 1``
     over train and validation labels; pass the target's class count to match a
-    fast path whose ``DeviceData.num_classes`` is ``len(split["classes"])``.
+    fast path whose ``DeviceData.num_classes`` is ``len(split.classes)``.
     """
     t0 = time.perf_counter()
     dev = device if isinstance(device, torch.device) else resolve_device(device or cfg.device)
