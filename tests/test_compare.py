@@ -79,6 +79,20 @@ def test_the_registry_builds_compare_from_the_runs_methods():
         select_compare_methods(list(METHODS))
 
 
+def test_the_hook_reads_the_runs_merged_parameters():
+    from types import SimpleNamespace
+
+    from evotune.hooks import ComparePipelineHooks
+
+    context = SimpleNamespace(config_loader={"parameters": {"compare": {"methods": ["tpe", "lora"]}}})
+    try:
+        ComparePipelineHooks().after_context_created(context)
+        table = next(n for n in register_pipelines()["compare"].nodes if n.name == "compare.table")
+        assert table.inputs[4:] == ["compare.lora.metrics", "compare.tpe.metrics"]
+    finally:
+        select_compare_methods(list(METHODS))
+
+
 def test_catalog_factories_version_every_compare_output():
     conf = OmegaConfigLoader("conf", env="local", **settings.CONFIG_LOADER_ARGS)
     catalog = DataCatalog.from_config(conf["catalog"])

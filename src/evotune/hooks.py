@@ -126,5 +126,6 @@ class ComparePipelineHooks:
         from .pipeline_registry import select_compare_methods
 
         compare = context.config_loader["parameters"].get("compare")
-        if select_compare_methods(compare.get("methods") if isinstance(compare, dict) else None):
+        changed = select_compare_methods(compare.get("methods") if isinstance(compare, dict) else None)
+        if changed and PACKAGE_NAME:
             pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")  # registered again with these methods
