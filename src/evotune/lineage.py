@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timezone
+from typing import Any
 
 import pandas as pd
 
@@ -37,11 +38,11 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def check_same_lineage(stage: str, key: str, artifacts: dict[str, dict], rerun: str) -> str:
-    """All ``artifacts`` (name -> artifact dict) record the same ``key`` (``dataset`` or
-    ``backbone_id``); otherwise :class:`InputMismatchError` naming each artifact's value and
-    the command to rerun (``rerun``). Returns the common value."""
-    values = {name: (a.get(key) if isinstance(a, dict) else None) for name, a in artifacts.items()}
+def check_same_lineage(stage: str, key: str, artifacts: dict[str, Any], rerun: str) -> str:
+    """All ``artifacts`` (name -> artifact: a dict or a typed :class:`~evotune.artifacts.Artifact`)
+    record the same ``key`` (``dataset`` or ``backbone_id``); otherwise :class:`InputMismatchError`
+    naming each artifact's value and the command to rerun (``rerun``). Returns the common value."""
+    values = {name: (a.get(key) if isinstance(a, dict) else getattr(a, key, None)) for name, a in artifacts.items()}
     if len(set(values.values())) == 1 and None not in values.values():
         return next(iter(values.values()))
     what = {"dataset": "data", "backbone_id": "backbone"}.get(key, key)
