@@ -115,7 +115,7 @@ from packaging.requirements import Requirement
 mods = ["torch", "torchvision", "numpy", "pandas", "matplotlib", "sklearn", "PIL", "yaml", "pytest", "pytest_timeout",
         "kedro", "kedro_datasets", "kedro_datasets.pandas", "kedro_datasets.json", "kedro_datasets.matplotlib",
         "kedro_datasets.text", "optuna", "sqlalchemy", "alembic", "evotune", "evotune.pipeline_registry",
-        "evotune.pipelines.search.nodes", "evotune.methods", "evotune.reporting"]
+        "evotune.pipelines.search.nodes", "evotune.methods", "evotune.report.markdown", "evotune.evaluation"]
 bad = 0
 for m in mods:
     try:

@@ -16,6 +16,7 @@ from evotune.data.preprocess import preprocessing_record
 from evotune.io import SafetensorsDataset, TorchExportDataset
 from evotune.pipelines.export.nodes import export_best_model
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
+from evotune.retraining import TrainedRun, TrainedVariant
 from evotune.training import Normalizer
 
 TRAINING = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64,
@@ -27,7 +28,7 @@ EXPORT = {"selection": "best_val", "seed": None, "verify_images": 256}
 class Export:
     arch: str
     backbone: dict
-    retrained: dict
+    retrained: TrainedVariant
     test: dict
     weights: dict
     metadata: dict
@@ -37,16 +38,16 @@ class Export:
     def project_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The in-project model of the exported seed (StagedModel + the training normalisation)."""
         seed = self.metadata["selection"]["seed"]
-        run = next(r for r in self.retrained["runs"] if r["seed"] == seed)
+        run = next(r for r in self.retrained.runs if r.seed == seed)
         model = model_from_checkpoint(self.backbone)
-        model.load_state_dict(run["state_dict"])
+        model.load_state_dict(run.state_dict)
         model.eval()
         norm = Normalizer(self.backbone["mean"], self.backbone["std"], torch.device("cpu"), channels_last=False)
         with torch.no_grad():
             return model(norm(images))
 
 
-def _untrained_runs(model, genome: dict, seeds) -> dict:
+def _untrained_runs(model, genome: dict, seeds) -> TrainedVariant:
     """Runs as retrain_best_genome returns them, without training: the random weights with
     random batch-norm statistics (so that eval mode uses them), a different draw per seed."""
     runs = []
@@ -64,11 +65,12 @@ def _untrained_runs(model, genome: dict, seeds) -> dict:
             elif v.is_floating_point():
                 v = v + torch.randn(v.shape, generator=g) * 0.01
             state[key] = v.clone()
-        runs.append({"seed": int(seed), "state_dict": state, "best_val_acc": 0.5 + 0.1 * i, "best_epoch": 1,
-                     "epochs_run": 1, "history": [], "seconds": 0.0, "diverged": False})
-    return {"method": "biotune", "genome": genome, "block_lrs": [1e-3 * 10 ** (2 * (0.8 - 0.5))] * len(genome["block_names"]),
-            "trainable_params": 1, "total_params": 1, "device": "cpu", "runs": runs, "dataset": genome["dataset"],
-            "backbone_id": genome["backbone_id"], "created": "2026-01-01T00:00:00Z"}
+        runs.append(TrainedRun(seed=int(seed), state_dict=state, best_val_acc=0.5 + 0.1 * i, best_epoch=1,
+                               epochs_run=1, history=[], seconds=0.0, diverged=False))
+    return TrainedVariant(method="biotune", variant="biotune", params={}, genome=genome,
+                          block_lrs=[1e-3 * 10 ** (2 * (0.8 - 0.5))] * len(genome["block_names"]), trainable_params=1,
+                          total_params=1, device="cpu", runs=runs, dataset=genome["dataset"],
+                          backbone_id=genome["backbone_id"], created="2026-01-01T00:00:00Z")
 
 
 def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size: int = 32, train: bool = True) -> Export:

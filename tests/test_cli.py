@@ -103,8 +103,11 @@ COMMANDS: dict[str, Expect] = {
         unchanged=("data/07_model_output/best_genome.json", "data/06_models/backbone.pt")),
     "kedro run --from-nodes evolutionary_search": Expect(),
     "kedro run --nodes evolutionary_search --params search.generations=2": Expect(),
-    "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",)),
-    'kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"': Expect(),
+    # only the chosen methods run: 2 nodes per fixed-plan method, 3 per search baseline, 3 for the table
+    "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",),
+                                            says=("Completed 10 out of 10 tasks",)),
+    'kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"': Expect(
+        says=("Completed 10 out of 10 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
     "kedro run --pipelines search_worker": Expect(),
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(),
     "kedro run --params training.cpu_threads=1": Expect(),

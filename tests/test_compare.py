@@ -13,11 +13,17 @@ from kedro.runner import SequentialRunner
 
 from evotune import settings
 from evotune.backbones import build_model
+from evotune.errors import ParameterError
+from evotune.evaluation import MethodMetrics, TestMetrics
 from evotune.evolution import EvolutionConfig
 from evotune.genome import decode
+from evotune.io import TypedJSONDataset
 from evotune.methods import METHODS, SEARCH_METHODS, evaluation_chunk
+from evotune.pipeline_registry import register_pipelines, select_compare_methods
 from evotune.pipelines.compare import create_pipeline
+from evotune.pipelines.compare.nodes import comparison_table
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
+from evotune.retraining import TrainedMethod
 
 TRAINING = {**base_parameters()["training"], "epochs": 1, "patience": 1, "batch_size": 16, "eval_batch_size": 64,
             "device": "cpu"}
@@ -44,7 +50,47 @@ def test_one_namespaced_modular_pipeline_per_method():
     table = next(n for n in pipe.nodes if n.name == "compare.table")
     assert table.inputs[4:] == [f"compare.{m}.metrics" for m in METHODS]
     assert {n.namespace for n in pipe.nodes} == {f"compare.{m}" for m in METHODS} | {"compare"}
-    assert len(create_pipeline(["lora", "deft"]).nodes) == 2 + 3 + 3
+
+
+def test_the_pipeline_holds_only_the_chosen_methods_in_table_order():
+    pipe = create_pipeline(["deft", "lora"])
+    assert len(pipe.nodes) == 2 + 3 + 3
+    assert {n.namespace for n in pipe.nodes} == {"compare.lora", "compare.deft", "compare"}
+    table = next(n for n in pipe.nodes if n.name == "compare.table")
+    assert table.inputs[4:] == ["compare.lora.metrics", "compare.deft.metrics"]  # the order of METHODS
+    assert not any(name.startswith("compare.tpe") for name in pipe.all_outputs())
+    with pytest.raises(ValueError, match="Unknown method 'nope'"):
+        create_pipeline(["lora", "nope"])
+
+
+def test_the_registry_builds_compare_from_the_runs_methods():
+    """The hook hands the run's compare.methods to the registry; unknown names are left to the parameter
+    check (one clear message before anything runs), which needs a compare node: the table's is there."""
+    try:
+        assert select_compare_methods(["linear_probe", "nope", "full_finetune"])
+        assert not select_compare_methods(["linear_probe", "nope", "full_finetune"])
+        names = {n.name for n in register_pipelines()["compare"].nodes}
+        assert names == {"compare.full_finetune.train", "compare.full_finetune.test", "compare.linear_probe.train",
+                         "compare.linear_probe.test", "compare.table", "compare.table_markdown", "compare.figure"}
+        select_compare_methods("lora")  # not a list: only the table nodes; validate_run names the problem
+        assert {n.name for n in register_pipelines()["compare"].nodes} == {
+            "compare.table", "compare.table_markdown", "compare.figure"}
+    finally:
+        select_compare_methods(list(METHODS))
+
+
+def test_the_hook_reads_the_runs_merged_parameters():
+    from types import SimpleNamespace
+
+    from evotune.hooks import ComparePipelineHooks
+
+    context = SimpleNamespace(config_loader={"parameters": {"compare": {"methods": ["tpe", "lora"]}}})
+    try:
+        ComparePipelineHooks().after_context_created(context)
+        table = next(n for n in register_pipelines()["compare"].nodes if n.name == "compare.table")
+        assert table.inputs[4:] == ["compare.lora.metrics", "compare.tpe.metrics"]
+    finally:
+        select_compare_methods(list(METHODS))
 
 
 def test_catalog_factories_version_every_compare_output():
@@ -56,6 +102,9 @@ def test_catalog_factories_version_every_compare_output():
         assert ds._version is not None, name
         assert "compare" in str(ds._filepath)
     assert type(catalog.get("compare.lora.trained")).__name__ == "MemoryDataset"
+    for name in ("compare_table", "compare.lora.metrics_per_seed"):
+        assert type(catalog.get(name)).__name__ == "ParquetDataset", name
+    assert isinstance(catalog.get("compare.lora.metrics"), TypedJSONDataset)
     params = conf["parameters"]
     assert params["compare"]["seeds"] == params["retrain"]["seeds"]
     assert set(params["compare"]) == {"methods", "seeds", *METHODS}
@@ -96,7 +145,7 @@ def tiny_run():
                         "test_metrics": test_metrics, "test_metrics_per_seed": per_seed, "best_genome": best}.items():
         catalog[name] = value
     _feed(catalog, {"compare": compare, "search": SEARCH, "training": TRAINING, "retrain": RETRAIN})
-    pipe = create_pipeline()
+    pipe = create_pipeline(compare["methods"])
     for name in pipe.all_outputs():
         catalog[name] = KeptMemoryDataset(copy_mode="assign")
     SequentialRunner().run(pipe, catalog)
@@ -119,12 +168,30 @@ def test_tiny_comparison_end_to_end(tiny_run):
     assert fig.axes[0].get_xscale() == "log"
     # the reported surgical variant is the best by validation
     surgical = catalog.load("compare.surgical.metrics")
-    best = max(surgical["variants"], key=lambda v: v["val_macro_acc_mean"])
-    assert surgical["variant"] == best["variant"] and surgical["selected_by"]
+    assert isinstance(surgical, MethodMetrics)
+    best = max(surgical.variants, key=lambda v: v.val_macro_acc_mean)
+    assert surgical.variant == best.variant and surgical.selected_by
     assert len(catalog.load("compare.surgical.metrics_per_seed")) == 4
-    # skipped methods produce a marker and no row
-    assert catalog.load("compare.tpe.metrics") == {"method": "tpe", "skipped": True}
+    assert isinstance(catalog.load("compare.surgical.trained"), TrainedMethod)
+    # methods not chosen are not in the run, nor in the table
+    assert "compare.tpe.metrics" not in catalog.keys()
     assert "tpe" not in set(table["method"])
+
+
+def test_the_table_refuses_metrics_of_other_methods_than_chosen(tiny_run):
+    catalog = tiny_run
+    args = [catalog.load(n) for n in ("params:compare", "test_metrics", "test_metrics_per_seed", "best_genome")]
+    lora = catalog.load("compare.lora.metrics")
+    with pytest.raises(ParameterError, match=r"built for \['lora'\]"):
+        comparison_table(*args, lora)
+
+
+def test_typed_metrics_round_trip_through_the_catalog_datasets(tiny_run, tmp_path):
+    catalog = tiny_run
+    for name, cls in (("compare.surgical.metrics", MethodMetrics), ("test_metrics", TestMetrics)):
+        ds = TypedJSONDataset(artifact=f"{cls.__module__}.{cls.__name__}", filepath=str(tmp_path / f"{name}.json"))
+        ds.save(catalog.load(name))
+        assert ds.load() == catalog.load(name)
 
 
 def test_search_baseline_in_the_pipeline_uses_biotunes_budget(tiny_run):
@@ -140,8 +207,8 @@ def test_search_baseline_in_the_pipeline_uses_biotunes_budget(tiny_run):
     assert best["mask"] == d.mask and len(best["genotype"]) == 6
     metrics = catalog.load("compare.deft.metrics")
     valid = int(sum(bool(v) for v in trials["valid"]))
-    assert metrics["trainings"] == valid * 1 + 2 and metrics["evaluations"] == 9
-    assert metrics["block_lrs"] == best["block_lrs"]
+    assert metrics.trainings == valid * 1 + 2 and metrics.evaluations == 9
+    assert metrics.block_lrs == best["block_lrs"] and metrics.search.evaluations == 9
     assert isinstance(catalog.load("compare.lora.metrics_per_seed"), pd.DataFrame)
-    assert np.isclose(catalog.load("compare.lora.metrics")["trainable_share"],
+    assert np.isclose(catalog.load("compare.lora.metrics").trainable_share,
                       catalog.load("compare_table").set_index("method").loc["lora", "trainable_pct"] / 100)

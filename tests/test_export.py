@@ -15,6 +15,7 @@ from exported import make_export
 from evotune.backbones import ARCHITECTURES
 from evotune.export import model_from_export, select_run
 from evotune.pipelines.export.nodes import ExportParams
+from evotune.retraining import TrainedRun, TrainedVariant
 from evotune.validation import ParameterError
 
 
@@ -134,9 +135,9 @@ def test_the_metadata_says_what_a_user_needs(export):
             "torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=4)")
     else:
         assert meta["architecture"]["torchvision"]["python"] == f"torchvision.models.{export.arch}(num_classes=4)"
-    runs = {r["seed"]: r for r in export.retrained["runs"]}
-    best = max(runs.values(), key=lambda r: r["best_val_acc"])
-    assert meta["selection"]["seed"] == best["seed"] and meta["selection"]["rule"] == "best_val"
+    runs = {r.seed: r for r in export.retrained.runs}
+    best = max(runs.values(), key=lambda r: r.best_val_acc)
+    assert meta["selection"]["seed"] == best.seed and meta["selection"]["rule"] == "best_val"
     assert set(meta["genome"]["learning_rates"]) == set(export.backbone["block_names"])
     assert all(lr == pytest.approx(1e-3 * 10 ** (2 * (0.8 - 0.5))) for lr in meta["genome"]["learning_rates"].values())
     # the exported seed's test metrics are evaluate_on_test's for that seed
@@ -159,14 +160,16 @@ def test_weights_of_another_export_are_refused(export):
 
 
 def _runs(*accs, diverged=()):
-    return {"runs": [{"seed": 10 + i, "best_val_acc": a, "state_dict": None if i in diverged else {}}
-                     for i, a in enumerate(accs)]}
+    runs = [TrainedRun(seed=10 + i, state_dict=None if i in diverged else {}, best_val_acc=a, best_epoch=1,
+                       epochs_run=1, history=[], seconds=0.0, diverged=i in diverged) for i, a in enumerate(accs)]
+    return TrainedVariant(method="biotune", variant="biotune", params={}, genome={}, block_lrs=[], trainable_params=1,
+                          total_params=1, device="cpu", runs=runs, dataset="d", backbone_id="b", created="c")
 
 
 def test_selection_rules():
-    assert select_run(_runs(0.5, 0.9, 0.9), "best_val", None)["seed"] == 11      # ties: the first
-    assert select_run(_runs(0.5, 0.9, 0.7, diverged=(1,)), "best_val", None)["seed"] == 12
-    assert select_run(_runs(0.5, 0.9), "seed", 10)["seed"] == 10
+    assert select_run(_runs(0.5, 0.9, 0.9), "best_val", None).seed == 11      # ties: the first
+    assert select_run(_runs(0.5, 0.9, 0.7, diverged=(1,)), "best_val", None).seed == 12
+    assert select_run(_runs(0.5, 0.9), "seed", 10).seed == 10
     with pytest.raises(ValueError, match="export.seed"):
         select_run(_runs(0.5, 0.9), "seed", 99)
     with pytest.raises(ValueError, match="diverged"):

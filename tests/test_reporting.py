@@ -1,4 +1,4 @@
-"""Tests for evotune.reporting and the reporting pipeline, on small synthetic search / test artifacts.
+"""Tests for evotune.report and the reporting pipeline, on small synthetic search / test artifacts.
 
 3 generations (0 = initial population, 1, 2), population 4, elite 1, 6 blocks, 2 seeds.
 """
@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -19,10 +20,15 @@ import yaml  # noqa: E402
 from matplotlib.container import BarContainer  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from evotune import reporting as R  # noqa: E402
 from evotune.errors import InputMismatchError  # noqa: E402
+from evotune.evaluation import TestMetrics  # noqa: E402
+from evotune.methods import METHODS  # noqa: E402
 from evotune.pipelines.reporting import create_pipeline  # noqa: E402
 from evotune.pipelines.reporting import nodes as N  # noqa: E402
+from evotune.report import figures as F  # noqa: E402
+from evotune.report import labels  # noqa: E402
+from evotune.report import markdown as M  # noqa: E402
+from evotune.report import summary as S  # noqa: E402
 
 BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,17 +105,18 @@ def best_genome() -> dict:
 
 
 @pytest.fixture
-def test_metrics() -> dict:
+def test_metrics() -> TestMetrics:
     conf = [[18, 1, 1], [2, 16, 2], [0, 3, 17]]
-    return {
-        "method": "biotune", "n_seeds": 2, "n_test_images": 30, "accuracy_mean": 0.85, "accuracy_std": 0.01666,
-        "macro_accuracy_mean": 0.8512, "macro_accuracy_std": 0.02, "macro_f1_mean": 0.8456, "macro_f1_std": 0.0123,
-        "cohen_kappa_mean": 0.775, "cohen_kappa_std": 0.025, "trainable_params": 11_170_000,
-        "total_params": 11_180_000, "trainable_share": 11_170_000 / 11_180_000, "classes": ["cat", "dog", "fox"],
-        "confusion_matrix": conf, "device": "cuda", "dataset": "a1b2c3d4e5f6", "dataset_name": "image_folder pets",
-        "backbone_id": "0f0f0f0f0f0f",
-        "inputs_created": {"backbone": "2026-11-27T09:00:00Z", "retrained_models": "2026-11-27T11:00:00Z"},
-    }
+    return TestMetrics(
+        method="biotune", variant="biotune", n_seeds=2, n_test_images=30, accuracy_mean=0.85, accuracy_std=0.01666,
+        macro_accuracy_mean=0.8512, macro_accuracy_std=0.02, macro_f1_mean=0.8456, macro_f1_std=0.0123,
+        cohen_kappa_mean=0.775, cohen_kappa_std=0.025, val_macro_acc_mean=0.89, trainable_params=11_170_000,
+        total_params=11_180_000, trainable_share=11_170_000 / 11_180_000, block_lrs=[None] + [1e-3] * 5, params={},
+        classes=["cat", "dog", "fox"], confusion_matrix=conf, device="cuda", dataset="a1b2c3d4e5f6",
+        dataset_name="image_folder pets", backbone_id="0f0f0f0f0f0f",
+        inputs_created={"backbone": "2026-11-27T09:00:00Z", "retrained_models": "2026-11-27T11:00:00Z"},
+        created="2026-11-27T12:00:00Z",
+    )
 
 
 @pytest.fixture
@@ -125,8 +132,8 @@ def per_seed() -> pd.DataFrame:
 # summary
 # ----------------------------------------------------------------------------------------
 def test_generation_summary_values(population, trials):
-    s = R.generation_summary(population, trials)
-    assert list(s.columns) == R.SUMMARY_COLUMNS
+    s = S.generation_summary(population, trials)
+    assert list(s.columns) == S.SUMMARY_COLUMNS
     assert s["generation"].tolist() == [0, 1, 2]
     assert s["population"].tolist() == [4, 4, 4]
     assert s["best_fitness"].tolist() == pytest.approx([0.30, 0.28, 0.28])
@@ -148,14 +155,14 @@ def test_best_so_far_is_the_cumulative_minimum(population, trials):
     # a (non-elitist) population whose best gets worse in generation 2
     pop = population.copy()
     pop.loc[pop["generation"] == 2, "fitness"] += 0.1
-    s = R.generation_summary(pop, trials)
+    s = S.generation_summary(pop, trials)
     assert s["best_fitness"].tolist() == pytest.approx([0.30, 0.28, 0.38])
     assert s["best_so_far"].tolist() == pytest.approx([0.30, 0.28, 0.28])
 
 
 def test_generation_without_population_uses_its_trials(population, trials):
     pop = population[population["generation"] < 2]
-    s = R.generation_summary(pop, trials)
+    s = S.generation_summary(pop, trials)
     assert s["generation"].tolist() == [0, 1, 2]
     assert s.loc[2, "population"] == 0
     assert s.loc[2, "best_fitness"] == pytest.approx(0.29)
@@ -163,37 +170,46 @@ def test_generation_without_population_uses_its_trials(population, trials):
     assert s.loc[2, "n_evaluations"] == 5
 
 
-def test_masks_survive_a_csv_round_trip_without_dtype(population, trials, tmp_path):
-    pop = population.copy()
-    pop.to_csv(tmp_path / "pop.csv", index=False)
-    back = pd.read_csv(tmp_path / "pop.csv")  # "001111" -> 1111
-    assert back["mask"].dtype != object
-    s = R.generation_summary(back, trials)
+def test_summary_survives_a_parquet_round_trip(population, trials, tmp_path):
+    pop, tri = population.copy(), trials.copy()
+    pop.to_parquet(tmp_path / "pop.parquet")
+    tri["val_accs"] = [[float(x) for x in v.split(";")] if v else [] for v in tri["val_accs"]]  # a list column
+    tri.to_parquet(tmp_path / "trials.parquet")
+    s = S.generation_summary(pd.read_parquet(tmp_path / "pop.parquet"), pd.read_parquet(tmp_path / "trials.parquet"))
     assert s["best_mask"].tolist() == ["001111", "011111", "011111"]
-    assert R.normalise_mask(1111, 6) == "001111"
-    assert R.normalise_mask(11.0, 4) == "0011"
-    assert R.normalise_mask(float("nan"), 4) == ""
+    s.to_parquet(tmp_path / "summary.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "summary.parquet"), s)
+    # a mask stored as a list of 0/1 reads the same
+    pop["mask"] = [[int(c) for c in m] for m in pop["mask"]]
+    assert S.generation_summary(pop, trials)["best_mask"].tolist() == ["001111", "011111", "011111"]
+
+
+def test_every_method_has_a_label():
+    for name in ("biotune", *METHODS):
+        assert name in labels.METHOD_LABELS, name
+    assert labels.method_label("full_finetune") == "Full fine-tuning"
+    assert labels.method_label("lora") == "LoRA"
 
 
 def test_markdown_table_helper():
-    t = R.markdown_table(["a", "b"], [[1, "x|y"], [2.5, None]], "rl")
+    t = M.markdown_table(["a", "b"], [[1, "x|y"], [2.5, None]], "rl")
     assert t.splitlines() == ["| a | b |", "| --: | :-- |", "| 1 | x\\|y |", "| 2.5 |  |"]
     with pytest.raises(ValueError):
-        R.markdown_table(["a"], [[1, 2]])
+        M.markdown_table(["a"], [[1, 2]])
 
 
 def test_format_duration():
-    assert R.format_duration(4.25) == "4.2 s"
-    assert R.format_duration(125) == "2m 05s"
-    assert R.format_duration(3725) == "1h 02m 05s"
+    assert M.format_duration(4.25) == "4.2 s"
+    assert M.format_duration(125) == "2m 05s"
+    assert M.format_duration(3725) == "1h 02m 05s"
 
 
 # ----------------------------------------------------------------------------------------
 # figures
 # ----------------------------------------------------------------------------------------
 def test_plot_fitness(population, trials):
-    s = R.generation_summary(population, trials)
-    fig = R.plot_fitness(s)
+    s = S.generation_summary(population, trials)
+    fig = F.plot_fitness(s)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     assert "fitness" in ax.get_title().lower()
@@ -206,7 +222,7 @@ def test_plot_fitness(population, trials):
 
 
 def test_plot_block_selection(population):
-    fig = R.plot_block_selection(population, BLOCKS)
+    fig = F.plot_block_selection(population, BLOCKS)
     assert len(fig.axes) == 2  # heatmap + colorbar
     ax = fig.axes[0]
     assert "block" in ax.get_title().lower()
@@ -226,7 +242,7 @@ def test_plot_block_selection(population):
 
 
 def test_plot_lr_multipliers(best_genome):
-    fig = R.plot_lr_multipliers(best_genome)
+    fig = F.plot_lr_multipliers(best_genome)
     ax = fig.axes[0]
     assert ax.get_yscale() == "log"
     assert "learning-rate" in ax.get_title().lower()
@@ -243,14 +259,14 @@ def test_plot_lr_multipliers(best_genome):
 
 def test_plot_lr_multipliers_from_mask_only(best_genome):
     g = dict(best_genome, block_lrs=None, mask="000011")
-    fig = R.plot_lr_multipliers(g)
+    fig = F.plot_lr_multipliers(g)
     bars = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)][0]
     assert len(bars) == 2
     assert [t.get_text() for t in fig.axes[0].texts].count("frozen") == 4
 
 
 def test_plot_confusion(test_metrics):
-    fig = R.plot_confusion(test_metrics)
+    fig = F.plot_confusion(test_metrics)
     ax = fig.axes[0]
     assert "confusion" in ax.get_title().lower()
     data = np.asarray(ax.images[0].get_array())
@@ -265,7 +281,7 @@ def test_plot_confusion_many_classes_not_annotated(test_metrics):
     k = 20
     conf = np.eye(k, dtype=int) * 5
     conf[0, :] = 0  # a class with no test image: its row stays 0, no division by zero
-    fig = R.plot_confusion(dict(test_metrics, confusion_matrix=conf.tolist(), classes=[f"c{i}" for i in range(k)]))
+    fig = F.plot_confusion(replace(test_metrics, confusion_matrix=conf.tolist(), classes=[f"c{i}" for i in range(k)]))
     ax = fig.axes[0]
     assert len(ax.texts) == 0
     data = np.asarray(ax.images[0].get_array())
@@ -276,9 +292,9 @@ def test_plot_confusion_many_classes_not_annotated(test_metrics):
 # report
 # ----------------------------------------------------------------------------------------
 def test_markdown_report(population, trials, best_genome, test_metrics, per_seed):
-    s = R.generation_summary(population, trials)
+    s = S.generation_summary(population, trials)
     paths = {"fitness": "figures/fitness.png", "confusion_matrix": "figures/confusion_matrix.png"}
-    md = R.markdown_report(best_genome, s, test_metrics, per_seed, paths)
+    md = M.markdown_report(best_genome, s, test_metrics, per_seed, paths)
     # the report names its data and the inputs it was made from
     assert "Data: image_folder pets (split fingerprint `a1b2c3d4e5f6`)" in md
     assert "backbone `0f0f0f0f0f0f` made 2026-11-27T09:00:00Z" in md and "retrain made 2026-11-27T11:00:00Z" in md
@@ -322,16 +338,18 @@ def test_nodes_callable_directly(population, trials, best_genome, test_metrics, 
     s = N.summarise_generations(population, trials)
     assert s["best_so_far"].iloc[-1] == pytest.approx(0.28)
     figs = N.plot_search_figures(s, population, best_genome)
-    assert len(figs) == 3 and all(isinstance(f, Figure) for f in figs)
-    assert isinstance(N.plot_confusion_matrix(test_metrics), Figure)
-    report, latest, figures = N.write_report(best_genome, s, population, test_metrics, per_seed)
+    # each figure drawn once, handed to its versioned dataset and to its copy beside the latest report
+    assert len(figs) == 6 and all(isinstance(f, Figure) for f in figs) and figs[:3] == figs[3:]
+    assert len({id(f) for f in figs}) == 3
+    versioned, latest_copy = N.plot_confusion_matrix(test_metrics)
+    assert isinstance(versioned, Figure) and versioned is latest_copy
+    report, latest = N.write_report(best_genome, s, test_metrics, per_seed)
     assert report == latest
-    assert set(figures) == {"fitness.png", "block_selection.png", "lr_multipliers.png", "confusion_matrix.png"}
-    for name in figures:
+    for name in ("fitness.png", "block_selection.png", "lr_multipliers.png", "confusion_matrix.png"):
         assert f"(figures/{name})" in report
     # a best genome searched on other data than the test metrics is refused
     with pytest.raises(InputMismatchError, match="write_report.*best_genome: other.*test_metrics: a1b2c3d4e5f6"):
-        N.write_report({**best_genome, "dataset": "other"}, s, population, test_metrics, per_seed)
+        N.write_report({**best_genome, "dataset": "other"}, s, test_metrics, per_seed)
 
 
 def test_pipeline_nodes_and_datasets():
@@ -346,9 +364,11 @@ def test_pipeline_nodes_and_datasets():
         assert cfg["metadata"]["kedro-viz"]["layer"] == "reporting"
         assert cfg["filepath"].startswith("data/08_reporting/")
         assert cfg.get("versioned", False) == (not name.endswith("_latest")), name
-    # the report's relative links resolve next to the latest report
+    # the report's relative links resolve next to the latest report: each figure has a copy there
     latest_dir = Path(catalog["report_latest"]["filepath"]).parent
-    assert Path(catalog["report_figures_latest"]["filepath"]) == latest_dir / N.FIGURES_DIR
+    for name, fname in labels.FIGURE_FILES.items():
+        assert Path(catalog[f"{name}_plot_latest"]["filepath"]) == latest_dir / N.FIGURES_DIR / fname
+        assert catalog[f"{name}_plot"]["filepath"] == f"data/08_reporting/figures/{fname}"
 
 
 def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test_metrics, per_seed, tmp_path):
@@ -367,7 +387,7 @@ def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test
 
     rep = tmp_path / "data/08_reporting"
     v = "2026-01-01T00.00.00.000Z"
-    summary = pd.read_csv(rep / f"generation_summary.csv/{v}/generation_summary.csv", dtype={"best_mask": str})
+    summary = pd.read_parquet(rep / f"generation_summary.parquet/{v}/generation_summary.parquet")
     assert summary["best_mask"].tolist() == ["001111", "011111", "011111"]
     for f in ("fitness", "block_selection", "lr_multipliers", "confusion_matrix"):
         assert (rep / f"figures/{f}.png/{v}/{f}.png").stat().st_size > 0

@@ -79,13 +79,13 @@ def test_retrain_and_test_evaluation(backbone, splits):
     train, val, test = splits
     _, _, best = run_search(backbone, train, val, search_params(generations=0), TRAINING)
     retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2], "training": {}}, TRAINING)
-    assert [r["seed"] for r in retrained["runs"]] == [1, 2]
-    assert 0 < retrained["trainable_params"] <= retrained["total_params"]
+    assert [r.seed for r in retrained.runs] == [1, 2]
+    assert 0 < retrained.trainable_params <= retrained.total_params
     summary, per_seed = evaluate_on_test(backbone, retrained, test, TRAINING)
     assert isinstance(per_seed, pd.DataFrame) and len(per_seed) == 2
-    assert summary["accuracy_mean"] == pytest.approx(per_seed["accuracy"].mean())
-    assert sum(map(sum, summary["confusion_matrix"])) == 2 * 12
-    assert 0 < summary["trainable_share"] <= 1
+    assert summary.accuracy_mean == pytest.approx(per_seed["accuracy"].mean())
+    assert sum(map(sum, summary.confusion_matrix)) == 2 * 12
+    assert 0 < summary.trainable_share <= 1
 
 
 def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits, monkeypatch):

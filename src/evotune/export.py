@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import StagedModel, construct_from_description
+from .retraining import TrainedRun, TrainedVariant
 from .training import normalize_uint8
 
 EXPORT_FORMAT = "evotune-export-v1"
@@ -128,21 +129,21 @@ def model_from_export(weights: Mapping[str, Tensor], metadata: Mapping[str, Any]
     return model.eval()
 
 
-def select_run(retrained: Mapping[str, Any], selection: str, seed: int | None) -> dict:
+def select_run(retrained: TrainedVariant, selection: str, seed: int | None) -> TrainedRun:
     """The retrained run to export: ``best_val`` = the best validation macro accuracy (ties:
     the first seed in ``retrain.seeds`` order), ``seed`` = the run of ``export.seed``.
     Diverged runs (no weights) are never chosen."""
-    runs = [r for r in retrained["runs"] if r.get("state_dict") is not None]
+    runs = [r for r in retrained.runs if r.state_dict is not None]
     if not runs:
         raise ValueError("Every retrained seed diverged: there is no model to export.")
     if selection == "best_val":
-        return max(runs, key=lambda r: float(r["best_val_acc"]))  # max keeps the first of equals
+        return max(runs, key=lambda r: float(r.best_val_acc))  # max keeps the first of equals
     if selection == "seed":
         for r in runs:
-            if int(r["seed"]) == int(seed):
+            if int(r.seed) == int(seed):
                 return r
         raise ValueError(
-            f"export.seed is {seed}, but the retrained seeds with weights are {[int(r['seed']) for r in runs]} "
+            f"export.seed is {seed}, but the retrained seeds with weights are {[int(r.seed) for r in runs]} "
             "(retrain.seeds); pick one of them."
         )
     raise ValueError(f"export.selection must be 'best_val' or 'seed', got {selection!r}")
@@ -179,8 +180,8 @@ def build_metadata(
     preprocessing: Mapping[str, Any],
     mean: Sequence[float],
     std: Sequence[float],
-    run: Mapping[str, Any],
-    retrained: Mapping[str, Any],
+    run: TrainedRun,
+    retrained: TrainedVariant,
     selection: str,
     test_metrics: Mapping[str, Any],
     verification: Mapping[str, Any],
@@ -189,9 +190,9 @@ def build_metadata(
 ) -> dict:
     """The metadata JSON (plain values only)."""
     crop = int(preprocessing["center_crop"])
-    genome = dict(retrained.get("genome", {}))
+    genome = dict(retrained.genome)
     block_names = list(model.block_names)
-    block_lrs = list(retrained.get("block_lrs", genome.get("block_lrs", [])))
+    block_lrs = list(retrained.block_lrs)
     return {
         "format": EXPORT_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -225,11 +226,10 @@ def build_metadata(
         },
         "selection": {
             "rule": selection,
-            "seed": int(run["seed"]),
+            "seed": int(run.seed),
             "candidates": [
-                {"seed": int(r["seed"]), "best_val_macro_accuracy": float(r["best_val_acc"]),
-                 "diverged": bool(r.get("diverged", False))}
-                for r in retrained["runs"]
+                {"seed": int(r.seed), "best_val_macro_accuracy": float(r.best_val_acc), "diverged": bool(r.diverged)}
+                for r in retrained.runs
             ],
         },
         "genome": {
@@ -243,11 +243,11 @@ def build_metadata(
             "lr_multipliers": genome.get("lr_multipliers"),
         },
         "training": {
-            "seed": int(run["seed"]),
-            "best_val_macro_accuracy": float(run["best_val_acc"]),
-            "best_epoch": int(run["best_epoch"]),
-            "epochs_run": int(run["epochs_run"]),
-            "device": retrained.get("device"),
+            "seed": int(run.seed),
+            "best_val_macro_accuracy": float(run.best_val_acc),
+            "best_epoch": int(run.best_epoch),
+            "epochs_run": int(run.epochs_run),
+            "device": retrained.device,
         },
         "test_metrics": dict(test_metrics),
         "export_check": dict(verification),

@@ -9,6 +9,9 @@
    data stops the run before source pretraining, not after it.
 4. ``predict``: the export it reads exists, and ``predict.model_version`` pins all three
    export files to one version.
+
+:class:`ComparePipelineHooks` builds the ``compare`` pipeline from the run's
+``compare.methods`` (conf and ``--params``) before the session reads its pipelines.
 """
 
 from __future__ import annotations
@@ -112,3 +115,17 @@ class ValidationHooks:
             check_target_data(params["data"], params["search"])
         check_saved_backbone(pipeline, catalog, params)
         log.info("parameters and inputs checked for %d nodes", len(names))
+
+
+class ComparePipelineHooks:
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        """The ``compare`` pipeline holds the methods of this run's ``compare.methods``."""
+        from kedro.framework.project import PACKAGE_NAME, pipelines
+
+        from .pipeline_registry import select_compare_methods
+
+        compare = context.config_loader["parameters"].get("compare")
+        changed = select_compare_methods(compare.get("methods") if isinstance(compare, dict) else None)
+        if changed and PACKAGE_NAME:
+            pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")  # registered again with these methods

@@ -36,9 +36,9 @@ def now() -> str:
 
 
 def check_same_lineage(stage: str, key: str, artifacts: dict[str, Any], rerun: str) -> str:
-    """All ``artifacts`` (name -> artifact dict or typed artifact) record the same ``key`` (``dataset`` or
-    ``backbone_id``); otherwise :class:`InputMismatchError` naming each artifact's value and
-    the command to rerun (``rerun``). Returns the common value."""
+    """All ``artifacts`` (name -> artifact: a dict or a typed :class:`~evotune.artifacts.Artifact`)
+    record the same ``key`` (``dataset`` or ``backbone_id``); otherwise :class:`InputMismatchError`
+    naming each artifact's value and the command to rerun (``rerun``). Returns the common value."""
     values = {name: (a.get(key) if isinstance(a, dict) else getattr(a, key, None)) for name, a in artifacts.items()}
     if len(set(values.values())) == 1 and None not in values.values():
         return next(iter(values.values()))

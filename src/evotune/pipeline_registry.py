@@ -6,7 +6,8 @@
 * ``pretrained``: the same on a backbone with ImageNet weights, a checkpoint
   file or random init (``backbone.weights``), without source pretraining.
 * ``search_worker``: an extra worker process for a running search.
-* ``compare``: the baselines against BioTune (after a run).
+* ``compare``: the baselines against BioTune (after a run): the methods of the run's
+  ``compare.methods`` only (:func:`select_compare_methods`).
 * ``predict``: classify a folder (or a CSV of paths) with the newest exported model.
 * each stage alone: ``source_pretraining``, ``data_processing``, ``backbone``,
   ``search``, ``retrain``, ``export``, ``reporting``.
@@ -16,8 +17,12 @@ The registry is written out rather than discovered with ``find_pipelines``: Kedr
 pipelines such as ``pretrained`` or ``search_worker`` could not be run by name.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 from kedro.pipeline import Pipeline
 
+from .methods import METHODS
 from .pipelines import (
     backbone,
     compare,
@@ -32,6 +37,27 @@ from .pipelines import (
 
 #: the stages after the backbone, shared by ``__default__`` and ``pretrained``
 TARGET_STAGES = ("data_processing", "search", "retrain", "export", "reporting")
+
+
+#: the methods the ``compare`` pipeline is built for (None: every method)
+_compare_methods: list[str] | None = None
+
+
+def select_compare_methods(methods: Any) -> bool:
+    """Build ``compare`` for ``methods`` (the run's ``compare.methods``) from now on; whether that changed.
+
+    :class:`evotune.hooks.ComparePipelineHooks` calls it with the merged parameters of each
+    session (conf and ``--params``) before the session reads its pipelines, so that
+    ``kedro run --pipelines compare --params "compare.methods=[a,b]"`` runs exactly a and b.
+    Names that are no method are left out here and reported by the parameter check before
+    anything runs (:func:`evotune.validation.validate_run`), as is a value that is no list.
+    """
+    global _compare_methods
+    chosen = [m for m in methods if isinstance(m, str) and m in METHODS] if isinstance(methods, Sequence) \
+        and not isinstance(methods, str) else []
+    changed = chosen != _compare_methods
+    _compare_methods = chosen
+    return changed
 
 
 def stage_pipelines() -> dict[str, Pipeline]:
@@ -52,7 +78,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     target = sum((stages[name] for name in TARGET_STAGES), Pipeline([]))
     return {
         **stages,
-        "compare": compare.create_pipeline(),
+        "compare": compare.create_pipeline(_compare_methods),
         "predict": predict.create_pipeline(),
         "pretrained": target + backbone.create_pretrained_pipeline(),
         "search_worker": search.create_worker_pipeline(),

@@ -1,7 +1,7 @@
 """Project settings. See https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
 
 from evotune.config import ProjectConfigLoader
-from evotune.hooks import ValidationHooks
+from evotune.hooks import ComparePipelineHooks, ValidationHooks
 
 # Parameters merge key by key (base < run environment < --params); see evotune.config.
 CONFIG_LOADER_CLASS = ProjectConfigLoader
@@ -10,4 +10,4 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
 }
 
-HOOKS = (ValidationHooks(),)
+HOOKS = (ComparePipelineHooks(), ValidationHooks())

@@ -21,8 +21,8 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     """Raise :class:`ParameterError` listing every problem found in what this run will use."""
     from .backbones import get_arch, imagenet_weights_path
     from .pipelines.backbone.nodes import BackboneParams
-    from .pipelines.retrain.nodes import retrain_config, retrain_seeds
     from .pipelines.search.nodes import SearchParams
+    from .retraining import retrain_config, retrain_seeds
     from .training import TrainConfig, resolve_device
 
     nodes = set(node_names)

@@ -13,6 +13,10 @@ inputs ``backbone``, ``target_train``, ``target_val``, ``target_test`` are share
 Then the nodes ``compare.table`` -> ``compare_table`` (with BioTune's ``test_metrics``, ``test_metrics_per_seed``
 and ``best_genome``), ``compare.table_markdown`` -> ``compare_table_markdown`` and
 ``compare.figure`` -> ``compare_figure``.
+
+The pipeline holds only the methods it is built for: the registry builds it from the
+run's ``compare.methods`` (see :mod:`evotune.pipeline_registry`), so a run trains and
+writes exactly the chosen methods, and the table reads exactly their metrics.
 """
 
 from __future__ import annotations
@@ -82,9 +86,11 @@ def method_pipeline(method: str) -> Pipeline:
 
 
 def create_pipeline(methods: Iterable[str] | None = None, **kwargs) -> Pipeline:
-    """Every method's modular pipeline (the ones not in ``compare.methods`` are skipped at run time)."""
-    methods = list(METHODS) if methods is None else list(methods)
-    per_method = [method_pipeline(m) for m in methods]
+    """The modular pipelines of ``methods`` (default: every method) and the table nodes; the methods
+    in the order of :data:`evotune.methods.METHODS`, which is the table's."""
+    chosen = list(METHODS) if methods is None else list(dict.fromkeys(methods))
+    per_method = {m: method_pipeline(m) for m in chosen}  # an unknown method: ValueError naming it
+    methods = [m for m in METHODS if m in per_method]
     # the report nodes sit in the `compare` namespace too (kedro-viz groups them with the methods)
     report = Pipeline(
         [
@@ -99,4 +105,4 @@ def create_pipeline(methods: Iterable[str] | None = None, **kwargs) -> Pipeline:
         ],
         tags=["compare"],
     )
-    return Pipeline([*per_method, report])
+    return Pipeline([*(per_method[m] for m in methods), report])

@@ -19,6 +19,7 @@ from ...export import build_metadata, compare_logits, export_archive, select_run
 from ...lineage import check_same_lineage
 from ...metrics import classification_metrics
 from ...params import require_keys
+from ...retraining import TrainedVariant
 from ...training import DeviceData, Normalizer, TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _test_metrics(model, target_test: dict, backbone: dict, training_params: dic
 
 
 def export_best_model(
-    backbone: dict, retrained_models: dict, target_test: dict, export_params: dict, training_params: dict
+    backbone: dict, retrained_models: TrainedVariant, target_test: dict, export_params: dict, training_params: dict
 ) -> tuple[dict, torch.export.ExportedProgram, dict]:
     """The chosen retrained seed as a torchvision safetensors state dict, a torch.export archive
     (uint8 images in) and the metadata JSON; both exports are checked against the trained
@@ -89,7 +90,7 @@ def export_best_model(
                        rerun)
     run = select_run(retrained_models, p.selection, p.seed)
     model = model_from_checkpoint(backbone)
-    model.load_state_dict(run["state_dict"])
+    model.load_state_dict(run.state_dict)
     model.eval()
 
     preprocessing = target_test.preprocessing
@@ -123,5 +124,5 @@ def export_best_model(
         weights_sha256=weights_fingerprint(weights), backbone_source=str(backbone.get("source", "")),
     )
     log.info("exported %s (seed %d, %s): val macro acc %.4f, test accuracy %.4f",
-             model.arch, run["seed"], p.selection, run["best_val_acc"], test_metrics["accuracy"])
+             model.arch, run.seed, p.selection, run.best_val_acc, test_metrics["accuracy"])
     return dict(weights), program, metadata

@@ -2,6 +2,8 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import plot_confusion_matrix, plot_search_figures, summarise_generations, write_report
 
+SEARCH_FIGURES = ("fitness", "block_selection", "lr_multipliers")
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
@@ -15,20 +17,19 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 plot_search_figures,
                 inputs=["generation_summary", "search_population", "best_genome"],
-                outputs=["fitness_plot", "block_selection_plot", "lr_multipliers_plot"],
+                outputs=[f"{f}_plot" for f in SEARCH_FIGURES] + [f"{f}_plot_latest" for f in SEARCH_FIGURES],
                 name="plot_search_figures",
             ),
             Node(
                 plot_confusion_matrix,
                 inputs="test_metrics",
-                outputs="confusion_matrix_plot",
+                outputs=["confusion_matrix_plot", "confusion_matrix_plot_latest"],
                 name="plot_confusion_matrix",
             ),
             Node(
                 write_report,
-                inputs=["best_genome", "generation_summary", "search_population", "test_metrics",
-                        "test_metrics_per_seed"],
-                outputs=["report", "report_latest", "report_figures_latest"],
+                inputs=["best_genome", "generation_summary", "test_metrics", "test_metrics_per_seed"],
+                outputs=["report", "report_latest"],
                 name="write_report",
             ),
         ]

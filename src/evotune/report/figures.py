@@ -1,0 +1,132 @@
+"""The figures of the report: fitness per generation, block selection, the best genome's
+learning rates, the test confusion matrix.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot state,
+no GUI backend), so they can be made from any thread and need no closing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..evaluation import TestMetrics
+from .labels import method_label
+from .summary import block_selection_shares, mask_text
+
+# above this many classes the confusion matrix gets no per-cell counts / tick labels
+CONFUSION_ANNOTATE_MAX = 12
+CONFUSION_TICKS_MAX = 40
+
+
+def plot_fitness(summary: pd.DataFrame) -> Figure:
+    """Best, mean and best-so-far fitness per generation (band: best to worst)."""
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    g = summary["generation"].astype(int).to_numpy()
+    ax.fill_between(
+        g, summary["best_fitness"].astype(float), summary["worst_fitness"].astype(float),
+        color="tab:blue", alpha=0.12, label="population range",
+    )
+    ax.plot(g, summary["best_fitness"], marker="o", color="tab:blue", label="best")
+    ax.plot(g, summary["mean_fitness"], marker="s", color="tab:orange", label="mean")
+    ax.plot(g, summary["best_so_far"], ls="--", drawstyle="steps-post", color="tab:green", label="best so far")
+    ax.set_xticks(g)
+    ax.set_xlabel("generation (0 = initial population)")
+    ax.set_ylabel("fitness = 1 - val macro accuracy (lower is better)")
+    ax.set_title("Search progress: fitness per generation")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def plot_block_selection(search_population: pd.DataFrame, block_names: Sequence[str]) -> Figure:
+    """Heatmap generations x blocks of the share of the population training each block."""
+    shares = block_selection_shares(search_population, block_names)
+    n_gen, n_blocks = shares.shape
+    fig = Figure(figsize=(max(5.0, 0.9 * n_blocks + 2.5), max(3.0, 0.45 * n_gen + 2.0)), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(shares.to_numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(n_gen):
+        for j in range(n_blocks):
+            v = float(shares.iat[i, j])
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if v > 0.6 else "white")
+    ax.set_xticks(range(n_blocks), labels=list(shares.columns), rotation=45, ha="right")
+    ax.set_yticks(range(n_gen), labels=[str(g) for g in shares.index])
+    ax.set_xlabel("block")
+    ax.set_ylabel("generation")
+    ax.set_title("Block selection: share of the population training each block")
+    fig.colorbar(im, ax=ax, label="share of the population")
+    return fig
+
+
+def plot_lr_multipliers(best_genome: Mapping[str, Any]) -> Figure:
+    """Bar chart (log y) of lr / base lr per block of the best genome; frozen blocks marked."""
+    names = list(best_genome["block_names"])
+    n = len(names)
+    mults = [float(m) if m is not None else 0.0 for m in best_genome.get("lr_multipliers", [0.0] * n)]
+    if best_genome.get("block_lrs") is not None:
+        trained = [lr is not None for lr in best_genome["block_lrs"]]
+    else:
+        trained = [c == "1" for c in mask_text(best_genome["mask"])]
+    idx = [i for i in range(n) if trained[i] and mults[i] > 0]
+    fig = Figure(figsize=(max(5.0, 0.8 * n + 2.0), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_yscale("log")
+    lo = min([0.05] + [mults[i] / 2 for i in idx])
+    hi = max([20.0] + [mults[i] * 2 for i in idx])
+    ax.set_ylim(lo, hi)
+    bars = ax.bar(idx, [mults[i] for i in idx], color="tab:blue", width=0.7, label="trained")
+    for b, i in zip(bars, idx):
+        ax.text(b.get_x() + b.get_width() / 2, mults[i] * 1.08, f"{mults[i]:.2f}x",
+                ha="center", va="bottom", fontsize=8)
+    for i in range(n):
+        if i not in idx:
+            ax.text(i, lo * 1.3, "frozen", rotation=90, ha="center", va="bottom", color="0.35", fontsize=9)
+    ax.axhline(1.0, color="0.4", ls="--", lw=1, label="base lr")
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_xticks(range(n), labels=names, rotation=45, ha="right")
+    ax.set_xlabel("block")
+    ax.set_ylabel("lr / base lr (log scale)")
+    base = best_genome.get("base_lr")
+    title = "Best genome: learning-rate multiplier per block"
+    if base is not None:
+        title += f" (base lr {float(base):g})"
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    return fig
+
+
+def plot_confusion(test_metrics: TestMetrics) -> Figure:
+    """Row-normalised confusion matrix (rows = true class); counts annotated when few classes."""
+    conf = np.asarray(test_metrics.confusion_matrix, dtype=float)
+    k = conf.shape[0]
+    classes = [str(c) for c in test_metrics.classes or range(k)]
+    support = conf.sum(axis=1, keepdims=True)
+    norm = np.divide(conf, support, out=np.zeros_like(conf), where=support > 0)
+    side = min(14.0, max(4.5, 0.45 * k + 2.5))
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    if k <= CONFUSION_ANNOTATE_MAX:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{int(conf[i, j])}", ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    if k <= CONFUSION_TICKS_MAX:
+        ax.set_xticks(range(k), labels=classes, rotation=45, ha="right")
+        ax.set_yticks(range(k), labels=classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    method = test_metrics.method
+    n_seeds = test_metrics.n_seeds
+    extra = f", summed over {n_seeds} seed{'s' if n_seeds != 1 else ''}" if n_seeds else ""
+    ax.set_title(f"Test confusion matrix{' - ' + method_label(method) if method else ''}\n"
+                 f"(normalised by row{extra})")
+    fig.colorbar(im, ax=ax, label="share of the true class")
+    return fig

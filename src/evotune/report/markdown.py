@@ -1,0 +1,263 @@
+"""The markdown report a reader opens first (``report``, ``report_latest``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from ..evaluation import TestMetrics
+from .labels import FIGURE_TITLES, method_label
+from .summary import mask_text
+
+
+def _fmt_float(x: Any, digits: int = 4) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "" if x is None else str(x)
+    if math.isnan(v):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def _pct(x: Any, digits: int = 2) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if math.isnan(v) else f"{100.0 * v:.{digits}f}"
+
+
+def _pm_pct(mean: Any, std: Any) -> str:
+    return f"{_pct(mean)} ± {_pct(std)} %"
+
+
+def format_duration(seconds: Any) -> str:
+    """``3723`` -> ``"1h 02m 03s"``, ``125`` -> ``"2m 05s"``, ``4.25`` -> ``"4.2 s"``."""
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        return "-"
+    if math.isnan(s):
+        return "-"
+    if s < 60:
+        return f"{s:.1f} s"
+    total = int(round(s))
+    h, rem = divmod(total, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
+    """A GitHub-flavoured markdown table (no ``tabulate`` needed).
+
+    ``align``: one character per column, ``l``, ``r`` or ``c`` (default: left).
+    Cells are converted with ``str``; ``|`` and newlines in cells are escaped.
+    """
+
+    def cell(v: Any) -> str:
+        return ("" if v is None else str(v)).replace("|", "\\|").replace("\n", " ")
+
+    align = align or "l" * len(headers)
+    if len(align) != len(headers):
+        raise ValueError(f"align has {len(align)} characters for {len(headers)} columns")
+    marks = {"l": ":--", "r": "--:", "c": ":-:"}
+    lines = [
+        "| " + " | ".join(cell(h) for h in headers) + " |",
+        "| " + " | ".join(marks[a] for a in align) + " |",
+    ]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"a row has {len(row)} cells for {len(headers)} columns")
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _yes_no(b: Any) -> str:
+    return "yes" if bool(b) else "no"
+
+
+def _best_genome_table(best: Mapping[str, Any]) -> str:
+    names = list(best["block_names"])
+    n = len(names)
+    genes = list(best.get("genes", []))
+    mults = list(best.get("lr_multipliers", [None] * n))
+    lrs = best.get("block_lrs")
+    trained = [lr is not None for lr in lrs] if lrs is not None else [
+        c == "1" for c in mask_text(best["mask"])
+    ]
+    rows = []
+    for i, name in enumerate(names):
+        m = mults[i] if i < len(mults) else None
+        rows.append(
+            [
+                name,
+                _yes_no(trained[i]),
+                _fmt_float(genes[i], 3) if i < len(genes) else "-",
+                f"{float(m):.2f}x" if trained[i] and m is not None else "frozen",
+            ]
+        )
+    thr = best.get("threshold", genes[-1] if len(genes) > n else None)
+    rows.append(["*threshold*", "", _fmt_float(thr, 3), ""])
+    return markdown_table(["block", "trained", "gene", "lr multiplier"], rows, "llrr")
+
+
+def _generation_table(summary: pd.DataFrame) -> str:
+    rows = []
+    for _, r in summary.iterrows():
+        rows.append(
+            [
+                int(r["generation"]),
+                _fmt_float(r["best_fitness"]),
+                _fmt_float(r["mean_fitness"]),
+                _fmt_float(r["worst_fitness"]),
+                _fmt_float(r["best_so_far"]),
+                int(r["n_evaluations"]),
+                int(r.get("n_cached", 0)),
+                format_duration(r["train_seconds"]),
+                _fmt_float(r["mean_trained_blocks"], 2),
+                f"`{r['best_mask']}`",
+                r["best_key"],
+            ]
+        )
+    return markdown_table(
+        ["gen", "best", "mean", "worst", "best so far", "evals", "reused", "time", "trained blocks", "best mask", "best key"],
+        rows,
+        "rrrrrrrrrll",
+    )
+
+
+def _per_seed_table(per_seed: pd.DataFrame) -> str:
+    rows = []
+    for _, r in per_seed.iterrows():
+        rows.append(
+            [
+                int(r["seed"]),
+                _pct(r.get("accuracy")),
+                _pct(r.get("macro_accuracy")),
+                _pct(r.get("macro_f1")),
+                _fmt_float(r.get("cohen_kappa")),
+                _pct(r.get("best_val_acc")),
+                int(r["epochs_run"]) if "epochs_run" in r and pd.notna(r["epochs_run"]) else "-",
+                format_duration(r.get("train_seconds")),
+            ]
+        )
+    return markdown_table(
+        ["seed", "accuracy %", "macro acc %", "macro F1 %", "kappa", "best val acc %", "epochs", "train time"],
+        rows,
+        "rrrrrrrr",
+    )
+
+
+def markdown_report(
+    best_genome: Mapping[str, Any],
+    summary: pd.DataFrame,
+    test_metrics: TestMetrics,
+    test_metrics_per_seed: pd.DataFrame,
+    figure_paths: Mapping[str, str],
+) -> str:
+    """The report a reader opens first (markdown).
+
+    ``figure_paths`` maps a figure name (keys of :data:`FIGURE_FILES`, or any other
+    name) to its path relative to the report; the figures are linked in that order.
+    """
+    tm = test_metrics
+    arch = best_genome.get("arch", "?")
+    n_seeds = tm.n_seeds
+    out: list[str] = [f"# {method_label(tm.method)} on {arch}: results", ""]
+
+    # headline
+    out.append(
+        f"**Test accuracy {_pm_pct(tm.accuracy_mean, tm.accuracy_std)}** "
+        f"(mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''}, {int(tm.n_test_images):,} test images)."
+    )
+    out.append("")
+    created = tm.inputs_created
+    out.append(
+        f"Data: {tm.dataset_name} (split fingerprint `{tm.dataset}`); backbone `{tm.backbone_id}`"
+        f" made {created.get('backbone', '?')}; search `{best_genome.get('study_name', '?')}` made "
+        f"{best_genome.get('created', '?')}; retrain made {created.get('retrained_models', '?')}."
+    )
+    out.append("")
+    headline = [
+        ["test accuracy", _pm_pct(tm.accuracy_mean, tm.accuracy_std)],
+        ["test macro accuracy", _pm_pct(tm.macro_accuracy_mean, tm.macro_accuracy_std)],
+        ["test macro F1", _pm_pct(tm.macro_f1_mean, tm.macro_f1_std)],
+        ["Cohen's kappa", f"{_fmt_float(tm.cohen_kappa_mean)} ± {_fmt_float(tm.cohen_kappa_std)}"],
+        ["trainable parameters",
+         f"{_pct(tm.trainable_share)} % ({int(tm.trainable_params):,} of {int(tm.total_params):,})"],
+    ]
+    out.append(markdown_table(["metric", "value"], headline, "lr"))
+    out.append("")
+
+    # best genome
+    fitness = best_genome.get("fitness")
+    out.append("## Best genome")
+    out.append("")
+    out.append(
+        f"Genome `{best_genome.get('key', '?')}`, mask `{best_genome.get('mask', '')}` "
+        f"(1 = trained), fitness {_fmt_float(fitness)}"
+        + (f" (validation macro accuracy {_pct(1.0 - float(fitness))} % during the search)" if fitness is not None else "")
+        + f". Base learning rate {best_genome.get('base_lr', '?')}; a trained block's rate is "
+        "base_lr * 10^(2 (gene - 0.5)); the head is "
+        + ("always trained." if best_genome.get("force_head_trainable", True) else "trained only when selected.")
+    )
+    out.append("")
+    out.append(_best_genome_table(best_genome))
+    out.append("")
+
+    # search settings and cost
+    gens = summary["generation"].astype(int) if len(summary) else pd.Series(dtype=int)
+    n_generations = int(gens.max()) if len(gens) else 0
+    pop0 = summary.loc[gens == 0, "population"] if "population" in summary.columns and len(summary) else []
+    out.append("## Search settings and cost")
+    out.append("")
+    settings = [
+        ["architecture", arch],
+        ["blocks", len(best_genome.get("block_names", []))],
+        ["generations", f"{n_generations} (after the initial population)"],
+    ]
+    if len(pop0):
+        settings.append(["population", int(pop0.iloc[0])])
+    settings += [
+        ["evaluations", best_genome.get("evaluations", int(summary["n_evaluations"].sum()) if len(summary) else 0)],
+        ["trainings (evaluations x seeds, reused ones excluded)", best_genome.get("trainings", "-")],
+        ["evaluations reused from the study", int(summary["n_cached"].sum()) if "n_cached" in summary.columns else 0],
+        ["search time (sum over evaluations)", format_duration(best_genome.get("search_seconds"))],
+        ["search device", best_genome.get("device", "-")],
+        ["study", f"`{best_genome.get('study_name', '-')}` in `{best_genome.get('storage')}`"],
+        ["test device", tm.device],
+    ]
+    out.append(markdown_table(["setting", "value"], settings, "ll"))
+    out.append("")
+
+    # per generation
+    out.append("## Search progress per generation")
+    out.append("")
+    out.append("Fitness = 1 - mean validation macro accuracy over the search seeds (lower is better); "
+               "statistics over the population after each generation.")
+    out.append("")
+    out.append(_generation_table(summary))
+    out.append("")
+
+    # per seed
+    out.append("## Test results per seed")
+    out.append("")
+    out.append(_per_seed_table(test_metrics_per_seed))
+    out.append("")
+
+    # figures
+    if figure_paths:
+        out.append("## Figures")
+        out.append("")
+        for name, path in figure_paths.items():
+            title = FIGURE_TITLES.get(name, name)
+            out.append(f"- [{title}]({path})")
+        out.append("")
+        for name, path in figure_paths.items():
+            out.append(f"![{FIGURE_TITLES.get(name, name)}]({path})")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
