@@ -41,7 +41,7 @@ def check_same_lineage(stage: str, key: str, artifacts: dict[str, dict], rerun: 
     """All ``artifacts`` (name -> artifact dict) record the same ``key`` (``dataset`` or
     ``backbone_id``); otherwise :class:`InputMismatchError` naming each artifact's value and
     the command to rerun (``rerun``). Returns the common value."""
-    values = {name: (a.get(key) if isinstance(a, dict) else None) for name, a in artifacts.items()}
+    values = {name: (a.get(key) if isinstance(a, dict) else getattr(a, key, None)) for name, a in artifacts.items()}
     if len(set(values.values())) == 1 and None not in values.values():
         return next(iter(values.values()))
     what = {"dataset": "data", "backbone_id": "backbone"}.get(key, key)

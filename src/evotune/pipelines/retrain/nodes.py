@@ -49,7 +49,7 @@ def retrain_best_genome(
             f"best_genome was found for blocks {best_genome['block_names']} but the backbone has "
             f"{list(model.block_names)}: rerun the search after changing the backbone."
         )
-    trainer = Trainer(model, cfg, mean=backbone["mean"], std=backbone["std"])
+    trainer = Trainer(model, cfg, mean=backbone.mean, std=backbone.std)
     train = DeviceData.from_split(target_train, trainer.device)
     val = DeviceData.from_split(target_val, trainer.device)
     plan = genome_plan(best_genome["genes"], cfg.base_lr, force_head=best_genome["force_head_trainable"],
@@ -71,8 +71,8 @@ def retrain_best_genome(
         "total_params": int(count_parameters(model)),
         "device": str(trainer.device),
         "runs": runs,
-        "dataset": backbone["dataset"],
-        "backbone_id": backbone["backbone_id"],
+        "dataset": backbone.dataset,
+        "backbone_id": backbone.backbone_id,
         "created": now(),
     }
 
@@ -85,7 +85,7 @@ def evaluate_on_test(backbone: dict, retrained: dict, target_test: dict, trainin
                        {"backbone": backbone, "retrained_models": retrained, "target_test": target_test}, rerun)
     check_same_lineage("evaluate_on_test", "backbone_id", {"backbone": backbone, "retrained_models": retrained}, rerun)
     model = model_from_checkpoint(backbone)
-    trainer = Trainer(model, cfg, mean=backbone["mean"], std=backbone["std"])
+    trainer = Trainer(model, cfg, mean=backbone.mean, std=backbone.std)
     test = DeviceData.from_split(target_test, trainer.device)
     rows, confs = [], []
     for run in retrained["runs"]:
@@ -111,8 +111,8 @@ def evaluate_on_test(backbone: dict, retrained: dict, target_test: dict, trainin
         "device": retrained["device"],
         "dataset": target_test["dataset"],
         "dataset_name": target_test["dataset_name"],
-        "backbone_id": backbone["backbone_id"],
-        "inputs_created": {"backbone": backbone["created"], "retrained_models": retrained["created"]},
+        "backbone_id": backbone.backbone_id,
+        "inputs_created": {"backbone": backbone.created, "retrained_models": retrained["created"]},
     }
     log.info("test accuracy %.4f +- %.4f, macro F1 %.4f (%d seeds)",
              summary["accuracy_mean"], summary["accuracy_std"], summary["macro_f1_mean"], len(rows))
