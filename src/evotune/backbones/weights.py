@@ -93,8 +93,8 @@ def imagenet_weights_problem(arch: str, torch_home: str | os.PathLike | None = N
     return (
         f"ImageNet weights of {spec.name} missing: expected the file {path} in the local torch hub "
         f"cache (backbone.torch_home={None if torch_home is None else os.fspath(torch_home)!r}, "
-        f"TORCH_HOME={os.environ.get('TORCH_HOME', 'unset')}). They are never downloaded (this "
-        f"machine may be offline): on a machine with internet download {_imagenet_weights_enum(spec).url} "
+        f"TORCH_HOME={os.environ.get('TORCH_HOME', 'unset')}). This machine cannot download them "
+        f"(weights are never downloaded; it may be offline): on a machine with internet download {_imagenet_weights_enum(spec).url} "
         f"and copy it to {path}, or set backbone.torch_home in {PARAMS_FILE} (or TORCH_HOME) to a "
         "folder whose hub/checkpoints/ holds it. Otherwise set `backbone.weights` in "
         f"{PARAMS_FILE} to the path of an evotune backbone checkpoint, or to none for random "
