@@ -265,7 +265,7 @@ def pretrain_embedded_checkpoint(path: Path, args, device: torch.device) -> None
     ckpt = make_checkpoint(trainer.model.cpu(), num_classes=n_cls, input_size=32, resize_size=32, mean=mean,
                            std=std, source="printed characters (benchmark_evaluation.py quick pretraining)",
                            extra={"source_val_macro_acc": float(res.best_val_acc)})
-    torch.save(ckpt, path)
+    torch.save(ckpt.to_dict(), path)
     print(f"pretrained resnet10 on {len(train)} printed characters ({n_cls} classes), {res.epochs_run} epochs: "
           f"source val macro acc {res.best_val_acc:.3f} ({time.perf_counter() - t0:.1f}s) -> {path}")
 
@@ -287,7 +287,7 @@ def flowers_checkpoint(path: Path, args, n_cls: int) -> str:
         model = build_model("resnet50", n_cls, weights=None)
         weights = "random"
     torch.save(make_checkpoint(model, num_classes=n_cls, input_size=spec.input_size, resize_size=spec.resize_size,
-                               mean=spec.mean, std=spec.std, source=f"resnet50 {weights}"), path)
+                               mean=spec.mean, std=spec.std, source=f"resnet50 {weights}").to_dict(), path)
     return weights
 
 
@@ -308,8 +308,8 @@ def prepare(args, device: torch.device, workdir: Path) -> dict:
             pretrain_embedded_checkpoint(ckpt_path, args, device)
             weights = "quick source pretraining"
         ckpt = load_checkpoint(ckpt_path)
-        if ckpt["arch"] != "resnet10":
-            print(f"note: checkpoint architecture is {ckpt['arch']}")
+        if ckpt.arch != "resnet10":
+            print(f"note: checkpoint architecture is {ckpt.arch}")
         digits = load_digits_split()
         labels = digits["labels"].numpy()
         tr, va = stratified_take(labels, n_train, n_val, seed=0)
@@ -317,9 +317,9 @@ def prepare(args, device: torch.device, workdir: Path) -> dict:
         train_items, val_items = encode_png(digits["images"][tr]), encode_png(digits["images"][va])
         ytr, yva = labels[tr].tolist(), labels[va].tolist()
         n_cls = len(digits["classes"])
-        resize, crop = int(ckpt["resize_size"]), int(ckpt["input_size"])
-        mean, std = list(ckpt["mean"]), list(ckpt["std"])
-        arch = str(ckpt["arch"])
+        resize, crop = int(ckpt.resize_size), int(ckpt.input_size)
+        mean, std = list(ckpt.mean), list(ckpt.std)
+        arch = str(ckpt.arch)
     else:
         n_cls = args.classes or p["classes"]
         ckpt_path = Path(args.checkpoint) if args.checkpoint else workdir / "resnet50.pt"
@@ -329,9 +329,9 @@ def prepare(args, device: torch.device, workdir: Path) -> dict:
         val_items, yva = synthetic_flowers(n_cls, n_val, seed=2)
         print(f"generated {len(train_items)} + {len(val_items)} synthetic JPEGs ({time.perf_counter() - t0:.1f}s)")
         ckpt = load_checkpoint(ckpt_path)
-        resize, crop = int(ckpt["resize_size"]), int(ckpt["input_size"])
-        mean, std = list(ckpt["mean"]), list(ckpt["std"])
-        arch = str(ckpt["arch"])
+        resize, crop = int(ckpt.resize_size), int(ckpt.input_size)
+        mean, std = list(ckpt.mean), list(ckpt.std)
+        arch = str(ckpt.arch)
     return dict(ckpt_path=ckpt_path, weights=weights, arch=arch, n_cls=n_cls, train_items=train_items,
                 val_items=val_items, ytr=ytr, yva=yva, resize=resize, crop=crop, mean=mean, std=std)
 

@@ -24,7 +24,7 @@ import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from evotune.backbones import build_model, make_checkpoint, model_from_checkpoint
+from evotune.backbones import BackboneCheckpoint, build_model, make_checkpoint, model_from_checkpoint
 from evotune.lineage import check_same_lineage
 from evotune.metrics import classification_metrics
 from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan
@@ -32,10 +32,10 @@ from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(ckpt: dict, lrs_for, cfg: TrainConfig, data: dict, seeds: list[int]) -> list[float]:
+def run(ckpt: BackboneCheckpoint, lrs_for, cfg: TrainConfig, data: dict, seeds: list[int]) -> list[float]:
     accs = []
     for seed in seeds:
-        trainer = Trainer(model_from_checkpoint(ckpt), cfg, mean=ckpt["mean"], std=ckpt["std"])
+        trainer = Trainer(model_from_checkpoint(ckpt), cfg, mean=ckpt.mean, std=ckpt.std)
         train, val, test = (DeviceData.from_split(data[k], trainer.device) for k in ("train", "val", "test"))
         res = trainer.train(TrainingPlan(lrs_for(trainer.model)), train, val, seed=seed, keep_best_state=True)
         trainer.model.load_state_dict(res.best_state)
@@ -60,9 +60,9 @@ def main() -> None:
                        "kedro run (the backbone and the target splits of one run)")
     cfg = TrainConfig.from_params(params["training"])
     torch.manual_seed(0)
-    scratch_model = build_model(backbone["arch"], backbone["num_classes"], weights=None)
-    scratch = make_checkpoint(scratch_model, num_classes=backbone["num_classes"], input_size=backbone["input_size"],
-                              resize_size=backbone["resize_size"], mean=backbone["mean"], std=backbone["std"],
+    scratch_model = build_model(backbone.arch, backbone.num_classes, weights=None)
+    scratch = make_checkpoint(scratch_model, num_classes=backbone.num_classes, input_size=backbone.input_size,
+                              resize_size=backbone.resize_size, mean=backbone.mean, std=backbone.std,
                               source="random init")
     rows = []
     methods = {
@@ -72,7 +72,7 @@ def main() -> None:
     }
     print(f"target: {len(data['train'].labels)} train / {len(data['val'].labels)} val / "
           f"{len(data['test'].labels)} test images, {len(data['train'].classes)} classes; "
-          f"{backbone['arch']}, seeds {args.seeds}")
+          f"{backbone.arch}, seeds {args.seeds}")
     for name, (ckpt, lrs) in methods.items():
         t0 = time.perf_counter()
         accs = run(ckpt, lrs, cfg, data, args.seeds)

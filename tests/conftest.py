@@ -75,15 +75,17 @@ def make_split(n_per_class: int, num_classes: int, size: int = 32, n_chunks: int
 TINY_LINEAGE = {"dataset": "tiny", "dataset_name": "make_split"}
 
 
-def backbone_checkpoint(model, num_classes: int, **meta) -> dict:
-    """A backbone artifact as the backbone stage writes it (checkpoint + lineage), for the tiny splits."""
+def backbone_checkpoint(model, num_classes: int, **meta):
+    """A BackboneCheckpoint as the backbone stage writes it (checkpoint + lineage), for the tiny splits."""
+    import dataclasses
+
     from evotune.backbones import make_checkpoint
     from evotune.study import tensor_fingerprint
 
     meta = {"input_size": 32, "resize_size": 32, "mean": [0.3] * 3, "std": [0.25] * 3, "source": "test", **meta}
     ckpt = make_checkpoint(model, num_classes=num_classes, **meta)
-    return {**ckpt, "dataset": TINY_LINEAGE["dataset"], "backbone_id": tensor_fingerprint(ckpt["state_dict"])[:12],
-            "created": "2026-01-01T00:00:00Z"}
+    return dataclasses.replace(ckpt, dataset=TINY_LINEAGE["dataset"], backbone_id=tensor_fingerprint(ckpt.state_dict)[:12],
+                               created="2026-01-01T00:00:00Z")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch
 from conftest import backbone_checkpoint, base_parameters, make_split
 from kedro_datasets.json import JSONDataset
 
-from evotune.backbones import build_model, get_arch, model_from_checkpoint
+from evotune.backbones import BackboneCheckpoint, build_model, get_arch, model_from_checkpoint
 from evotune.data.preprocess import preprocessing_record
 from evotune.io import SafetensorsDataset, TorchExportDataset
 from evotune.pipelines.export.nodes import export_best_model
@@ -27,7 +27,7 @@ EXPORT = {"selection": "best_val", "seed": None, "verify_images": 256}
 @dataclass
 class Export:
     arch: str
-    backbone: dict
+    backbone: BackboneCheckpoint
     retrained: TrainedVariant
     test: dict
     weights: dict
@@ -42,7 +42,7 @@ class Export:
         model = model_from_checkpoint(self.backbone)
         model.load_state_dict(run.state_dict)
         model.eval()
-        norm = Normalizer(self.backbone["mean"], self.backbone["std"], torch.device("cpu"), channels_last=False)
+        norm = Normalizer(self.backbone.mean, self.backbone.std, torch.device("cpu"), channels_last=False)
         with torch.no_grad():
             return model(norm(images))
 
@@ -87,7 +87,7 @@ def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size
         split.classes = [f"class_{k}" for k in range(num_classes)]
     genome = {"block_names": list(spec.block_names), "genes": [0.8] * spec.num_blocks + [0.5], "key": "test",
               "mask": "1" * spec.num_blocks, "threshold": 0.5, "force_head_trainable": True,
-              "dataset": backbone["dataset"], "backbone_id": backbone["backbone_id"]}
+              "dataset": backbone.dataset, "backbone_id": backbone.backbone_id}
     if train:
         retrained = retrain_best_genome(backbone, train_split, val, genome, {"seeds": [3, 4], "training": {}}, TRAINING)
     else:

@@ -6,7 +6,7 @@ Everything runs on CPU with tiny inputs; no network access is needed.
 from __future__ import annotations
 
 import copy
-import itertools
+import dataclasses
 import re
 
 import pytest
@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from evotune import backbones as B
+from evotune.backbones.staged import _head_linear
 
 torch.set_num_threads(1)
 
@@ -158,10 +159,6 @@ def test_every_parameter_in_exactly_one_block(wrapped):
     assert {id(p) for p in staged.parameters()} == tv_params
     # Buffers (BN statistics) are shared too.
     assert {id(b) for b in staged.buffers()} == {id(b) for b in tv.buffers()}
-    # block_parameter_names is the per-block split of named_parameters, in order.
-    names = B.block_parameter_names(staged)
-    assert list(itertools.chain.from_iterable(names)) == [n for n, _ in staged.named_parameters()]
-    assert all(n.startswith(f"stages.{i}.") for i, ns in enumerate(names) for n in ns)
     assert B.count_parameters(staged) == sum(
         B.count_parameters(staged, [i]) for i in range(staged.num_blocks)
     ) == sum(p.numel() for p in tv.parameters())
@@ -358,7 +355,7 @@ def test_replace_head_keeps_backbone(arch, head_keys):
 # --------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------
-def _checkpoint(model: B.StagedModel, spec: B.ArchSpec, **kw) -> dict:
+def _checkpoint(model: B.StagedModel, spec: B.ArchSpec, **kw) -> B.BackboneCheckpoint:
     return B.make_checkpoint(
         model,
         num_classes=model.num_classes,
@@ -379,15 +376,16 @@ def test_checkpoint_roundtrip(tmp_path, arch):
     _randomise_buffers(model)
     model.eval()
     ckpt = _checkpoint(model, spec, extra={"epochs": 3, "note": "x", "acc": [0.5, 0.6]})
-    assert set(ckpt) >= {
+    assert set(ckpt.to_dict()) >= {
         "format", "arch", "num_classes", "block_names", "input_size", "resize_size",
         "mean", "std", "source", "state_dict", "extra",
     }  # fmt: skip
     path = tmp_path / "backbone.pt"
-    torch.save(ckpt, path)
+    torch.save(ckpt.to_dict(), path)
     raw = torch.load(path, weights_only=True)  # plain types + tensors only
     assert raw["format"] == B.CHECKPOINT_FORMAT and raw["extra"]["acc"] == [0.5, 0.6]
     loaded = B.load_checkpoint(path)
+    assert isinstance(loaded, B.BackboneCheckpoint) and loaded.extra == ckpt.extra and loaded.dataset is None
     rebuilt = B.model_from_checkpoint(loaded).eval()
     assert rebuilt.arch == arch and rebuilt.num_classes == 5
     x = _input(arch, batch=1)
@@ -409,7 +407,7 @@ def test_checkpoint_roundtrip(tmp_path, arch):
 
 def _head_prefixes(model: B.StagedModel) -> tuple[str, ...]:
     """State-dict prefixes of the fresh Linear(s) that replace_head creates."""
-    name, _ = B._head_linear(model)
+    name, _ = _head_linear(model)
     prefixes = [f"stages.{model.head_index}.{name}."]
     if "AuxLogits" in model.block_names:
         prefixes.append(f"stages.{model.block_names.index('AuxLogits')}.aux.fc.")
@@ -436,14 +434,16 @@ def test_checkpoint_errors(tmp_path):
         B.load_checkpoint(bare)
 
     ckpt = _checkpoint(model, spec)
-    broken = dict(ckpt, state_dict={k: v for k, v in ckpt["state_dict"].items() if not k.startswith("stages.3.")})
+    broken = dataclasses.replace(ckpt, state_dict={k: v for k, v in ckpt.state_dict.items() if not k.startswith("stages.3.")})
     with pytest.raises(B.BackboneWeightsError, match="does not match"):
         B.model_from_checkpoint(broken)
-    wrong_arch = dict(ckpt, arch="resnet18", block_names=list(B.get_arch("resnet18").block_names))
+    wrong_arch = dataclasses.replace(ckpt, arch="resnet18", block_names=list(B.get_arch("resnet18").block_names))
     with pytest.raises(B.BackboneWeightsError, match="does not match"):
         B.model_from_checkpoint(wrong_arch)
     with pytest.raises(B.BackboneWeightsError, match="unknown"):
-        B.model_from_checkpoint(dict(ckpt, arch="lenet"))
+        B.model_from_checkpoint(dataclasses.replace(ckpt, arch="lenet"))
+    with pytest.raises(TypeError, match="BackboneCheckpoint"):
+        B.model_from_checkpoint(ckpt.to_dict())  # plain data only at the catalog boundary
     with pytest.raises(TypeError):
         _checkpoint(model, spec, extra={"bad": object()})
     with pytest.raises(ValueError):
@@ -516,7 +516,7 @@ def test_imagenet_weights_loaded_from_hub_cache(tmp_path, monkeypatch):
         B.build_model("resnet18", 13, weights="imagenet")
 
 
-def test_imagenet_densenet_legacy_keys_and_opt_in_download(tmp_path, monkeypatch):
+def test_imagenet_densenet_legacy_keys_from_the_cache_and_never_a_download(tmp_path, monkeypatch):
     torch.manual_seed(0)
     tv = torchvision.models.densenet121(weights=None)
     # The published file predates BatchNorm's num_batches_tracked and uses old
@@ -529,23 +529,50 @@ def test_imagenet_densenet_legacy_keys_and_opt_in_download(tmp_path, monkeypatch
         m = pattern.match(k)
         legacy[f"{m.group(1)}{m.group(2)}.{m.group(3)}.{m.group(4)}" if m else k] = v
     assert any(".norm.1." in k for k in legacy)
-    calls = []
 
-    def fake_download(url, model_dir=None, **kwargs):
-        calls.append((url, model_dir))
-        return dict(legacy)
+    def no_download(*args, **kwargs):  # pragma: no cover - must not be reached
+        raise AssertionError("build_model tried to download")
 
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
-    with pytest.raises(B.BackboneWeightsError):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    with pytest.raises(B.BackboneWeightsError, match="cannot download"):
         B.build_model("densenet121", 4, weights="imagenet", torch_home=tmp_path)
-    assert calls == []
-    model = B.build_model("densenet121", 4, weights="imagenet", torch_home=tmp_path, allow_download=True)
+    path = B.imagenet_weights_path("densenet121", tmp_path)
     url = torchvision.models.get_weight("DenseNet121_Weights.IMAGENET1K_V1").url
-    assert calls == [(url, str(tmp_path / "hub" / "checkpoints"))]
+    assert path.parent == tmp_path / "hub" / "checkpoints" and path.name == url.rsplit("/", 1)[1]
+    path.parent.mkdir(parents=True)
+    torch.save(legacy, path)
+    model = B.build_model("densenet121", 4, weights="imagenet", torch_home=tmp_path)
     assert torch.equal(
         model.stages[1].denselayer1.norm1.weight, tv.features.denseblock1.denselayer1.norm1.weight
     )
     assert model.num_classes == 4
+
+
+def test_one_message_for_missing_imagenet_weights(tmp_path, monkeypatch, base_params):
+    """build_model, the parameter check and the paper check give the same text."""
+    from evotune.paper_setting import _weights_problems
+    from evotune.validation import ParameterError, validate_run
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "env"))
+    message = B.imagenet_weights_problem("resnet18", tmp_path / "arg")
+    assert message.startswith("ImageNet weights of resnet18 missing")
+    with pytest.raises(B.BackboneWeightsError) as info:
+        B.build_model("resnet18", 3, weights="imagenet", torch_home=tmp_path / "arg")
+    assert str(info.value) == message
+    assert _weights_problems("resnet18", {"weights": "imagenet", "torch_home": str(tmp_path / "arg")}) == [message]
+    params = copy.deepcopy(base_params)
+    params["backbone"].update(arch="resnet18", weights="imagenet", torch_home=str(tmp_path / "arg"))
+    with pytest.raises(ParameterError) as info:
+        validate_run(params, ["load_pretrained_backbone"])
+    assert message in str(info.value)
+    # an architecture without ImageNet weights: one message too
+    no_weights = B.imagenet_weights_problem("resnet10")
+    assert "no ImageNet weights" in no_weights and "backbone.weights" in no_weights
+    # the file is there: no problem
+    path = B.imagenet_weights_path("resnet18", tmp_path / "arg")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    assert B.imagenet_weights_problem("resnet18", tmp_path / "arg") is None
 
 
 def test_redraw_head_keeps_hidden_classifier_layers_and_is_seeded():
@@ -576,3 +603,21 @@ def test_redraw_head_redraws_the_inception_aux_classifier_too():
     a0 = aux.weight.clone()
     redraw_head(model, 1)
     assert not torch.equal(a0, aux.weight)
+
+
+def test_a_catalog_file_is_a_checkpoint_file(tmp_path):
+    """What the catalog writes for `backbone` (TypedTorchDataset) is what `backbone.weights: <path>` reads."""
+    from evotune.io import TypedTorchDataset
+
+    artifact = "evotune.backbones.BackboneCheckpoint"
+    model = B.build_model("resnet10", 3)
+    ckpt = dataclasses.replace(_checkpoint(model, B.get_arch("resnet10")), dataset="d", backbone_id="b", created="t")
+    TypedTorchDataset(artifact=artifact, filepath=str(tmp_path / "backbone.pt")).save(ckpt)
+    for back in (TypedTorchDataset(artifact=artifact, filepath=str(tmp_path / "backbone.pt")).load(),
+                 B.load_checkpoint(tmp_path / "backbone.pt")):
+        assert isinstance(back, B.BackboneCheckpoint) and (back.arch, back.dataset, back.created) == ("resnet10", "d", "t")
+        assert back.state_dict.keys() == ckpt.state_dict.keys()
+        assert all(torch.equal(back.state_dict[k], v) for k, v in ckpt.state_dict.items())
+    torch.save(model.state_dict(), tmp_path / "bare.pt")  # a foreign file under the catalog's name
+    with pytest.raises(Exception, match="bare state_dict"):
+        TypedTorchDataset(artifact=artifact, filepath=str(tmp_path / "bare.pt")).load()

@@ -133,7 +133,7 @@ def tiny_run():
     genes = [0.1, 0.2, 0.3, 0.4, 0.8, 0.9, 0.5]
     best = {"block_names": ["stem", "layer1", "layer2", "layer3", "layer4", "fc"], "genes": genes,
             "mask": decode(genes, 1e-3).mask, "force_head_trainable": True, "evaluations": 9, "trainings": 9,
-            "search_seconds": 1.0, "dataset": backbone["dataset"], "backbone_id": backbone["backbone_id"]}
+            "search_seconds": 1.0, "dataset": backbone.dataset, "backbone_id": backbone.backbone_id}
     retrained = retrain_best_genome(backbone, train, val, best, RETRAIN, TRAINING)
     test_metrics, per_seed = evaluate_on_test(backbone, retrained, test, TRAINING)
     compare = {**base_parameters()["compare"], "methods": ["linear_probe", "surgical", "lora", "deft"], "seeds": [1, 2]}

@@ -127,8 +127,8 @@ def test_the_metadata_says_what_a_user_needs(export):
     assert meta["classes"] == export.test.classes
     pre = meta["preprocessing"]
     assert (pre["resize_shorter_side"], pre["center_crop"], pre["interpolation"]) == (32, 32, "bilinear")
-    assert pre["mean"] == pytest.approx(list(export.backbone["mean"]))
-    assert pre["std"] == pytest.approx(list(export.backbone["std"]))
+    assert pre["mean"] == pytest.approx(list(export.backbone.mean))
+    assert pre["std"] == pytest.approx(list(export.backbone.std))
     assert meta["architecture"]["name"] == export.arch
     if export.arch == "resnet10":
         assert meta["architecture"]["torchvision"]["python"] == (
@@ -138,7 +138,7 @@ def test_the_metadata_says_what_a_user_needs(export):
     runs = {r.seed: r for r in export.retrained.runs}
     best = max(runs.values(), key=lambda r: r.best_val_acc)
     assert meta["selection"]["seed"] == best.seed and meta["selection"]["rule"] == "best_val"
-    assert set(meta["genome"]["learning_rates"]) == set(export.backbone["block_names"])
+    assert set(meta["genome"]["learning_rates"]) == set(export.backbone.block_names)
     assert all(lr == pytest.approx(1e-3 * 10 ** (2 * (0.8 - 0.5))) for lr in meta["genome"]["learning_rates"].values())
     # the exported seed's test metrics are evaluate_on_test's for that seed
     row = export.test_metrics_per_seed.set_index("seed").loc[meta["selection"]["seed"]]

@@ -143,12 +143,12 @@ def test_lora_trains_adapters_and_head_only_and_undoes_its_surgery(setup):
     # the merged plain model computes what the adapted model computed
     x = torch.rand(2, 3, 32, 32)
     lora_model = build_model("resnet10", 3)
-    add_lora(lora_model, 2, 4.0)
+    _, undo = add_lora(lora_model, 2, 4.0)
     lora_model.load_state_dict(state)
     plain = build_model("resnet10", 3)
     plain.load_state_dict(merged)
     torch.testing.assert_close(lora_model.eval()(x), plain.eval()(x), rtol=1e-4, atol=1e-5)
-    lora_model.undo_surgery()
+    undo()
     assert list(lora_model.state_dict()) == keys
     # trainable share: adapters + head
     n = trainable_parameters(trainer.model, plan)
@@ -164,7 +164,7 @@ def test_lora_skips_grouped_convs():
     ])
     x = torch.rand(1, 4, 8, 8)
     before = model(x).detach()
-    wrappers = add_lora(model, 3, 3.0)
+    wrappers, _ = add_lora(model, 3, 3.0)
     assert len(wrappers) == 1 and not isinstance(model.stages[0][0], LoRAConv2d)
     w = wrappers[0]
     assert (w.lora_A.stride, w.lora_A.padding, w.lora_A.dilation, w.lora_A.kernel_size) == ((2, 2), (2, 2), (2, 2), (3, 3))
@@ -215,6 +215,7 @@ def test_auto_rgn_sets_per_tensor_lrs_from_relative_gradient_norms():
     assert {id(g["params"][0]) for g in groups}.isdisjoint(norms)
     assert trainable_parameters(model, plan) == sum(p.numel() for g in groups for p in g["params"])
     opt = torch.optim.Adam(groups, lr=BASE_LR)
+    plan.on_train_start(model, opt)
     split = make_split(4, 3)
     x = (split.images.float() / 255 - 0.3) / 0.25
     batches = [(x[i:i + 6], split.labels[i:i + 6], 0) for i in (0, 6)]
@@ -239,6 +240,13 @@ def test_auto_rgn_sets_per_tensor_lrs_from_relative_gradient_norms():
         g["lr"] *= 0.5
     plan.on_epoch_start(model, opt, lambda: iter(batches))
     assert max(g["lr"] for g in opt.param_groups) == pytest.approx(0.5 * BASE_LR)
+    # a new training starts its schedule factor afresh: the first epoch's top lr is the base lr again
+    opt2 = torch.optim.Adam(plan.param_groups(model, plan.block_lrs), lr=BASE_LR)
+    with pytest.raises(RuntimeError, match="on_train_start"):
+        plan.on_epoch_start(model, opt2, lambda: iter(batches))  # the trainer must announce each training
+    plan.on_train_start(model, opt2)
+    plan.on_epoch_start(model, opt2, lambda: iter(batches))
+    assert max(g["lr"] for g in opt2.param_groups) == pytest.approx(BASE_LR)
 
 
 def test_auto_rgn_trains_through_the_loop(setup):
@@ -346,3 +354,90 @@ def test_plan_methods_params_reach_the_plan():
     apply_freezing(model, plan)
     groups = plan.param_groups(model, plan.block_lrs)
     assert sum(not g["rgn"] for g in groups) == len(norm_parameter_ids(model))  # norm tensors at base lr
+
+
+# --------------------------------------------------------------------------- plan changes belong to one training
+
+
+def test_lora_twice_on_one_trainer_never_stacks_and_restores_the_model_exactly():
+    torch.manual_seed(0)
+    trainer = Trainer(build_model("resnet10", 3), CFG, mean=[0.3] * 3, std=[0.25] * 3)
+    train = DeviceData.from_split(make_split(4, 3, seed=0), trainer.device)
+    val = DeviceData.from_split(make_split(2, 3, seed=1), trainer.device)
+    plan = get_method("lora").plan(trainer.model, BASE_LR, **method_params("lora", rank=2, alpha=4.0))
+    modules = dict(trainer.model.named_modules())
+    head = f"stages.{trainer.model.head_index}."
+    results = []
+    for _ in range(2):
+        res = trainer.train(plan, train, val, seed=1, keep_best_state=True)
+        results.append(res)
+        # the very same modules and state-dict keys as before; every weight but the head's untouched
+        assert dict(trainer.model.named_modules()).keys() == modules.keys()
+        assert all(m is modules[n] for n, m in trainer.model.named_modules())
+        state = trainer.model.state_dict()
+        assert list(state) == list(trainer.pristine)
+        assert all(torch.equal(v, trainer.pristine[k]) for k, v in state.items() if not k.startswith(head))
+    # one layer of adapters per conv each time, and the second training is the first one again
+    assert sum(k.endswith("lora_A.weight") for k in results[1].best_state) == sum(
+        isinstance(m, nn.Conv2d) for i, s in enumerate(trainer.model.stages) if i != trainer.model.head_index
+        for m in s.modules())
+    assert results[0].best_state.keys() == results[1].best_state.keys()
+    assert all(torch.equal(v, results[1].best_state[k]) for k, v in results[0].best_state.items())
+    assert results[0].history == results[1].history
+    # adapters on adapters are refused
+    model = build_model("resnet10", 3)
+    _, undo = add_lora(model, 2, 4.0)
+    with pytest.raises(ValueError, match="already holds LoRA adapters"):
+        add_lora(model, 2, 4.0)
+    undo()
+    assert not any(isinstance(m, LoRAConv2d) for m in model.modules())
+
+
+def test_the_trainer_undoes_a_plan_once_even_when_training_fails(setup):
+    trainer, train, val = setup
+    calls = []
+
+    def prepare(model):
+        calls.append("prepare")
+        return lambda: calls.append("undo")
+
+    def penalty(model):
+        raise RuntimeError("boom")
+
+    plan = get_method("full_finetune").plan(trainer.model, BASE_LR, **method_params("full_finetune"))
+    plan.prepare, plan.penalty = prepare, penalty
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train(plan, train, val, seed=0)
+    assert calls == ["prepare", "undo"]
+    plan.penalty = None
+    trainer.train(plan, train, val, seed=0)
+    assert calls == ["prepare", "undo", "prepare", "undo"]
+    trainer.undo_plan()  # nothing left to undo
+    assert calls == ["prepare", "undo", "prepare", "undo"]
+    assert trainable_parameters(trainer.model, plan) > 0 and calls[4:] == ["prepare", "undo"]
+
+
+def test_auto_rgn_state_starts_afresh_for_every_training():
+    torch.manual_seed(0)
+    trainer = Trainer(build_model("resnet10", 3), CFG.replace(epochs=2, patience=2), mean=[0.3] * 3, std=[0.25] * 3)
+    train = DeviceData.from_split(make_split(4, 3, seed=0), trainer.device)
+    val = DeviceData.from_split(make_split(2, 3, seed=1), trainer.device)
+    plan = get_method("auto_rgn").plan(trainer.model, BASE_LR, **method_params("auto_rgn", batches=1))
+    starts, first_epoch_top = [], []
+    rgn_start, rgn_epoch = plan.on_train_start, plan.on_epoch_start
+
+    def on_train_start(model, optimizer):
+        starts.append(optimizer)
+        rgn_start(model, optimizer)
+
+    def on_epoch_start(model, optimizer, batches):
+        rgn_epoch(model, optimizer, batches)
+        if optimizer is starts[-1] and len(first_epoch_top) < len(starts):
+            first_epoch_top.append(max(g["lr"] for g in optimizer.param_groups if g.get("rgn")))
+
+    plan.on_train_start, plan.on_epoch_start = on_train_start, on_epoch_start
+    runs = [trainer.train(plan, train, val, seed=3, keep_best_state=True) for _ in range(2)]
+    assert len(starts) == 2 and starts[0] is not starts[1]
+    assert first_epoch_top == [pytest.approx(BASE_LR)] * 2
+    assert runs[0].history == runs[1].history
+    assert all(torch.equal(v, runs[1].best_state[k]) for k, v in runs[0].best_state.items())

@@ -83,7 +83,7 @@ def setup(tmp_path_factory):
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     torch.save(make_checkpoint(model, num_classes=N_CLS, input_size=CROP, resize_size=RESIZE, mean=MEAN, std=STD,
-                               source="test"), path)
+                               source="test").to_dict(), path)
     train_pil, ytr = pil_images(40, seed=0)
     val_pil, yva = pil_images(20, seed=1)
     # the naive loop decodes encoded images every epoch: PNG bytes for train, files for val

@@ -133,11 +133,11 @@ def test_stages_refuse_inputs_made_from_other_data_or_another_backbone(backbone,
     from evotune.errors import InputMismatchError
 
     train, val, test = splits
-    other = {**backbone, "dataset": "other-data"}
+    other = dataclasses.replace(backbone, dataset="other-data")
     with pytest.raises(InputMismatchError, match=r"evolutionary_search.*backbone: other-data.*target_train: tiny"):
         run_search(other, train, val, search_params(), TRAINING)
     _, _, best = run_search(backbone, train, val, search_params(generations=0), TRAINING)
-    assert best["dataset"] == "tiny" and best["backbone_id"] == backbone["backbone_id"]
+    assert best["dataset"] == "tiny" and best["backbone_id"] == backbone.backbone_id
     retrain = {"seeds": [1], "training": {}}
     with pytest.raises(InputMismatchError, match=r"retrain.*backbone_id.*kedro run --from-nodes evolutionary_search"):
         retrain_best_genome(backbone, train, val, {**best, "backbone_id": "another"}, retrain, TRAINING)

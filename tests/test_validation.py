@@ -96,7 +96,7 @@ def test_the_backbone_stage_reads_classes_and_lineage_from_target_train(tiny_spl
     split = tiny_split(2, 3)
     params = {**base_parameters()["backbone"], "arch": "resnet10", "weights": "none"}
     ckpt = load_pretrained_backbone(split, params, base_parameters()["data"])
-    assert ckpt["num_classes"] == 3 and ckpt["dataset"] == split.dataset == "tiny"
+    assert ckpt.num_classes == 3 and ckpt.dataset == split.dataset == "tiny"
 
 
 def test_predict_needs_a_source_and_export_a_retrained_seed(base_params, nodes, tmp_path):

@@ -102,7 +102,7 @@ def evaluate_variant(
     """Test every seed of ``variant`` once: accuracy, macro accuracy, macro F1, kappa, confusion matrix.
     ``trained_as`` names the trained models' input in ``inputs_created``."""
     model = model_from_checkpoint(backbone)
-    trainer = Trainer(model, cfg, mean=backbone["mean"], std=backbone["std"])
+    trainer = Trainer(model, cfg, mean=backbone.mean, std=backbone.std)
     test = DeviceData.from_split(target_test, trainer.device)
     rows, confs = [], []
     for run in variant.runs:
@@ -132,8 +132,8 @@ def evaluate_variant(
         device=variant.device,
         dataset=target_test.dataset,
         dataset_name=target_test.dataset_name,
-        backbone_id=backbone["backbone_id"],
-        inputs_created={"backbone": backbone["created"], trained_as: variant.created},
+        backbone_id=backbone.backbone_id,
+        inputs_created={"backbone": backbone.created, trained_as: variant.created},
         created=now(),
     )
     log.info("%s test accuracy %.4f +- %.4f, macro F1 %.4f (%d seeds)", variant.variant,

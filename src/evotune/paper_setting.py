@@ -21,7 +21,6 @@ it takes milliseconds. Call it early, e.g. from the project's validation hook::
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -93,21 +92,10 @@ def _weights_problems(arch: str, backbone: dict) -> list[str]:
         if weights not in ("none", "source") and not Path(weights).expanduser().is_file():
             return [f"backbone.weights: the checkpoint file '{weights}' does not exist."]
         return []
-    import torchvision.models
+    from .backbones import imagenet_weights_problem
 
-    from .backbones import get_arch, imagenet_weights_path
-
-    spec = get_arch(arch)
-    path = imagenet_weights_path(arch, backbone.get("torch_home"))
-    if path.is_file():
-        return []
-    url = torchvision.models.get_weight(spec.imagenet_weights).url
-    return [
-        f"ImageNet weights of {arch} missing: expected the file {path} (torch hub cache; TORCH_HOME="
-        f"{os.environ.get('TORCH_HOME', 'unset')}). They are never downloaded: on a machine with internet "
-        f"download {url} and copy it there, or set TORCH_HOME / backbone.torch_home to a folder whose "
-        "hub/checkpoints/ holds it."
-    ]
+    problem = imagenet_weights_problem(arch, backbone.get("torch_home"))
+    return [] if problem is None else [problem]
 
 
 def _data_problems(dataset: str, source: dict | None) -> list[str]:

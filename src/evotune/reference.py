@@ -295,8 +295,9 @@ def naive_train(
     model = rebuild_model(checkpoint, n_cls)
     redraw_head(model, seed)
     model.to(dev)
+    undo = None
     if plan.prepare is not None:
-        plan.prepare(model)
+        undo = plan.prepare(model)
         model.to(dev)
     apply_freezing(model, plan)
     groups = (plan.param_groups or default_param_groups)(model, plan.block_lrs)
@@ -304,6 +305,8 @@ def naive_train(
         raise ValueError(f"The plan '{plan.name}' trains no parameter.")
     optimizer = torch.optim.Adam(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.cosine_t_max)
+    if plan.on_train_start is not None:
+        plan.on_train_start(model, optimizer)
 
     kw = dict(resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, interpolation=interpolation)
     train_ds = NaiveImageDataset(train_images, ytr, **kw)
@@ -349,6 +352,8 @@ def naive_train(
             break
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+    if undo is not None:
+        undo()  # the model (maybe the caller's) holds its original modules again
     return NaiveResult(
         best_val_acc=stopping.best_val_acc(diverged),
         best_epoch=stopping.best_epoch,

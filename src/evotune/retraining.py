@@ -145,7 +145,7 @@ def retrain_genome(
             f"best_genome was found for blocks {genome['block_names']} but the backbone has "
             f"{list(model.block_names)}: rerun the search after changing the backbone."
         )
-    trainer = Trainer(model, cfg, mean=backbone["mean"], std=backbone["std"])
+    trainer = Trainer(model, cfg, mean=backbone.mean, std=backbone.std)
     train = DeviceData.from_split(target_train, trainer.device)
     val = DeviceData.from_split(target_val, trainer.device)
     plan = genome_plan(genome["genes"], cfg.base_lr, force_head=genome["force_head_trainable"], name="best_genome")
@@ -154,7 +154,7 @@ def retrain_genome(
     return TrainedVariant(
         method=method, variant=method, params=dict(params or {}), genome=genome, block_lrs=list(plan.block_lrs),
         trainable_params=int(trainable), total_params=int(count_parameters(model)), device=str(trainer.device),
-        runs=runs, dataset=backbone["dataset"], backbone_id=backbone["backbone_id"], created=now(),
+        runs=runs, dataset=backbone.dataset, backbone_id=backbone.backbone_id, created=now(),
     )
 
 
@@ -167,7 +167,7 @@ def train_plan_method(
     if not isinstance(m, PlanMethod):
         raise ValueError(f"{method} is a search method; it has no fixed plan")
     t0 = time.perf_counter()
-    trainer = Trainer(model_from_checkpoint(backbone), cfg, mean=backbone["mean"], std=backbone["std"])
+    trainer = Trainer(model_from_checkpoint(backbone), cfg, mean=backbone.mean, std=backbone.std)
     train = DeviceData.from_split(target_train, trainer.device)
     val = DeviceData.from_split(target_val, trainer.device)
     total = int(count_parameters(trainer.model))
@@ -180,11 +180,11 @@ def train_plan_method(
         variants.append(TrainedVariant(
             method=method, variant=label, params=params, genome=None, block_lrs=list(plan.block_lrs),
             trainable_params=int(n_trainable), total_params=total, device=str(trainer.device), runs=runs,
-            dataset=backbone["dataset"], backbone_id=backbone["backbone_id"], created=now(),
+            dataset=backbone.dataset, backbone_id=backbone.backbone_id, created=now(),
         ))
     return TrainedMethod(method=method, kind="plan", variants=variants, search=None,
-                         wall_seconds=time.perf_counter() - t0, dataset=backbone["dataset"],
-                         backbone_id=backbone["backbone_id"], created=now())
+                         wall_seconds=time.perf_counter() - t0, dataset=backbone.dataset,
+                         backbone_id=backbone.backbone_id, created=now())
 
 
 def retrain_search_method(

@@ -4,7 +4,9 @@ Every method (a BioTune genome, full fine-tuning, linear probing, the baselines)
 is a :class:`TrainingPlan` handed to :func:`train_plan`: which blocks train, at
 what learning rate, plus optional hooks (a penalty such as L2-SP, a per-epoch
 learning-rate rule such as Auto-RGN, model surgery such as LoRA). No method
-owns a copy of the loop.
+owns a copy of the loop. A plan's ``prepare`` returns how to undo what it changed
+(:data:`Undo`); the :class:`Trainer` keeps it and undoes the change when the training
+ends, so the model it holds is the pristine architecture between trainings.
 
 What makes one evaluation cheap (SPEC section 8, issue 5), without changing
 what it computes:
@@ -222,11 +224,11 @@ class PrefixCache:
             self._store[(key, prefix)] = out
         return out
 
-    def clear(self) -> None:
-        self._store.clear()
-
 
 # --------------------------------------------------------------------------- plans
+
+#: Undoes a plan's change to the model (``TrainingPlan.prepare``'s return value).
+Undo = Callable[[], None]
 
 
 @dataclass
@@ -240,12 +242,16 @@ class TrainingPlan:
 
     block_lrs: list[float | None]
     name: str = "plan"
-    #: model surgery before the optimizer is built (e.g. LoRA adapters)
-    prepare: Callable[[StagedModel], None] | None = None
+    #: model changes before the optimizer is built (e.g. LoRA adapters); returns their
+    #: :data:`Undo` (None: nothing to undo), which the trainer calls when the training ends
+    prepare: Callable[[StagedModel], Undo | None] | None = None
     #: optimizer parameter groups; default: one group per trained block
     param_groups: Callable[[StagedModel, list[float | None]], list[dict]] | None = None
     #: extra loss term added to cross-entropy (e.g. L2-SP)
     penalty: Callable[[StagedModel], Tensor] | None = None
+    #: called once per training, after the optimizer is built: (model, optimizer);
+    #: per-training state of the hooks (e.g. Auto-RGN's schedule factor) starts here
+    on_train_start: Callable[[StagedModel, torch.optim.Optimizer], None] | None = None
     #: called at each epoch start with (model, optimizer, batch iterator factory)
     on_epoch_start: Callable[[StagedModel, torch.optim.Optimizer, Callable[[], Iterator]], None] | None = None
     #: blocks forced to eval mode even when they have trainable parameters
@@ -388,7 +394,8 @@ class Trainer:
     """Holds what stays the same across evaluations: device, data, prefix cache.
 
     One ``Trainer`` serves a whole search: the pretrained state is kept in
-    memory (``pristine``) and restored before every run.
+    memory (``pristine``) and restored before every run. A plan's changes to the model
+    (``TrainingPlan.prepare``) are undone by the trainer when its training ends.
     """
 
     def __init__(self, model: StagedModel, cfg: TrainConfig, *, mean, std, device=None) -> None:
@@ -408,6 +415,7 @@ class Trainer:
         self.pristine = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.normalize = Normalizer(mean, std, self.device, self.channels_last)
         self.cache = PrefixCache(cfg.prefix_cache_max_gb * 1024**3)
+        self._undo: Undo | None = None  # the running plan's, until its training ends
 
     # -- helpers -----------------------------------------------------------------
     def _autocast(self):
@@ -416,6 +424,7 @@ class Trainer:
 
     def reset(self, seed: int) -> None:
         """Restore the pretrained weights and draw a fresh head for ``seed``."""
+        self.undo_plan()
         self.model.load_state_dict(self.pristine)
         redraw_head(self.model, seed)
 
@@ -480,17 +489,22 @@ class Trainer:
         """
         t0 = time.perf_counter()
         self.reset(seed)
-        if plan.prepare is not None:
-            plan.prepare(self.model)
-            self.model.to(self.device)
-            if self.channels_last:  # new modules (e.g. LoRA adapters) in the same memory format
-                self.model.to(memory_format=torch.channels_last)
         try:
+            if plan.prepare is not None:
+                self._undo = plan.prepare(self.model)
+                self.model.to(self.device)
+                if self.channels_last:  # new modules (e.g. LoRA adapters) in the same memory format
+                    self.model.to(memory_format=torch.channels_last)
             return self._train(plan, train, val, seed=seed, data_key=data_key, keep_best_state=keep_best_state,
                                progress=progress, t0=t0)
         finally:
-            if plan.prepare is not None:  # surgery changed the module tree: undo it, even after an error
-                self._undo_surgery()
+            self.undo_plan()  # the module tree is the pristine one again, even after an error
+
+    def undo_plan(self) -> None:
+        """Undo the model changes of the plan trained last (LoRA adapters), if still in place."""
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
 
     def _train(self, plan: TrainingPlan, train: DeviceData, val: DeviceData, *, seed: int, data_key: Any,
                keep_best_state: bool, progress: Callable[[dict], None] | None, t0: float) -> TrainResult:
@@ -502,6 +516,8 @@ class Trainer:
             raise ValueError(f"The plan '{plan.name}' trains no parameter.")
         optimizer = make_optimizer(groups, cfg)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.cosine_t_max)
+        if plan.on_train_start is not None:
+            plan.on_train_start(model, optimizer)
 
         prefix = plan.frozen_prefix(model) if data_key is not None else 0
         train_feats = self._prefix_features(train, (data_key, "train"), prefix) if prefix else None
@@ -562,8 +578,3 @@ class Trainer:
             best_state=stopping.best_state,
             seconds=time.perf_counter() - t0,
         )
-
-    def _undo_surgery(self) -> None:
-        undo = getattr(self.model, "undo_surgery", None)
-        if callable(undo):
-            undo()

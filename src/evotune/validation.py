@@ -19,7 +19,7 @@ __all__ = ["ParameterError", "validate_run"]
 
 def validate_run(params: dict[str, Any], node_names) -> None:
     """Raise :class:`ParameterError` listing every problem found in what this run will use."""
-    from .backbones import get_arch, imagenet_weights_path
+    from .backbones import get_arch, imagenet_weights_problem
     from .pipelines.backbone.nodes import BackboneParams
     from .pipelines.search.nodes import SearchParams
     from .retraining import retrain_config, retrain_seeds
@@ -68,19 +68,9 @@ def validate_run(params: dict[str, Any], node_names) -> None:
         weights = backbone.weights
         if weights == "imagenet":
             spec = check(get_arch, backbone.arch)
-            if spec is not None:
-                if spec.imagenet_weights is None:
-                    problems.append(f"backbone.arch '{spec.name}' has no ImageNet weights in torchvision; "
-                                    "use backbone.weights: none or a checkpoint path.")
-                else:
-                    path = imagenet_weights_path(spec.name, backbone.torch_home)
-                    if not Path(path).is_file():
-                        problems.append(
-                            f"The ImageNet weights of {spec.name} are not in the torch cache: expected "
-                            f"{path}. This machine cannot download them: copy the file there from a machine "
-                            "with internet (or set TORCH_HOME / backbone.torch_home), or set "
-                            "backbone.weights to a checkpoint file."
-                        )
+            problem = imagenet_weights_problem(spec.name, backbone.torch_home) if spec is not None else None
+            if problem is not None:
+                problems.append(problem)
         elif weights not in ("none", "source") and not Path(weights).is_file():
             problems.append(f"backbone.weights: the checkpoint file '{weights}' does not exist.")
         elif weights == "source":

@@ -15,6 +15,9 @@ happens to them: ``frozen`` (default, as in the authors' code, where they are
 not given to the optimizer) or ``base_lr`` (trained at the scheduled base
 rate). Their running statistics update as in any trained block.
 
+The schedule factor is per training: the trainer calls the plan's
+``on_train_start`` with each training's new optimizer, which starts it afresh.
+
 Difference from the authors' code: they rebuild the Adam optimizer every epoch
 (its moments restart); here the lrs are set in place and Adam keeps its
 moments unless ``reset_optimizer_state: true``.
@@ -99,15 +102,19 @@ def build(model: StagedModel, base_lr: float, batches: int = 5, norm_layers: str
                                    "rgn": True})
         return groups
 
-    state: dict = {"optimizer": None}
+    state: dict = {}  # of the current training, set by on_train_start
+
+    def on_train_start(m: StagedModel, optimizer: torch.optim.Optimizer) -> None:
+        state.clear()
+        state.update(optimizer=optimizer, factor=1.0, assigned=None)
 
     def on_epoch_start(m: StagedModel, optimizer: torch.optim.Optimizer, batches_factory) -> None:
         groups = [g for g in optimizer.param_groups if g.get("rgn")]
         if not groups:
             return
-        if state["optimizer"] is not optimizer:  # a new training
-            state.update(optimizer=optimizer, factor=1.0, assigned=None)
-        elif state["assigned"] is not None:
+        if state.get("optimizer") is not optimizer:
+            raise RuntimeError("auto_rgn: on_train_start was not called for this training's optimizer")
+        if state["assigned"] is not None:
             # the scheduler has multiplied every lr by this epoch's cosine step since we set them
             k = max(range(len(groups)), key=lambda j: state["assigned"][j])
             if state["assigned"][k] > 0:
@@ -135,7 +142,7 @@ def build(model: StagedModel, base_lr: float, batches: int = 5, norm_layers: str
                   groups[best]["name"], float(ratios.median()))
 
     return TrainingPlan(block_lrs=[base_lr] * model.num_blocks, name="auto_rgn", param_groups=param_groups,
-                        on_epoch_start=on_epoch_start)
+                        on_train_start=on_train_start, on_epoch_start=on_epoch_start)
 
 
 METHOD = PlanMethod(

@@ -238,12 +238,11 @@ class Budget:
 def trainable_parameters(model: StagedModel, plan: TrainingPlan) -> int:
     """Number of parameter elements ``plan`` trains, counted on the model as the plan prepares it.
 
-    Runs the plan's ``prepare`` (and then ``model.undo_surgery`` if it set one),
-    freezing and parameter groups exactly as :meth:`Trainer.train` does, so
-    LoRA adapters count and frozen batch-norm tensors (Auto-RGN) do not.
+    Runs the plan's ``prepare`` (and then the undo it returns), freezing and
+    parameter groups exactly as :meth:`Trainer.train` does, so LoRA adapters count
+    and frozen batch-norm tensors (Auto-RGN) do not.
     """
-    if plan.prepare is not None:
-        plan.prepare(model)
+    undo = plan.prepare(model) if plan.prepare is not None else None
     try:
         apply_freezing(model, plan)
         groups = (plan.param_groups or default_param_groups)(model, plan.block_lrs)
@@ -256,8 +255,7 @@ def trainable_parameters(model: StagedModel, plan: TrainingPlan) -> int:
                     total += p.numel()
         return total
     finally:
-        undo = getattr(model, "undo_surgery", None) if plan.prepare is not None else None
-        if callable(undo):
+        if undo is not None:
             undo()
 
 

@@ -18,9 +18,10 @@ backbone's batch-norm statistics stay frozen (backbone blocks run in eval
 mode); A, B and the head train at the base rate.
 
 Surgery: the plan's ``prepare`` wraps the convs on the model the trainer holds
-and sets ``model.undo_surgery``, which puts the original conv modules back (the
-trainer calls it after training; the model's state_dict keys are then the
-originals). A trained state holding adapters is turned back into a plain state
+and returns the undo, which puts the original conv modules back (the trainer
+calls it when the training ends; the model's state_dict keys are then the
+originals). A model that already holds adapters is refused, so adapters never
+stack. A trained state holding adapters is turned back into a plain state
 of the original architecture by :func:`merge_lora_state_dict`: the update is
 linear, so it folds into the conv weight exactly,
 ``W' = W + (alpha/r) * sum_k B[:, k] A[k]``.
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import StagedModel
-from ..training import TrainingPlan
+from ..training import TrainingPlan, Undo
 from .base import PlanMethod
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,13 @@ def eligible_convs(stage: nn.Module) -> list[tuple[nn.Module, str, nn.Conv2d]]:
     return out
 
 
-def add_lora(model: StagedModel, rank: int, alpha: float, init_seed: int = 0) -> list[LoRAConv2d]:
-    """Wrap the backbone's convs in place; sets ``model.undo_surgery``. Returns the wrappers."""
+def add_lora(model: StagedModel, rank: int, alpha: float, init_seed: int = 0) -> tuple[list[LoRAConv2d], Undo]:
+    """Wrap the backbone's convs in place. Returns the wrappers and the undo that puts the
+    original convs back; a model that already holds adapters is a ValueError (never stack them)."""
     if int(rank) < 1:
         raise ValueError(f"compare.lora.rank must be >= 1, got {rank}")
-    if callable(getattr(model, "undo_surgery", None)):
-        model.undo_surgery()  # never stack adapters
+    if any(isinstance(m, LoRAConv2d) for m in model.modules()):
+        raise ValueError(f"{model.arch} already holds LoRA adapters: undo that surgery before adding new ones")
     g = torch.Generator().manual_seed(int(init_seed))
     done: list[tuple[nn.Module, str, LoRAConv2d]] = []
     skipped = 0
@@ -103,15 +105,14 @@ def add_lora(model: StagedModel, rank: int, alpha: float, init_seed: int = 0) ->
     if skipped:
         log.info("lora: %d grouped/depthwise conv(s) left without an adapter", skipped)
 
+    wrappers = [w for _, _, w in done]
+
     def undo() -> None:
         for parent, name, wrapper in reversed(done):
             setattr(parent, name, wrapper.base)
         done.clear()
-        if "undo_surgery" in model.__dict__:
-            del model.__dict__["undo_surgery"]
 
-    model.__dict__["undo_surgery"] = undo
-    return [w for _, _, w in done]
+    return wrappers, undo
 
 
 def merge_lora_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -143,8 +144,8 @@ def build(model: StagedModel, base_lr: float, rank: int = 8, alpha: float = 8.0,
     has_conv = [i != head and bool(eligible_convs(stage)) for i, stage in enumerate(model.stages)]
     lrs: list[float | None] = [base_lr if (c or i == head) else None for i, c in enumerate(has_conv)]
 
-    def prepare(m: StagedModel) -> None:
-        add_lora(m, int(rank), float(alpha), int(init_seed))
+    def prepare(m: StagedModel) -> Undo:
+        return add_lora(m, int(rank), float(alpha), int(init_seed))[1]
 
     def param_groups(m: StagedModel, block_lrs) -> list[dict]:
         # apply_freezing switched whole blocks on; keep only the adapters of backbone blocks trainable

@@ -1,7 +1,8 @@
-"""Nodes: build the backbone the search fine-tunes, as a checkpoint dict."""
+"""Nodes: build the backbone the search fine-tunes, as a :class:`~evotune.backbones.BackboneCheckpoint`."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ...backbones import (
+    BackboneCheckpoint,
     build_model,
     get_arch,
     load_checkpoint,
@@ -40,10 +42,10 @@ class BackboneParams:
         return from_params(cls, params, "backbone")
 
 
-def _with_lineage(ckpt: dict, target_train: Split) -> dict:
+def _with_lineage(ckpt: BackboneCheckpoint, target_train: Split) -> BackboneCheckpoint:
     """The checkpoint with the data it was made for and an id of its weights (see evotune.lineage)."""
-    return {**ckpt, "dataset": target_train.dataset,
-            "backbone_id": tensor_fingerprint(ckpt["state_dict"])[:12], "created": now()}
+    return dataclasses.replace(ckpt, dataset=target_train.dataset,
+                               backbone_id=tensor_fingerprint(ckpt.state_dict)[:12], created=now())
 
 
 def target_num_classes(target_train: Split, bp: BackboneParams) -> int:
@@ -71,7 +73,8 @@ def _head_generator(bp: BackboneParams) -> torch.Generator:
     return torch.Generator().manual_seed(bp.head_seed)
 
 
-def backbone_from_source(source_model: dict, target_train: Split, backbone_params: dict, data_params: dict) -> dict:
+def backbone_from_source(source_model: BackboneCheckpoint, target_train: Split, backbone_params: dict,
+                         data_params: dict) -> BackboneCheckpoint:
     """The source-pretrained model with a fresh head for the target's classes."""
     bp = BackboneParams.from_params(backbone_params)
     weights = bp.weights
@@ -81,23 +84,23 @@ def backbone_from_source(source_model: dict, target_train: Split, backbone_param
             "source_pretraining pipeline. For ImageNet weights or a checkpoint file run "
             "`kedro run --pipelines pretrained` (or set backbone.weights: source)."
         )
-    if bp.arch != source_model["arch"]:
+    if bp.arch != source_model.arch:
         raise ParameterError(
             f"backbone.arch is '{bp.arch}' but the source model is a "
-            f"'{source_model['arch']}': set source_pretraining.arch and backbone.arch to the same name."
+            f"'{source_model.arch}': set source_pretraining.arch and backbone.arch to the same name."
         )
     n = target_num_classes(target_train, bp)
     model = model_from_checkpoint(source_model)
     replace_head(model, n, generator=_head_generator(bp))
-    _check_input_size(source_model["input_size"], data_params, "The source model")
-    log.info("backbone %s from the source model, head for %d classes", source_model["arch"], n)
+    _check_input_size(source_model.input_size, data_params, "The source model")
+    log.info("backbone %s from the source model, head for %d classes", source_model.arch, n)
     return _with_lineage(make_checkpoint(
-        model, num_classes=n, input_size=source_model["input_size"], resize_size=source_model["resize_size"],
-        mean=source_model["mean"], std=source_model["std"], source=source_model["source"],
+        model, num_classes=n, input_size=source_model.input_size, resize_size=source_model.resize_size,
+        mean=source_model.mean, std=source_model.std, source=source_model.source,
     ), target_train)
 
 
-def load_pretrained_backbone(target_train: Split, backbone_params: dict, data_params: dict) -> dict:
+def load_pretrained_backbone(target_train: Split, backbone_params: dict, data_params: dict) -> BackboneCheckpoint:
     """``backbone.weights``: ``imagenet`` (torchvision, from the local torch cache), ``none``
     (random init), or the path of a checkpoint file written by this project."""
     bp = BackboneParams.from_params(backbone_params)
@@ -115,11 +118,11 @@ def load_pretrained_backbone(target_train: Split, backbone_params: dict, data_pa
                 "std": list(spec.std), "source": f"torchvision {arch_name} ({weights})"}
     else:
         ckpt = load_checkpoint(Path(weights))
-        if ckpt["arch"] != arch_name:
-            raise ParameterError(f"backbone.arch is '{arch_name}' but the checkpoint {weights} holds a '{ckpt['arch']}'.")
+        if ckpt.arch != arch_name:
+            raise ParameterError(f"backbone.arch is '{arch_name}' but the checkpoint {weights} holds a '{ckpt.arch}'.")
         model = model_from_checkpoint(ckpt)
         replace_head(model, n, generator=_head_generator(bp))
-        meta = {k: ckpt[k] for k in ("input_size", "resize_size", "mean", "std")}
+        meta = {k: getattr(ckpt, k) for k in ("input_size", "resize_size", "mean", "std")}
         meta["source"] = f"checkpoint {weights}"
     _check_input_size(meta["input_size"], data_params, f"{arch_name} ({weights})")
     log.info("backbone %s (%s), head for %d classes", arch_name, meta["source"], n)

@@ -144,7 +144,7 @@ def search_baseline(
             f"The training split has {n_chunks_data} search chunk(s) but search.train_split_pct="
             f"{sp.train_split_pct} asks for {sp.n_chunks}: rerun the data stage after changing it."
         )
-    trainer = Trainer(model_from_checkpoint(backbone), cfg, mean=backbone["mean"], std=backbone["std"])
+    trainer = Trainer(model_from_checkpoint(backbone), cfg, mean=backbone.mean, std=backbone.std)
     chunks = chunk_data(trainer, target_train, target_val, sp.n_chunks)
     block_names = list(trainer.model.block_names)
     named = replace(sp, study_name=f"{sp.study_name}-{method}-{config_fingerprint(params)}")
@@ -152,7 +152,7 @@ def search_baseline(
     recorder = TrialRecorder(study, len(block_names) + 1)
     evaluator = GenomeEvaluator(
         trainer, chunks, seeds=sp.seeds, base_lr=cfg.base_lr, force_head=sp.force_head_trainable,
-        recorder=recorder, progress=Progress(evo.evaluations), extra_attrs={"arch": backbone["arch"], "method": method},
+        recorder=recorder, progress=Progress(evo.evaluations), extra_attrs={"arch": backbone.arch, "method": method},
     )
     log.info("%s search on %s: %d evaluations (BioTune's N=%d E=%d G=%d), %d seed(s), %d chunk(s), study %s",
              method, trainer.device, evo.evaluations, evo.population, evo.elite, evo.generations, len(sp.seeds),
@@ -165,12 +165,12 @@ def search_baseline(
     trials = _trials_table(rows, block_names)
     trained = int(sum(len(r.get("val_accs", [])) for r in evaluator.rows))
     best_genome = genome_record(
-        outcome.best_genes, fitness=outcome.best_fitness, key=outcome.best_key, arch=backbone["arch"],
+        outcome.best_genes, fitness=outcome.best_fitness, key=outcome.best_key, arch=backbone.arch,
         block_names=block_names, cfg=cfg, sp=sp, study_name=study.study_name, evaluations=outcome.evaluations,
         trainings=trained, device=str(trainer.device),
         search_seconds=float(sum(float(r.get("seconds", 0.0)) for r in evaluator.rows)),
         method=method, wall_seconds=time.perf_counter() - t0, params=dict(params),
-        dataset=backbone["dataset"], backbone_id=backbone["backbone_id"], created=now(),
+        dataset=backbone.dataset, backbone_id=backbone.backbone_id, created=now(),
         **{k: v for k, v in outcome.extra.items() if k not in ("genotype",)},
     )
     if outcome.extra.get("genotype") is not None:

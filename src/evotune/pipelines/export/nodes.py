@@ -71,7 +71,7 @@ def _verify(model, tv_model, program, images: torch.Tensor, mean, std, batch: in
 def _test_metrics(model, target_test: dict, backbone: dict, training_params: dict) -> dict:
     """The exported seed's test metrics, computed as evaluate_on_test computes them (the
     project's evaluation, on the training device)."""
-    trainer = Trainer(model, TrainConfig.from_params(training_params), mean=backbone["mean"], std=backbone["std"])
+    trainer = Trainer(model, TrainConfig.from_params(training_params), mean=backbone.mean, std=backbone.std)
     _, conf = trainer.evaluate(DeviceData.from_split(target_test, trainer.device))
     return {**classification_metrics(conf.cpu().numpy()), "n_test_images": int(len(target_test.labels))}
 
@@ -102,7 +102,7 @@ def export_best_model(
     crop = int(target_test.images.shape[-1])
     if int(preprocessing["center_crop"]) != crop:
         raise ValueError(f"target_test holds {crop}px images but records a {preprocessing['center_crop']}px crop.")
-    mean, std = backbone["mean"], backbone["std"]
+    mean, std = backbone.mean, backbone.std
 
     description = torchvision_description(model)
     weights = torchvision_state_dict(model)
@@ -121,7 +121,7 @@ def export_best_model(
         model=model, description=description, classes=list(target_test.classes),
         preprocessing=preprocessing, mean=mean, std=std, run=run, retrained=retrained_models,
         selection=p.selection, test_metrics=test_metrics, verification=verification,
-        weights_sha256=weights_fingerprint(weights), backbone_source=str(backbone.get("source", "")),
+        weights_sha256=weights_fingerprint(weights), backbone_source=str(backbone.source),
     )
     log.info("exported %s (seed %d, %s): val macro acc %.4f, test accuracy %.4f",
              model.arch, run.seed, p.selection, run.best_val_acc, test_metrics["accuracy"])

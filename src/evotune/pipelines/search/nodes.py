@@ -80,7 +80,7 @@ def study_name_for(sp: SearchParams, cfg: TrainConfig, backbone: dict, train: di
     relevant = {k: v for k, v in sp.__dict__.items() if k not in ignored}
     training = {k: v for k, v in cfg.__dict__.items() if k not in ("device", "cpu_threads")}
     fp = config_fingerprint(
-        relevant, training, tensor_fingerprint(backbone["state_dict"]),
+        relevant, training, tensor_fingerprint(backbone.state_dict),
         tensor_fingerprint(train.labels, train.chunks, train.images),
         tensor_fingerprint(val.labels, val.chunks, val.images),
     )
@@ -140,7 +140,7 @@ def _setup(backbone: dict, target_train: dict, target_val: dict, search_params: 
             f"{sp.train_split_pct} asks for {sp.n_chunks}: rerun the data stage "
             "(kedro run --from-nodes split_dataset) after changing search.train_split_pct."
         )
-    trainer = Trainer(model_from_checkpoint(backbone), cfg, mean=backbone["mean"], std=backbone["std"])
+    trainer = Trainer(model_from_checkpoint(backbone), cfg, mean=backbone.mean, std=backbone.std)
     chunks = chunk_data(trainer, target_train, target_val, sp.n_chunks)
     name = study_name_for(sp, cfg, backbone, target_train, target_val)
     study = open_study(sp.storage, name)
@@ -189,7 +189,7 @@ def run_search(
     block_names = list(trainer.model.block_names)
     log.info(
         "BioTune search on %s: %s (%d blocks), N=%d E=%d G=%d, %d seed(s), %d chunk(s), %d evaluations, study %s",
-        trainer.device, backbone["arch"], len(block_names), evo.population, evo.elite,
+        trainer.device, backbone.arch, len(block_names), evo.population, evo.elite,
         evo.generations, len(sp.seeds), sp.n_chunks, evo.evaluations, study.study_name,
     )
     study.set_user_attr("finished", False)
@@ -198,7 +198,7 @@ def run_search(
         log.info("the study already holds %d finished evaluations: they are reused", recorder.completed)
     evaluator = GenomeEvaluator(
         trainer, chunks, seeds=sp.seeds, base_lr=cfg.base_lr, force_head=sp.force_head_trainable,
-        recorder=recorder, queue=queue, progress=Progress(evo.evaluations), extra_attrs={"arch": backbone["arch"]},
+        recorder=recorder, queue=queue, progress=Progress(evo.evaluations), extra_attrs={"arch": backbone.arch},
         poll_s=sp.worker_poll_s,
     )
     pop_rows: list[dict] = []
@@ -226,11 +226,11 @@ def run_search(
 
     best = result.best
     best_genome = genome_record(
-        best.genes, fitness=best.fitness, key=best.key, arch=backbone["arch"], block_names=block_names,
+        best.genes, fitness=best.fitness, key=best.key, arch=backbone.arch, block_names=block_names,
         cfg=cfg, sp=sp, study_name=study.study_name, evaluations=len(trials),
         trainings=int((trials["valid"] & ~trials["cached"]).sum() * len(sp.seeds)),
         device=str(trainer.device), search_seconds=float(trials["seconds"].sum()),
-        dataset=backbone["dataset"], backbone_id=backbone["backbone_id"], created=now(),
+        dataset=backbone.dataset, backbone_id=backbone.backbone_id, created=now(),
     )
     log.info("Best genome %s (mask %s) fitness %.4f", best.key, best_genome["mask"], best.fitness)
     return trials, pd.DataFrame(pop_rows), best_genome

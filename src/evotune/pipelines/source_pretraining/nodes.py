@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...backbones import build_model, count_parameters, make_checkpoint
+from ...backbones import BackboneCheckpoint, build_model, count_parameters, make_checkpoint
 from ...data.embedded import render_printed_characters
 from ...data.split import Split
 from ...data.splitting import assign_splits
@@ -66,7 +66,7 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def pretrain_source_model(source_train: Split, source_val: Split, source_test: Split, params: dict,
-                          training_params: dict) -> tuple[dict, dict]:
+                          training_params: dict) -> tuple[BackboneCheckpoint, dict]:
     """Train ``params.arch`` from scratch on the source task (all blocks, base lr), with the
     ``training`` parameters updated by ``source_pretraining.training``."""
     cfg = TrainConfig.with_overrides(training_params, require(params, "training", "source_pretraining"),

@@ -1,0 +1,183 @@
+"""Where a backbone's weights come from: random initialisation, the torchvision ImageNet
+weights in the local torch hub cache, or an evotune backbone checkpoint file.
+
+ImageNet weights, offline
+-------------------------
+``build_model(arch, n, weights="imagenet")`` loads the torchvision ImageNet weights from
+the local torch hub cache, ``<hub dir>/checkpoints/<file named in the weights URL>``,
+where the hub dir is ``<torch_home>/hub`` when ``backbone.torch_home`` is set, else
+``torch.hub.get_dir()`` (which honours ``TORCH_HOME``). That file is the one loading
+path: nothing is ever downloaded (this machine may be offline). When it cannot be used,
+:func:`imagenet_weights_problem` gives the one message that says so, naming the file to
+put there and where to get it; :func:`build_model` raises it as
+:class:`~evotune.backbones.registry.BackboneWeightsError`, and the parameter checks run
+before a ``kedro run`` (:mod:`evotune.validation`, :mod:`evotune.paper_setting`) report
+the same text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .registry import (
+    _ALIASES,
+    ARCHITECTURES,
+    PARAMS_FILE,
+    ArchSpec,
+    BackboneWeightsError,
+    _construct_torchvision,
+    _empty_torchvision,
+    _normalise_name,
+    get_arch,
+    staged_from_torchvision,
+)
+from .staged import StagedModel, replace_head
+
+__all__ = ["build_model", "imagenet_weights_path", "imagenet_weights_problem"]
+
+_DENSENET_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _no_imagenet_weights(spec: ArchSpec) -> str:
+    return (
+        f"Architecture {spec.name!r} has no ImageNet weights. Set `backbone.weights` in "
+        f"{PARAMS_FILE} to none (random initialisation) or to the path of an evotune "
+        "backbone checkpoint, or pick an architecture that has them: "
+        f"{', '.join(n for n, s in ARCHITECTURES.items() if s.imagenet_weights)}."
+    )
+
+
+def _imagenet_weights_enum(spec: ArchSpec):
+    import torchvision.models
+
+    if spec.imagenet_weights is None:
+        raise BackboneWeightsError(_no_imagenet_weights(spec))
+    return torchvision.models.get_weight(spec.imagenet_weights)
+
+
+def imagenet_weights_path(arch: str, torch_home: str | os.PathLike | None = None) -> Path:
+    """Where the ImageNet weights of ``arch`` are expected in the torch hub cache.
+
+    ``<torch_home>/hub/checkpoints/<file>`` if ``torch_home`` is given, else
+    ``torch.hub.get_dir()/checkpoints/<file>`` (which honours ``TORCH_HOME``).
+    """
+    spec = get_arch(arch)
+    url = _imagenet_weights_enum(spec).url
+    hub_dir = (
+        os.path.join(os.path.expanduser(os.fspath(torch_home)), "hub")
+        if torch_home is not None
+        else torch.hub.get_dir()
+    )
+    return Path(hub_dir) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def imagenet_weights_problem(arch: str, torch_home: str | os.PathLike | None = None) -> str | None:
+    """The one message saying why the ImageNet weights of ``arch`` cannot be used here, or
+    ``None`` when their file is in the torch hub cache. Looks at the file system only."""
+    spec = get_arch(arch)
+    if spec.imagenet_weights is None:
+        return _no_imagenet_weights(spec)
+    path = imagenet_weights_path(spec.name, torch_home)
+    if path.is_file():
+        return None
+    return (
+        f"ImageNet weights of {spec.name} missing: expected the file {path} in the local torch hub "
+        f"cache (backbone.torch_home={None if torch_home is None else os.fspath(torch_home)!r}, "
+        f"TORCH_HOME={os.environ.get('TORCH_HOME', 'unset')}). This machine cannot download them "
+        f"(weights are never downloaded; it may be offline): on a machine with internet download {_imagenet_weights_enum(spec).url} "
+        f"and copy it to {path}, or set backbone.torch_home in {PARAMS_FILE} (or TORCH_HOME) to a "
+        "folder whose hub/checkpoints/ holds it. Otherwise set `backbone.weights` in "
+        f"{PARAMS_FILE} to the path of an evotune backbone checkpoint, or to none for random "
+        "initialisation."
+    )
+
+
+def _load_imagenet_state_dict(spec: ArchSpec, torch_home: str | os.PathLike | None) -> Mapping[str, Tensor]:
+    problem = imagenet_weights_problem(spec.name, torch_home)
+    if problem is not None:
+        raise BackboneWeightsError(problem)
+    path = imagenet_weights_path(spec.name, torch_home)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BackboneWeightsError(
+            f"ImageNet weights file for {spec.name!r} at {path} could not be read "
+            f"({type(exc).__name__}: {exc}). It is probably truncated or corrupt: delete "
+            f"it and fetch {_imagenet_weights_enum(spec).url} again."
+        ) from exc
+    if not isinstance(state_dict, Mapping):
+        raise BackboneWeightsError(f"{path} does not hold a state dict (got {type(state_dict).__name__})")
+    if spec.name.startswith("densenet"):
+        # The published DenseNet files use old 'norm.1'-style keys (as torchvision's own
+        # densenet loader does, rename them in place, keeping the file's _metadata).
+        for key in list(state_dict.keys()):
+            match = _DENSENET_LEGACY_KEY.match(key)
+            if match:
+                state_dict[match.group(1) + match.group(2)] = state_dict.pop(key)
+    return state_dict
+
+
+_RANDOM_WEIGHTS = {"none", "random", "scratch"}
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    *,
+    weights: str | os.PathLike | None = None,
+    torch_home: str | os.PathLike | None = None,
+) -> StagedModel:
+    """Build a :class:`StagedModel` (on CPU, training mode).
+
+    Args:
+        arch: registry name (see :data:`~evotune.backbones.registry.ARCHITECTURES`).
+        num_classes: output size of the head.
+        weights: ``None`` (or ``"none"``/``"random"``): torchvision's random init.
+            ``"imagenet"``: torchvision ImageNet weights from the local torch hub cache,
+            then a fresh head for ``num_classes``. Any other value is read as the path of
+            an evotune backbone checkpoint (see
+            :func:`~evotune.backbones.checkpoint.model_from_checkpoint`), whose arch must be ``arch``.
+        torch_home: overrides ``TORCH_HOME`` for locating ImageNet weights.
+
+    Raises:
+        UnknownArchitectureError: unknown ``arch``.
+        BackboneWeightsError: weights missing, unreadable or not matching ``arch``.
+    """
+    spec = get_arch(arch)
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if weights is None or (isinstance(weights, str) and weights.strip().lower() in _RANDOM_WEIGHTS):
+        tv_model = _construct_torchvision(spec.name, num_classes, random_init=True)
+        return staged_from_torchvision(spec.name, tv_model)
+    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
+        state_dict = _load_imagenet_state_dict(spec, torch_home)
+        weights_enum = _imagenet_weights_enum(spec)
+        tv_model = _empty_torchvision(spec.name, len(weights_enum.meta["categories"]), None)
+        try:
+            tv_model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            raise BackboneWeightsError(
+                f"ImageNet weights file {imagenet_weights_path(spec.name, torch_home)} does not "
+                f"match torchvision's {spec.name}: {exc}"
+            ) from exc
+        return replace_head(staged_from_torchvision(spec.name, tv_model), num_classes)
+    # A checkpoint path.
+    ckpt = load_checkpoint(weights)
+    if _ALIASES.get(_normalise_name(str(ckpt.arch))) != spec.name:
+        raise BackboneWeightsError(
+            f"Checkpoint {weights} holds a {ckpt.arch!r} backbone but `backbone.arch` is "
+            f"{spec.name!r}: set `backbone.arch` in {PARAMS_FILE} to {ckpt.arch!r} or "
+            "point `backbone.weights` at a checkpoint of this architecture."
+        )
+    return model_from_checkpoint(ckpt, num_classes)
+
