@@ -76,7 +76,7 @@ TINY_LINEAGE = {"dataset": "tiny", "dataset_name": "make_split"}
 def backbone_checkpoint(model, num_classes: int, **meta) -> dict:
     """A backbone artifact as the backbone stage writes it (checkpoint + lineage), for the tiny splits."""
     from evotune.backbones import make_checkpoint
-    from evotune.study import tensor_fingerprint
+    from evotune.lineage import tensor_fingerprint
 
     meta = {"input_size": 32, "resize_size": 32, "mean": [0.3] * 3, "std": [0.25] * 3, "source": "test", **meta}
     ckpt = make_checkpoint(model, num_classes=num_classes, **meta)

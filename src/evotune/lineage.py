@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timezone
+from typing import Any
 
 import pandas as pd
 
@@ -37,11 +38,11 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def check_same_lineage(stage: str, key: str, artifacts: dict[str, dict], rerun: str) -> str:
-    """All ``artifacts`` (name -> artifact dict) record the same ``key`` (``dataset`` or
-    ``backbone_id``); otherwise :class:`InputMismatchError` naming each artifact's value and
+def check_same_lineage(stage: str, key: str, artifacts: dict[str, Any], rerun: str) -> str:
+    """All ``artifacts`` (name -> artifact dict or typed :class:`~evotune.artifacts.Artifact`) record
+    the same ``key`` (``dataset`` or ``backbone_id``); otherwise :class:`InputMismatchError` naming each artifact's value and
     the command to rerun (``rerun``). Returns the common value."""
-    values = {name: (a.get(key) if isinstance(a, dict) else None) for name, a in artifacts.items()}
+    values = {name: (a.get(key) if isinstance(a, dict) else getattr(a, key, None)) for name, a in artifacts.items()}
     if len(set(values.values())) == 1 and None not in values.values():
         return next(iter(values.values()))
     what = {"dataset": "data", "backbone_id": "backbone"}.get(key, key)
@@ -50,3 +51,29 @@ def check_same_lineage(stage: str, key: str, artifacts: dict[str, dict], rerun: 
         f"{stage}: its inputs were made from different {what} ({key} {listing}); nothing was run. "
         f"This happens when an earlier run stopped half-way. Make them again together: {rerun}."
     )
+
+
+def tensor_fingerprint(*objs: Any) -> str:
+    """sha1 over the bytes of the tensors (and the text of everything else) in nested containers."""
+    import torch
+
+    h = hashlib.sha1()
+
+    def feed(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            for k in sorted(o, key=str):
+                h.update(str(k).encode())
+                feed(o[k])
+        elif isinstance(o, (list, tuple)):
+            for x in o:
+                feed(x)
+        else:
+            h.update(repr(o).encode())
+
+    for o in objs:
+        feed(o)
+    return h.hexdigest()[:10]

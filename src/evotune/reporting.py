@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .search.records import GenomeRecord
+
 # File names of the figures next to the report (``figures/<name>``); the report
 # links them with these relative paths.
 FIGURE_FILES: dict[str, str] = {
@@ -268,15 +270,12 @@ def plot_block_selection(search_population: pd.DataFrame, block_names: Sequence[
     return fig
 
 
-def plot_lr_multipliers(best_genome: Mapping[str, Any]) -> Figure:
+def plot_lr_multipliers(best_genome: GenomeRecord) -> Figure:
     """Bar chart (log y) of lr / base lr per block of the best genome; frozen blocks marked."""
-    names = list(best_genome["block_names"])
+    names = list(best_genome.block_names)
     n = len(names)
-    mults = [float(m) if m is not None else 0.0 for m in best_genome.get("lr_multipliers", [0.0] * n)]
-    if best_genome.get("block_lrs") is not None:
-        trained = [lr is not None for lr in best_genome["block_lrs"]]
-    else:
-        trained = [c == "1" for c in normalise_mask(best_genome.get("mask", ""), n)]
+    mults = [float(m) if m is not None else 0.0 for m in best_genome.lr_multipliers]
+    trained = [lr is not None for lr in best_genome.block_lrs]
     idx = [i for i in range(n) if trained[i] and mults[i] > 0]
     fig = Figure(figsize=(max(5.0, 0.8 * n + 2.0), 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -296,10 +295,7 @@ def plot_lr_multipliers(best_genome: Mapping[str, Any]) -> Figure:
     ax.set_xticks(range(n), labels=names, rotation=45, ha="right")
     ax.set_xlabel("block")
     ax.set_ylabel("lr / base lr (log scale)")
-    base = best_genome.get("base_lr")
-    title = "Best genome: learning-rate multiplier per block"
-    if base is not None:
-        title += f" (base lr {float(base):g})"
+    title = f"Best genome: learning-rate multiplier per block (base lr {float(best_genome.base_lr):g})"
     ax.set_title(title)
     ax.legend(loc="upper left")
     return fig
@@ -350,15 +346,11 @@ def _yes_no(b: Any) -> str:
     return "yes" if bool(b) else "no"
 
 
-def _best_genome_table(best: Mapping[str, Any]) -> str:
-    names = list(best["block_names"])
-    n = len(names)
-    genes = list(best.get("genes", []))
-    mults = list(best.get("lr_multipliers", [None] * n))
-    lrs = best.get("block_lrs")
-    trained = [lr is not None for lr in lrs] if lrs is not None else [
-        c == "1" for c in normalise_mask(best.get("mask", ""), n)
-    ]
+def _best_genome_table(best: GenomeRecord) -> str:
+    names = list(best.block_names)
+    genes = list(best.genes)
+    mults = list(best.lr_multipliers)
+    trained = [lr is not None for lr in best.block_lrs]
     rows = []
     for i, name in enumerate(names):
         m = mults[i] if i < len(mults) else None
@@ -370,8 +362,7 @@ def _best_genome_table(best: Mapping[str, Any]) -> str:
                 f"{float(m):.2f}x" if trained[i] and m is not None else "frozen",
             ]
         )
-    thr = best.get("threshold", genes[-1] if len(genes) > n else None)
-    rows.append(["*threshold*", "", _fmt_float(thr, 3), ""])
+    rows.append(["*threshold*", "", _fmt_float(best.threshold, 3), ""])
     return markdown_table(["block", "trained", "gene", "lr multiplier"], rows, "llrr")
 
 
@@ -423,7 +414,7 @@ def _per_seed_table(per_seed: pd.DataFrame) -> str:
 
 
 def markdown_report(
-    best_genome: Mapping[str, Any],
+    best_genome: GenomeRecord,
     summary: pd.DataFrame,
     test_metrics: Mapping[str, Any],
     test_metrics_per_seed: pd.DataFrame,
@@ -436,7 +427,7 @@ def markdown_report(
     """
     tm = test_metrics
     method = str(tm.get("method", "biotune"))
-    arch = best_genome.get("arch", "?")
+    arch = best_genome.arch
     n_seeds = int(tm.get("n_seeds", len(test_metrics_per_seed)))
     share = tm.get("trainable_share")
     if share is None and tm.get("total_params"):
@@ -456,8 +447,8 @@ def markdown_report(
         created = tm.get("inputs_created") or {}
         out.append(
             f"Data: {tm.get('dataset_name', '?')} (split fingerprint `{tm['dataset']}`); backbone `{tm.get('backbone_id')}`"
-            f" made {created.get('backbone', '?')}; search `{best_genome.get('study_name', '?')}` made "
-            f"{best_genome.get('created', '?')}; retrain made {created.get('retrained_models', '?')}."
+            f" made {created.get('backbone', '?')}; search `{best_genome.study_name}` made "
+            f"{best_genome.created}; retrain made {created.get('retrained_models', '?')}."
         )
         out.append("")
     headline = [
@@ -476,16 +467,16 @@ def markdown_report(
     out.append("")
 
     # best genome
-    fitness = best_genome.get("fitness")
+    fitness = best_genome.fitness
     out.append("## Best genome")
     out.append("")
     out.append(
-        f"Genome `{best_genome.get('key', '?')}`, mask `{normalise_mask(best_genome.get('mask', ''))}` "
+        f"Genome `{best_genome.key}`, mask `{best_genome.mask}` "
         f"(1 = trained), fitness {_fmt_float(fitness)}"
-        + (f" (validation macro accuracy {_pct(1.0 - float(fitness))} % during the search)" if fitness is not None else "")
-        + f". Base learning rate {best_genome.get('base_lr', '?')}; a trained block's rate is "
+        + f" (validation macro accuracy {_pct(1.0 - float(fitness))} % during the search)"
+        + f". Base learning rate {best_genome.base_lr}; a trained block's rate is "
         "base_lr * 10^(2 (gene - 0.5)); the head is "
-        + ("always trained." if best_genome.get("force_head_trainable", True) else "trained only when selected.")
+        + ("always trained." if best_genome.force_head_trainable else "trained only when selected.")
     )
     out.append("")
     out.append(_best_genome_table(best_genome))
@@ -499,18 +490,18 @@ def markdown_report(
     out.append("")
     settings = [
         ["architecture", arch],
-        ["blocks", len(best_genome.get("block_names", []))],
+        ["blocks", len(best_genome.block_names)],
         ["generations", f"{n_generations} (after the initial population)"],
     ]
     if len(pop0):
         settings.append(["population", int(pop0.iloc[0])])
     settings += [
-        ["evaluations", best_genome.get("evaluations", int(summary["n_evaluations"].sum()) if len(summary) else 0)],
-        ["trainings (evaluations x seeds, reused ones excluded)", best_genome.get("trainings", "-")],
+        ["evaluations", best_genome.evaluations],
+        ["trainings (evaluations x seeds, reused ones excluded)", best_genome.trainings],
         ["evaluations reused from the study", int(summary["n_cached"].sum()) if "n_cached" in summary.columns else 0],
-        ["search time (sum over evaluations)", format_duration(best_genome.get("search_seconds"))],
-        ["search device", best_genome.get("device", "-")],
-        ["study", f"`{best_genome.get('study_name', '-')}` in `{best_genome.get('storage')}`"],
+        ["search time (sum over evaluations)", format_duration(best_genome.search_seconds)],
+        ["search device", best_genome.device],
+        ["study", f"`{best_genome.study_name}` in `{best_genome.storage}`"],
         ["test device", tm.get("device", "-")],
     ]
     out.append(markdown_table(["setting", "value"], settings, "ll"))

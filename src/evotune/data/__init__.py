@@ -10,17 +10,16 @@ from .embedded import load_handwritten_digits, render_printed_characters
 from .errors import DataSourceError
 from .preprocess import decode_split
 from .sources import ImageSource, make_source, to_rgb
-from .splitting import assign_chunks, assign_splits, n_chunks_for
+from .splitting import assign_splits, chunk_ids
 
 __all__ = [
     "DataSourceError",
     "ImageSource",
-    "assign_chunks",
     "assign_splits",
+    "chunk_ids",
     "decode_split",
     "load_handwritten_digits",
     "make_source",
-    "n_chunks_for",
     "render_printed_characters",
     "to_rgb",
 ]

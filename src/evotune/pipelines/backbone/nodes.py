@@ -19,9 +19,8 @@ from ...backbones import (
 )
 from ...data.errors import DataSourceError
 from ...errors import ParameterError
-from ...lineage import dataset_fingerprint, now
+from ...lineage import dataset_fingerprint, now, tensor_fingerprint
 from ...params import from_params, require
-from ...study import tensor_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
   ``retrain.training``), keeping each seed's best state.
 * Search baselines (DEFT, random search, TPE): :func:`search_baseline` runs
   the search with BioTune's settings (``search``, ``training``) and budget
-  through the same :class:`~evotune.search.GenomeEvaluator`, each evaluation
+  through the same runner (:func:`evotune.search.runner.run_baseline`), each evaluation
   recorded in its own Optuna study (resumable like BioTune's);
   :func:`retrain_searched_genome` then retrains the best genome with
   BioTune's own :func:`~evotune.pipelines.retrain.nodes.retrain_best_genome`.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -35,11 +34,11 @@ from ...backbones import count_parameters, model_from_checkpoint
 from ...lineage import check_same_lineage, now
 from ...methods import PlanMethod, SearchMethod, check_compare_params, get_method, trainable_parameters
 from ...params import require
-from ...search import GenomeEvaluator, Progress, chunk_data
-from ...study import TrialRecorder, config_fingerprint, open_study
-from ...training import DeviceData, TrainConfig, Trainer
+from ...search.records import GenomeRecord
+from ...search.runner import run_baseline
+from ...search.store import StudyStore
+from ...training import DeviceData, Trainer
 from ..retrain.nodes import evaluate_on_test, retrain_best_genome, retrain_config, retrain_seeds
-from ..search.nodes import SearchParams, genome_record, study_name_for
 
 log = logging.getLogger(__name__)
 
@@ -115,96 +114,35 @@ def train_plan_method(
 # --------------------------------------------------------------------------- search baselines
 
 
-def _trials_table(rows: list[dict], block_names: list[str]) -> pd.DataFrame:
-    trials = pd.DataFrame(rows)
-    if trials.empty:
-        return trials
-    genes = np.array([r["genes"] for r in rows])
-    for i, b in enumerate(block_names):
-        trials[f"gene_{b}"] = genes[:, i]
-    trials["gene_threshold"] = genes[:, -1]
-    if "genotype" in trials:
-        trials["genotype"] = trials["genotype"].apply(lambda v: ";".join(f"{x:.6g}" for x in v))
-    trials = trials.drop(columns=["genes", "genome"], errors="ignore")
-    for col in ("val_accs", "epochs"):
-        if col in trials:
-            trials[col] = trials[col].apply(lambda v: ";".join(f"{x:.6g}" for x in v))
-    return trials
-
-
 def search_baseline(
     backbone: dict,
     target_train: dict,
     target_val: dict,
+    search_study_store: StudyStore,
     compare_params: dict,
     method_params: dict | None,
     search_params: dict,
     training_params: dict,
     *,
     method: str,
-) -> tuple[pd.DataFrame, dict]:
-    """Run a search baseline with BioTune's settings and evaluation budget; returns (trials, best genome)."""
+) -> tuple[pd.DataFrame, GenomeRecord]:
+    """Run a search baseline with BioTune's settings and evaluation budget; returns (trials, best genome)
+    (:func:`evotune.search.runner.run_baseline`)."""
     if not chosen(method, compare_params):
-        return pd.DataFrame({"skipped": [True]}), _skipped(method)
+        _skipped(method)
+        return pd.DataFrame({"skipped": [True]}), GenomeRecord.skipped_method(method)
     m = get_method(method)
     if not isinstance(m, SearchMethod):
         raise ValueError(f"{method} is not a search method")
-    params = m.resolve_params(method_params or {})
-    t0 = time.perf_counter()
-    sp = SearchParams.from_params(search_params)
-    cfg = TrainConfig.from_params(training_params)
-    check_same_lineage(f"compare.{method}", "dataset",
-                       {"backbone": backbone, "target_train": target_train, "target_val": target_val},
-                       "kedro run --from-nodes split_dataset (or the whole kedro run), then the compare pipeline")
-    evo = sp.evolution()
-    n_chunks_data = int(target_train["chunks"].max()) + 1
-    if n_chunks_data != sp.n_chunks:
-        raise ValueError(
-            f"The training split has {n_chunks_data} search chunk(s) but search.train_split_pct="
-            f"{sp.train_split_pct} asks for {sp.n_chunks}: rerun the data stage after changing it."
-        )
-    trainer = Trainer(model_from_checkpoint(backbone), cfg, mean=backbone["mean"], std=backbone["std"])
-    chunks = chunk_data(trainer, target_train, target_val, sp.n_chunks)
-    block_names = list(trainer.model.block_names)
-    named = replace(sp, study_name=f"{sp.study_name}-{method}-{config_fingerprint(params)}")
-    study = open_study(sp.storage, study_name_for(named, cfg, backbone, target_train, target_val))
-    recorder = TrialRecorder(study, len(block_names) + 1)
-    evaluator = GenomeEvaluator(
-        trainer, chunks, seeds=sp.seeds, base_lr=cfg.base_lr, force_head=sp.force_head_trainable,
-        recorder=recorder, progress=Progress(evo.evaluations), extra_attrs={"arch": backbone["arch"], "method": method},
-    )
-    log.info("%s search on %s: %d evaluations (BioTune's N=%d E=%d G=%d), %d seed(s), %d chunk(s), study %s",
-             method, trainer.device, evo.evaluations, evo.population, evo.elite, evo.generations, len(sp.seeds),
-             sp.n_chunks, study.study_name)
-    outcome = m.search(evaluator, len(block_names), evo, n_chunks=sp.n_chunks, **params)
-    # the evaluator's rows carry the training facts, the budget's rows the method's own (e.g. DEFT's genotype)
-    by_key = {r["key"]: r for r in outcome.rows}
-    rows = [{**by_key[erow["key"]], **erow} for erow in evaluator.rows]
-    rows.sort(key=lambda r: r["index"])
-    trials = _trials_table(rows, block_names)
-    trained = int(sum(len(r.get("val_accs", [])) for r in evaluator.rows))
-    best_genome = genome_record(
-        outcome.best_genes, fitness=outcome.best_fitness, key=outcome.best_key, arch=backbone["arch"],
-        block_names=block_names, cfg=cfg, sp=sp, study_name=study.study_name, evaluations=outcome.evaluations,
-        trainings=trained, device=str(trainer.device),
-        search_seconds=float(sum(float(r.get("seconds", 0.0)) for r in evaluator.rows)),
-        method=method, wall_seconds=time.perf_counter() - t0, params=dict(params),
-        dataset=backbone["dataset"], backbone_id=backbone["backbone_id"], created=now(),
-        **{k: v for k, v in outcome.extra.items() if k not in ("genotype",)},
-    )
-    if outcome.extra.get("genotype") is not None:
-        best_genome["genotype"] = [float(x) for x in outcome.extra["genotype"]]
-    log.info("%s: best genome %s (mask %s) fitness %.4f after %d evaluations", method, outcome.best_key,
-             best_genome["mask"],
-             outcome.best_fitness, outcome.evaluations)
-    return trials, best_genome
+    return run_baseline(m, m.resolve_params(method_params or {}), backbone, target_train, target_val,
+                        search_study_store, search_params, training_params)
 
 
 def retrain_searched_genome(
     backbone: dict,
     target_train: dict,
     target_val: dict,
-    best_genome: dict,
+    best_genome: GenomeRecord,
     compare_params: dict,
     training_params: dict,
     retrain_params: dict,
@@ -212,18 +150,18 @@ def retrain_searched_genome(
     method: str,
 ) -> dict:
     """Retrain a search baseline's best genome exactly as BioTune's (``retrain_best_genome``)."""
-    if not chosen(method, compare_params) or best_genome.get("skipped"):
+    if not chosen(method, compare_params) or best_genome.skipped:
         return _skipped(method)
     t0 = time.perf_counter()
     retrained = retrain_best_genome(
         backbone, target_train, target_val, best_genome,
         {"seeds": _seeds(compare_params), "training": require(retrain_params, "training", "retrain")}, training_params,
     )
-    retrained.update(method=method, variant=method, params=best_genome.get("params", {}))
+    retrained.update(method=method, variant=method, params=best_genome.params or {})
     return {
         "method": method, "kind": "search", "variants": [retrained],
-        "search": {k: best_genome.get(k) for k in ("evaluations", "trainings", "search_seconds", "wall_seconds",
-                                                    "mask", "genes", "fitness", "study_name")},
+        "search": {k: getattr(best_genome, k) for k in ("evaluations", "trainings", "search_seconds", "wall_seconds",
+                                                        "mask", "genes", "fitness", "study_name")},
         "wall_seconds": time.perf_counter() - t0,
     }
 
@@ -287,22 +225,22 @@ def _row(m: dict, *, method: str, variant: str | None = None, kind: str = "metho
     }
 
 
-def biotune_row(test_metrics: dict, test_metrics_per_seed: pd.DataFrame, best_genome: dict) -> dict:
+def biotune_row(test_metrics: dict, test_metrics_per_seed: pd.DataFrame, best_genome: GenomeRecord) -> dict:
     """BioTune's row from the default pipeline's outputs."""
     retrain_s = float(test_metrics_per_seed["train_seconds"].sum()) if "train_seconds" in test_metrics_per_seed else 0.0
     m = {
         **test_metrics,
-        "evaluations": best_genome.get("evaluations"),
-        "trainings": int(best_genome.get("trainings") or 0) + int(test_metrics.get("n_seeds", 0)),
-        "compute_seconds": float(best_genome.get("search_seconds") or 0.0) + retrain_s,
+        "evaluations": best_genome.evaluations,
+        "trainings": int(best_genome.trainings) + int(test_metrics.get("n_seeds", 0)),
+        "compute_seconds": float(best_genome.search_seconds) + retrain_s,
         "wall_seconds": None,
         "selected_by": None,
     }
-    return _row(m, method="biotune", variant=f"biotune[{best_genome.get('mask', '')}]")
+    return _row(m, method="biotune", variant=f"biotune[{best_genome.mask}]")
 
 
 def comparison_table(compare_params: dict, test_metrics: dict, test_metrics_per_seed: pd.DataFrame,
-                     best_genome: dict, *method_metrics: dict) -> pd.DataFrame:
+                     best_genome: GenomeRecord, *method_metrics: dict) -> pd.DataFrame:
     """One row per method (BioTune first), then one ``variant`` row per surgical block.
 
     ``test_accuracy`` is mean ± std over seeds of the test accuracy, in %;

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 from ... import reporting as R
 from ...lineage import check_same_lineage
+from ...search.records import GenomeRecord
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,12 @@ def summarise_generations(search_population: pd.DataFrame, search_trials: pd.Dat
 
 
 def plot_search_figures(
-    generation_summary: pd.DataFrame, search_population: pd.DataFrame, best_genome: dict
+    generation_summary: pd.DataFrame, search_population: pd.DataFrame, best_genome: GenomeRecord
 ) -> tuple[Figure, Figure, Figure]:
     """Fitness per generation, block-selection heatmap, best genome's lr multipliers."""
     return (
         R.plot_fitness(generation_summary),
-        R.plot_block_selection(search_population, best_genome["block_names"]),
+        R.plot_block_selection(search_population, best_genome.block_names),
         R.plot_lr_multipliers(best_genome),
     )
 
@@ -45,7 +46,7 @@ def plot_confusion_matrix(test_metrics: dict) -> Figure:
 
 
 def report_figures(
-    generation_summary: pd.DataFrame, search_population: pd.DataFrame, best_genome: dict, test_metrics: dict
+    generation_summary: pd.DataFrame, search_population: pd.DataFrame, best_genome: GenomeRecord, test_metrics: dict
 ) -> dict[str, Figure]:
     """All figures of the report, keyed by their file name under ``figures/``."""
     fitness, blocks, lrs = plot_search_figures(generation_summary, search_population, best_genome)
@@ -55,7 +56,7 @@ def report_figures(
 
 
 def write_report(
-    best_genome: dict,
+    best_genome: GenomeRecord,
     generation_summary: pd.DataFrame,
     search_population: pd.DataFrame,
     test_metrics: dict,

@@ -12,7 +12,8 @@ from ...errors import ParameterError
 from ...lineage import check_same_lineage, now
 from ...metrics import classification_metrics, mean_std
 from ...params import check_type, require, where
-from ...search import genome_plan
+from ...search.evaluator import genome_plan
+from ...search.records import GenomeRecord
 from ...training import DeviceData, TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def retrain_config(training_params: dict, retrain_params: dict) -> TrainConfig:
 
 
 def retrain_best_genome(
-    backbone: dict, target_train: dict, target_val: dict, best_genome: dict, retrain_params: dict, training_params: dict
+    backbone: dict, target_train: dict, target_val: dict, best_genome: GenomeRecord, retrain_params: dict,
+    training_params: dict,
 ) -> dict:
     """Train the best genome on all training chunks, once per seed; keep the best epoch by validation."""
     cfg = retrain_config(training_params, retrain_params)
@@ -44,15 +46,15 @@ def retrain_best_genome(
                                               "target_val": target_val, "best_genome": best_genome}, rerun)
     check_same_lineage("retrain", "backbone_id", {"backbone": backbone, "best_genome": best_genome}, rerun)
     model = model_from_checkpoint(backbone)
-    if list(model.block_names) != list(best_genome["block_names"]):
+    if list(model.block_names) != list(best_genome.block_names):
         raise ValueError(
-            f"best_genome was found for blocks {best_genome['block_names']} but the backbone has "
+            f"best_genome was found for blocks {best_genome.block_names} but the backbone has "
             f"{list(model.block_names)}: rerun the search after changing the backbone."
         )
     trainer = Trainer(model, cfg, mean=backbone["mean"], std=backbone["std"])
     train = DeviceData.from_split(target_train, trainer.device)
     val = DeviceData.from_split(target_val, trainer.device)
-    plan = genome_plan(best_genome["genes"], cfg.base_lr, force_head=best_genome["force_head_trainable"],
+    plan = genome_plan(best_genome.genes, cfg.base_lr, force_head=best_genome.force_head_trainable,
                        name="best_genome")
     runs = []
     for seed in retrain_seeds(retrain_params):
@@ -65,7 +67,7 @@ def retrain_best_genome(
     trainable = count_parameters(model, plan.trained_blocks)
     return {
         "method": "biotune",
-        "genome": best_genome,
+        "genome": best_genome.to_dict(),
         "block_lrs": plan.block_lrs,
         "trainable_params": int(trainable),
         "total_params": int(count_parameters(model)),
