@@ -33,6 +33,13 @@ def train_config(**overrides):
     return TrainConfig.from_params({**base_parameters()["training"], **overrides})
 
 
+def search_config(**overrides):
+    """A SearchConfig from conf/base's `search`, with ``overrides``."""
+    from evotune.search.config import SearchConfig
+
+    return SearchConfig.from_params({**base_parameters()["search"], **overrides})
+
+
 def method_params(name: str, **overrides) -> dict:
     """conf/base's `compare.<name>` parameters with ``overrides``."""
     return {**base_parameters()["compare"][name], **overrides}

@@ -15,6 +15,8 @@ from evotune.data.sources import ImageSource
 from evotune.errors import EvotuneError
 from evotune.pipelines.data_processing import create_pipeline
 from evotune.pipelines.data_processing.nodes import ingest_index, preprocess_splits, split_dataset
+from evotune.search.config import SearchConfig
+from evotune.search.runner import search_chunks
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
@@ -95,7 +97,8 @@ def test_decode_split_rejects_crop_larger_than_resize():
 def test_pipeline_nodes_on_the_embedded_default(tmp_path):
     params = yaml.safe_load((CONF / "parameters_data_processing.yml").read_text())["data"]
     assert params["source"]["kind"] == "embedded_digits"
-    search = {"train_split_pct": 0.5}
+    search = SearchConfig.from_params({**base_parameters()["search"], "train_split_pct": 0.5,
+                                       "chunk_seed": params["split"]["seed"]})
 
     # through the project's catalog entries (CSV round trip and torch files), in tmp_path
     from kedro.io import DataCatalog
@@ -108,7 +111,7 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path):
     raw = ingest_index(params)
     assert len(raw) == 1797 and list(raw.columns) == ["item", "label", "class_name", "official_split"]
     catalog.save("target_index_raw", raw)
-    index = split_dataset(catalog.load("target_index_raw"), params, search)
+    index = split_dataset(catalog.load("target_index_raw"), params)
     catalog.save("target_index", index)
     index = catalog.load("target_index")
     per = index.groupby(["split", "label"]).size()
@@ -123,8 +126,10 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path):
         assert split["images"].shape == (n, 3, size, size) and split["images"].dtype == torch.uint8
         assert split["labels"].dtype == torch.int64 and split["chunks"].dtype == torch.int64
         assert split["classes"] == [str(d) for d in range(10)] and len(split["items"]) == n
-    assert sorted(train["chunks"].unique().tolist()) == [0, 1] and (test["chunks"] == -1).all()
-    assert torch.bincount(train["labels"][train["chunks"] == 0]).tolist() == [params["split"]["train_per_class"] // 2] * 10
+    # the search cuts train and val into its chunks (here 2: search.train_split_pct 0.5)
+    train_chunks, val_chunks = search_chunks(train, val, n_chunks=search.n_chunks, seed=search.chunk_seed)
+    assert sorted(train_chunks.unique().tolist()) == [0, 1] and sorted(val_chunks.unique().tolist()) == [0, 1]
+    assert torch.bincount(train["labels"][train_chunks == 0]).tolist() == [params["split"]["train_per_class"] // 2] * 10
     assert not set(train["items"]) & set(val["items"]) and not set(val["items"]) & set(test["items"])
 
     catalog.save("target_train", train)
@@ -135,7 +140,7 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path):
 def test_pipeline_shape():
     pipe = create_pipeline()
     assert [n.name for n in pipe.nodes] == ["ingest_index", "split_dataset", "preprocess_splits"]
-    assert pipe.inputs() == {"params:data", "params:search"}
+    assert pipe.inputs() == {"params:data"}
     assert pipe.outputs() == {"target_train", "target_val", "target_test"}
 
 

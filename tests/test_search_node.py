@@ -166,3 +166,32 @@ def test_stages_refuse_inputs_made_from_other_data_or_another_backbone(backbone,
     retrained = retrain_best_genome(backbone, train, val, best, retrain, TRAINING)
     with pytest.raises(InputMismatchError, match="evaluate_on_test.*target_test: elsewhere"):
         evaluate_on_test(backbone, retrained, {**test, "dataset": "elsewhere"}, TRAINING)
+
+
+def test_search_outputs_round_trip_through_the_catalog(backbone, splits, tmp_path):
+    """search_trials and search_population as Parquet (lists stay lists, masks stay strings), best_genome as a
+    typed GenomeRecord, and the study store from its catalog entry."""
+    import yaml
+    from conftest import ROOT
+    from kedro.io import DataCatalog
+
+    from evotune.search.records import GenomeRecord
+
+    cfg = yaml.safe_load((ROOT / "conf/base/catalog.yml").read_text())
+    entries = {n: cfg[n] for n in ("search_trials", "search_population", "best_genome")}
+    for e in entries.values():
+        e["filepath"] = str(tmp_path / e["filepath"])
+    entries["search_study_store"] = {"type": "evotune.io.StudyStoreDataset", "storage": None}
+    catalog = DataCatalog.from_config(entries)
+    assert catalog.load("search_study_store") == MEMORY
+    trials, population, best = run_search(backbone, *splits[:2], MEMORY, search_params(generations=1), TRAINING)
+    for name, data in (("search_trials", trials), ("search_population", population), ("best_genome", best)):
+        catalog.save(name, data)
+    loaded = catalog.load("search_trials")
+    valid = loaded[loaded["valid"]].iloc[0]
+    assert list(valid["val_accs"]) == trials[trials["valid"]].iloc[0]["val_accs"]
+    assert [list(h) for h in valid["val_histories"]] == trials[trials["valid"]].iloc[0]["val_histories"]
+    assert loaded["mask"].tolist() == trials["mask"].tolist() and loaded["mask"].map(type).eq(str).all()
+    assert catalog.load("search_population")["mask"].tolist() == population["mask"].tolist()
+    again = catalog.load("best_genome")
+    assert isinstance(again, GenomeRecord) and again == best

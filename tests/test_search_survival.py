@@ -13,8 +13,8 @@ import torch
 from conftest import backbone_checkpoint, base_parameters, make_split
 
 from evotune.backbones import build_model
-from evotune.search.queue import UNITS_SUFFIX
 from evotune.pipelines.search.nodes import run_search
+from evotune.search.queue import UNITS_SUFFIX
 from evotune.search.store import StudyStore, make_storage
 
 HERE = Path(__file__).parent
