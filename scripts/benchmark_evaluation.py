@@ -72,7 +72,7 @@ from evotune.backbones import (  # noqa: E402
 )
 from evotune.genome import decode, random_genome  # noqa: E402
 from evotune.reference import decode_once, encode_png, naive_train  # noqa: E402
-from evotune.search import genome_plan  # noqa: E402
+from evotune.search.evaluator import genome_plan  # noqa: E402
 from evotune.training import (  # noqa: E402
     DeviceData,
     TrainConfig,

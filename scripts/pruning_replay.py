@@ -3,7 +3,7 @@
 
 Issue 5 asks to *measure first* before stopping hopeless genome evaluations early
 against the population so far. This script takes the trials table of a finished
-search (``data/07_model_output/search_trials.csv/<version>/search_trials.csv``, which
+search (``data/07_model_output/search_trials.parquet/<version>/search_trials.parquet``, which
 records each seed's validation accuracy after every epoch) and replays, in the order
 the search ran them, a percentile pruning rule of the kind Optuna's
 ``PercentilePruner`` applies:
@@ -25,7 +25,7 @@ top genome changes the search, not only its cost.
 
 Example::
 
-    python scripts/pruning_replay.py data/07_model_output/search_trials.csv/<version>/search_trials.csv
+    python scripts/pruning_replay.py data/07_model_output/search_trials.parquet/<version>/search_trials.parquet
 """
 
 from __future__ import annotations
@@ -51,22 +51,18 @@ class Rule:
         return s + (" +skip seeds" if self.skip_seeds else "")
 
 
-def parse_histories(cell: str) -> list[list[float]]:
-    if not isinstance(cell, str) or not cell.strip():
-        return []
-    return [[float(x) for x in part.split(",") if x] for part in cell.split(";")]
-
-
 def load_trials(path: Path) -> pd.DataFrame:
     if not path.exists():
-        raise SystemExit(f"{path}: no such file. Give the search_trials.csv of a finished search "
-                         "(data/07_model_output/search_trials.csv/<version>/search_trials.csv).")
-    trials = pd.read_csv(path, dtype={"val_histories": str, "val_accs": str, "epochs": str, "mask": str})
-    if "val_histories" not in trials.columns:
-        raise SystemExit(f"{path} has no val_histories column: it was written by an older version of the "
-                         "project. Run the search again (kedro run --pipelines search) to record them.")
-    trials = trials[trials["valid"].astype(bool) & ~trials["cached"].astype(bool)].copy()
-    trials["histories"] = trials["val_histories"].map(parse_histories)
+        raise SystemExit(f"{path}: no such file. Give the search_trials.parquet of a finished search "
+                         "(data/07_model_output/search_trials.parquet/<version>/search_trials.parquet).")
+    try:
+        trials = pd.read_parquet(path)
+    except Exception as exc:  # not Parquet (an old search_trials.csv), or not a trials table
+        raise SystemExit(f"{path} is not a search_trials.parquet with per-epoch histories ({type(exc).__name__}). "
+                         "Give the one a search writes (data/07_model_output/search_trials.parquet/<version>/"
+                         "search_trials.parquet); run the search again (kedro run --pipelines search) for it.") from None
+    trials = trials[trials["valid"] & ~trials["cached"]].copy()
+    trials["histories"] = trials["val_histories"].map(lambda hs: [[float(x) for x in h] for h in hs])
     trials = trials[trials["histories"].map(len) > 0]
     if trials.empty:
         raise SystemExit(f"{path}: no trained evaluation with per-epoch histories (all cached or invalid?).")
@@ -124,7 +120,7 @@ def replay(trials: pd.DataFrame, rule: Rule) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("trials", type=Path, help="search_trials.csv of a finished search")
+    ap.add_argument("trials", type=Path, help="search_trials.parquet of a finished search")
     ap.add_argument("--percentiles", type=float, nargs="+", default=[10, 25, 50])
     ap.add_argument("--warmups", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--min-reference", type=int, default=5)

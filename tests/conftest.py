@@ -33,6 +33,13 @@ def train_config(**overrides):
     return TrainConfig.from_params({**base_parameters()["training"], **overrides})
 
 
+def search_config(**overrides):
+    """A SearchConfig from conf/base's `search`, with ``overrides``."""
+    from evotune.search.config import SearchConfig
+
+    return SearchConfig.from_params({**base_parameters()["search"], **overrides})
+
+
 def method_params(name: str, **overrides) -> dict:
     """conf/base's `compare.<name>` parameters with ``overrides``."""
     return {**base_parameters()["compare"][name], **overrides}
@@ -49,7 +56,7 @@ def _deterministic_torch():
     yield
 
 
-def make_split(n_per_class: int, num_classes: int, size: int = 32, n_chunks: int = 1, seed: int = 0):
+def make_split(n_per_class: int, num_classes: int, size: int = 32, seed: int = 0):
     """A small learnable :class:`~evotune.data.split.Split`: class k is a bright square at a class-specific place."""
     from evotune.data.split import Split
 
@@ -60,11 +67,9 @@ def make_split(n_per_class: int, num_classes: int, size: int = 32, n_chunks: int
     cell = size // num_classes
     for i, y in enumerate(labels.tolist()):
         images[i, :, y * cell : (y + 1) * cell, :] += 150
-    chunks = torch.arange(n) % n_chunks
     return Split(
         images=images,
         labels=labels.long(),
-        chunks=chunks.long(),
         classes=[f"c{k}" for k in range(num_classes)],
         items=[str(i) for i in range(n)],
         **TINY_LINEAGE,
@@ -80,7 +85,7 @@ def backbone_checkpoint(model, num_classes: int, **meta):
     import dataclasses
 
     from evotune.backbones import make_checkpoint
-    from evotune.study import tensor_fingerprint
+    from evotune.lineage import tensor_fingerprint
 
     meta = {"input_size": 32, "resize_size": 32, "mean": [0.3] * 3, "std": [0.25] * 3, "source": "test", **meta}
     ckpt = make_checkpoint(model, num_classes=num_classes, **meta)

@@ -17,6 +17,7 @@ from evotune.io import SafetensorsDataset, TorchExportDataset
 from evotune.pipelines.export.nodes import export_best_model
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
 from evotune.retraining import TrainedRun, TrainedVariant
+from evotune.search.records import GenomeRecord, genome_record
 from evotune.training import Normalizer
 
 TRAINING = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64,
@@ -47,7 +48,7 @@ class Export:
             return model(norm(images))
 
 
-def _untrained_runs(model, genome: dict, seeds) -> TrainedVariant:
+def _untrained_runs(model, genome: GenomeRecord, seeds) -> TrainedVariant:
     """Runs as retrain_best_genome returns them, without training: the random weights with
     random batch-norm statistics (so that eval mode uses them), a different draw per seed."""
     runs = []
@@ -68,9 +69,9 @@ def _untrained_runs(model, genome: dict, seeds) -> TrainedVariant:
         runs.append(TrainedRun(seed=int(seed), state_dict=state, best_val_acc=0.5 + 0.1 * i, best_epoch=1,
                                epochs_run=1, history=[], seconds=0.0, diverged=False))
     return TrainedVariant(method="biotune", variant="biotune", params={}, genome=genome,
-                          block_lrs=[1e-3 * 10 ** (2 * (0.8 - 0.5))] * len(genome["block_names"]), trainable_params=1,
-                          total_params=1, device="cpu", runs=runs, dataset=genome["dataset"],
-                          backbone_id=genome["backbone_id"], created="2026-01-01T00:00:00Z")
+                          block_lrs=[1e-3 * 10 ** (2 * (0.8 - 0.5))] * len(genome.block_names), trainable_params=1,
+                          total_params=1, device="cpu", runs=runs, dataset=genome.dataset,
+                          backbone_id=genome.backbone_id, created="2026-01-01T00:00:00Z")
 
 
 def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size: int = 32, train: bool = True) -> Export:
@@ -85,9 +86,10 @@ def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size
     for split in (train_split, val, test):
         split.preprocessing = preprocessing_record(size, size)
         split.classes = [f"class_{k}" for k in range(num_classes)]
-    genome = {"block_names": list(spec.block_names), "genes": [0.8] * spec.num_blocks + [0.5], "key": "test",
-              "mask": "1" * spec.num_blocks, "threshold": 0.5, "force_head_trainable": True,
-              "dataset": backbone.dataset, "backbone_id": backbone.backbone_id}
+    genome = genome_record([0.8] * spec.num_blocks + [0.5], fitness=0.5, key="test", backbone=backbone,
+                           block_names=list(spec.block_names), base_lr=TRAINING["base_lr"], force_head=True,
+                           study_name="test", storage=None, evaluations=1, trainings=1, device="cpu",
+                           search_seconds=0.0, created="2026-01-01T00:00:00Z")
     if train:
         retrained = retrain_best_genome(backbone, train_split, val, genome, {"seeds": [3, 4], "training": {}}, TRAINING)
     else:

@@ -10,6 +10,7 @@ import sys
 import torch
 
 from evotune.pipelines.search.nodes import run_search, run_search_worker
+from evotune.search.store import StudyStore
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -19,10 +20,11 @@ if __name__ == "__main__":
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     role, path = sys.argv[1], sys.argv[2]
     inputs = torch.load(path, weights_only=False)
-    args = (inputs["backbone"], inputs["train"], inputs["val"], inputs["search"], inputs["training"])
+    args = (inputs["backbone"], inputs["train"], inputs["val"], StudyStore(inputs["storage"]), inputs["search"],
+            inputs["training"])
     if role == "search":
         trials, _, best = run_search(*args)
-        print("BEST", best["key"], best["fitness"], flush=True)
+        print("BEST", best.key, best.fitness, flush=True)
     else:
         log = run_search_worker(*args)
         print("WORKER_UNITS", len(log), flush=True)

@@ -149,8 +149,9 @@ data:
     # --- the scripts
     "python scripts/transfer_check.py": Expect(run="python scripts/transfer_check.py --seeds 1",
                                                says=("from scratch",)),
-    "python scripts/pruning_replay.py <search_trials.csv>": Expect(
-        run="python scripts/pruning_replay.py $(ls data/07_model_output/search_trials.csv/*/search_trials.csv | tail -1)",
+    "python scripts/pruning_replay.py <search_trials.parquet>": Expect(
+        run="python scripts/pruning_replay.py "
+            "$(ls data/07_model_output/search_trials.parquet/*/search_trials.parquet | tail -1)",
         says=("trained evaluations",)),
     "python scripts/benchmark_evaluation.py --checkpoint data/06_models/source_model.pt/<version>/source_model.pt "
     "--seeds 684 559 --repeats 2 --population 8 --out bench.json": Expect(

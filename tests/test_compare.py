@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import backbone_checkpoint, base_parameters, make_split, method_params
+from conftest import backbone_checkpoint, base_parameters, make_split, method_params, search_config
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
@@ -15,7 +15,6 @@ from evotune import settings
 from evotune.backbones import build_model
 from evotune.errors import ParameterError
 from evotune.evaluation import MethodMetrics, TestMetrics
-from evotune.evolution import EvolutionConfig
 from evotune.genome import decode
 from evotune.io import TypedJSONDataset
 from evotune.methods import METHODS, SEARCH_METHODS, evaluation_chunk
@@ -24,11 +23,13 @@ from evotune.pipelines.compare import create_pipeline
 from evotune.pipelines.compare.nodes import comparison_table
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
 from evotune.retraining import TrainedMethod
+from evotune.search.records import genome_record
+from evotune.search.store import StudyStore
 
 TRAINING = {**base_parameters()["training"], "epochs": 1, "patience": 1, "batch_size": 16, "eval_batch_size": 64,
             "device": "cpu"}
 SEARCH = {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1],
-          "train_split_pct": 0.5, "storage": None, "study_name": "t"}
+          "train_split_pct": 0.5, "study_name": "t"}
 RETRAIN = {"seeds": [1, 2], "training": {}}
 
 
@@ -43,7 +44,8 @@ def test_one_namespaced_modular_pipeline_per_method():
         assert f"params:compare.{m}" in pipe.inputs()
     assert {"compare.table", "compare.table_markdown", "compare.figure"} <= names
     assert pipe.inputs() == {
-        "backbone", "target_train", "target_val", "target_test", "test_metrics", "test_metrics_per_seed",
+        "backbone", "target_train", "target_val", "target_test", "search_study_store", "test_metrics",
+        "test_metrics_per_seed",
         "best_genome", "params:compare", "params:training", "params:retrain", "params:search",
         *{f"params:compare.{m}" for m in METHODS},
     }
@@ -128,12 +130,13 @@ class KeptMemoryDataset(MemoryDataset):
 def tiny_run():
     torch.manual_seed(0)
     backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
-    train, val, test = make_split(6, 3, n_chunks=2, seed=0), make_split(4, 3, n_chunks=2, seed=1), make_split(4, 3, seed=2)
+    train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
     # BioTune's own outputs, as the default pipeline makes them (a stand-in for its search's best genome)
     genes = [0.1, 0.2, 0.3, 0.4, 0.8, 0.9, 0.5]
-    best = {"block_names": ["stem", "layer1", "layer2", "layer3", "layer4", "fc"], "genes": genes,
-            "mask": decode(genes, 1e-3).mask, "force_head_trainable": True, "evaluations": 9, "trainings": 9,
-            "search_seconds": 1.0, "dataset": backbone.dataset, "backbone_id": backbone.backbone_id}
+    best = genome_record(genes, fitness=0.5, key="g0/init/0", backbone=backbone,
+                         block_names=["stem", "layer1", "layer2", "layer3", "layer4", "fc"], base_lr=1e-3,
+                         force_head=True, study_name="t", storage=None, evaluations=9, trainings=9, device="cpu",
+                         search_seconds=1.0, created="2026-01-01T00:00:00Z")
     retrained = retrain_best_genome(backbone, train, val, best, RETRAIN, TRAINING)
     test_metrics, per_seed = evaluate_on_test(backbone, retrained, test, TRAINING)
     compare = {**base_parameters()["compare"], "methods": ["linear_probe", "surgical", "lora", "deft"], "seeds": [1, 2]}
@@ -142,6 +145,7 @@ def tiny_run():
     compare["deft"] = method_params("deft", F=0.6, CR=0.8)
     catalog = DataCatalog()
     for name, value in {"backbone": backbone, "target_train": train, "target_val": val, "target_test": test,
+                        "search_study_store": StudyStore(None),
                         "test_metrics": test_metrics, "test_metrics_per_seed": per_seed, "best_genome": best}.items():
         catalog[name] = value
     _feed(catalog, {"compare": compare, "search": SEARCH, "training": TRAINING, "retrain": RETRAIN})
@@ -198,17 +202,17 @@ def test_search_baseline_in_the_pipeline_uses_biotunes_budget(tiny_run):
     catalog = tiny_run
     trials = catalog.load("compare.deft.search_trials")
     best = catalog.load("compare.deft.best_genome")
-    evo = EvolutionConfig(population=4, elite=1, generations=1)
-    assert len(trials) == best["evaluations"] == evo.evaluations == 9
+    evo = search_config(population=4, elite=1, generations=1)
+    assert len(trials) == best.evaluations == evo.evaluations == 9
     assert trials["chunk"].tolist() == [evaluation_chunk(j, evo, 2) for j in range(9)]
     assert "genotype" in trials and trials["key"].is_unique
-    d = decode(best["genes"], 1e-3, force_head=True)
+    d = decode(best.genes, 1e-3, force_head=True)
     assert d.valid and all(lr == pytest.approx(1e-3) for lr in d.block_lrs if lr is not None)
-    assert best["mask"] == d.mask and len(best["genotype"]) == 6
+    assert best.mask == d.mask and len(best.genotype) == 6 and best.method == "deft"
     metrics = catalog.load("compare.deft.metrics")
     valid = int(sum(bool(v) for v in trials["valid"]))
     assert metrics.trainings == valid * 1 + 2 and metrics.evaluations == 9
-    assert metrics.block_lrs == best["block_lrs"] and metrics.search.evaluations == 9
+    assert metrics.block_lrs == best.block_lrs and metrics.search.evaluations == 9
     assert isinstance(catalog.load("compare.lora.metrics_per_seed"), pd.DataFrame)
     assert np.isclose(catalog.load("compare.lora.metrics").trainable_share,
                       catalog.load("compare_table").set_index("method").loc["lora", "trainable_pct"] / 100)

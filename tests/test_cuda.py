@@ -40,7 +40,7 @@ from conftest import make_split, method_params, train_config
 
 from evotune.backbones import build_model
 from evotune.methods import PLAN_METHODS, get_method
-from evotune.search import genome_plan
+from evotune.search.evaluator import genome_plan
 from evotune.training import DeviceData, Trainer, TrainingPlan
 
 pytestmark = [
@@ -222,10 +222,10 @@ def test_search_killed_with_sigkill_resumes_on_cuda(tmp_path, monkeypatch, deter
         uid = (t.user_attrs["key"], t.user_attrs["seed"])
         if uid in done_before:
             assert t.value == done_before[uid]
-    mem = dict(d, search={**d["search"], "storage": None})
+    mem = dict(d, storage=None)
     ref_trials, _, ref_best = run_search(*survival.run_args(mem))
     assert trials["fitness"].tolist() == pytest.approx(ref_trials["fitness"].tolist())
-    assert best["genes"] == ref_best["genes"]
+    assert best.genes == ref_best.genes
 
 
 @pytest.mark.timeout(400)

@@ -13,6 +13,7 @@ from PIL import Image
 from evotune.data import DataSourceError
 from evotune.data.splitting import assign_splits, minimum_class_size
 from evotune.pipelines.data_processing.nodes import check_target_data, ingest_index
+from evotune.search.config import SearchConfig
 
 
 def folder(root, counts: dict[str, int]) -> None:
@@ -47,7 +48,7 @@ def test_every_unreadable_file_is_listed_in_one_message(tmp_path, caplog):
     break_files(root)
     params = data_params(root)
     with caplog.at_level(logging.WARNING), pytest.raises(DataSourceError) as err:
-        check_target_data(params["data"], params["search"])
+        check_target_data(params["data"], SearchConfig.from_params(params["search"]).n_chunks)
     msg = str(err.value)
     assert "3 of 25 image files cannot be read" in msg
     for name in ("a/0.png", "b/1.png", "a/2.jpg"):
@@ -65,7 +66,7 @@ def test_skip_unreadable_leaves_them_out_and_logs_them(tmp_path, caplog):
         index = ingest_index(params["data"])
     assert len(index) == 22 and not {"a/0.png", "b/1.png", "a/2.jpg"} & set(index["item"])
     assert "3 of 25 image files left out" in caplog.text
-    check_target_data(params["data"], params["search"])  # the rest splits fine
+    check_target_data(params["data"], SearchConfig.from_params(params["search"]).n_chunks)  # the rest splits fine
 
 
 def test_small_classes_are_all_named_with_the_real_minimum(tmp_path):
@@ -73,7 +74,7 @@ def test_small_classes_are_all_named_with_the_real_minimum(tmp_path):
     folder(root, {"big": 20, "one": 1, "few": 3})
     params = data_params(root)
     with pytest.raises(DataSourceError) as err:
-        check_target_data(params["data"], params["search"])
+        check_target_data(params["data"], SearchConfig.from_params(params["search"]).n_chunks)
     msg = str(err.value)
     assert "'one'" in msg and "'few'" in msg and "'big'" not in msg
     n = minimum_class_size(0.2, 0.2, 2)
@@ -82,11 +83,11 @@ def test_small_classes_are_all_named_with_the_real_minimum(tmp_path):
     root2 = tmp_path / "imgs2"
     folder(root2, {"x": n, "y": n})
     params = data_params(root2)
-    check_target_data(params["data"], params["search"])
+    check_target_data(params["data"], SearchConfig.from_params(params["search"]).n_chunks)
     with pytest.raises(DataSourceError):
         folder(tmp_path / "imgs3", {"x": n - 1, "y": n})
         params = data_params(tmp_path / "imgs3")
-        check_target_data(params["data"], params["search"])
+        check_target_data(params["data"], SearchConfig.from_params(params["search"]).n_chunks)
 
 
 def test_minimum_class_size_matches_the_split():

@@ -14,10 +14,9 @@ def test_render_shape_dtype_counts_and_format():
     d = render_printed_characters(3, image_size=32, seed=0)
     k = len(DEFAULT_CLASSES)
     assert d.images.shape == (3 * k, 3, 32, 32) and d.images.dtype == torch.uint8
-    assert d.labels.dtype == torch.int64 and d.chunks.dtype == torch.int64
+    assert d.labels.dtype == torch.int64
     assert d.classes == list(DEFAULT_CLASSES)
     assert torch.bincount(d.labels, minlength=k).tolist() == [3] * k
-    assert (d.chunks == -1).all()
     assert d.items[:2] == ["printed:0", "printed:1"] and len(set(d.items)) == 3 * k
     # value range: every image has ink/background contrast, and the set spans dark and light
     imgs = d.images.float()

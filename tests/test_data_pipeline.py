@@ -18,6 +18,8 @@ from evotune.errors import EvotuneError
 from evotune.lineage import dataset_fingerprint
 from evotune.pipelines.data_processing import create_pipeline
 from evotune.pipelines.data_processing.nodes import ingest_index, preprocess_splits, split_dataset
+from evotune.search.config import SearchConfig
+from evotune.search.runner import search_chunks
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 
@@ -47,7 +49,7 @@ def test_decode_split_centre_crop_without_resize():
     assert out.images.shape == (1, 3, 5, 5) and out.images.dtype == torch.uint8
     assert out.images[0, 0, 0].tolist() == [20, 30, 40, 50, 60]  # columns 2..6
     assert out.images[0, 2, 4].tolist() == [22, 32, 42, 52, 62]
-    assert out.labels.tolist() == [1] and out.chunks.tolist() == [-1]
+    assert out.labels.tolist() == [1]
     assert out.classes == ["a", "b"] and out.items == ["0"]
 
 
@@ -57,14 +59,13 @@ def test_decode_split_matches_torchvision_resize_and_centre_crop():
     rng = np.random.default_rng(0)
     imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((37, 23), (20, 44), (30, 30), (9, 7), (50, 21))]
     src = ArraySource(imgs)
-    rows = pd.DataFrame({"item": [str(i) for i in range(5)], "label": [0, 1, 0, 1, 0], "chunk": [0, 1, 0, 1, -1]})
+    rows = pd.DataFrame({"item": [str(i) for i in range(5)], "label": [0, 1, 0, 1, 0]})
     out = decode_split(src, rows, resize_size=16, crop_size=12, batch=2)
     assert out.images.shape == (5, 3, 12, 12)
     assert src.calls == [2, 2, 1]  # decoded two at a time, never the whole split at once
     ref = transforms.Compose([transforms.Resize(16), transforms.CenterCrop(12), transforms.PILToTensor()])
     for i, img in enumerate(imgs):
         assert torch.equal(out.images[i], ref(img)), i
-    assert out.chunks.tolist() == [0, 1, 0, 1, -1]
 
 
 def test_predict_decodes_a_file_exactly_as_the_training_split(tmp_path):
@@ -98,7 +99,8 @@ def test_decode_split_rejects_crop_larger_than_resize():
 def test_pipeline_nodes_on_the_embedded_default(tmp_path):
     params = yaml.safe_load((CONF / "parameters_data_processing.yml").read_text())["data"]
     assert params["source"]["kind"] == "embedded_digits"
-    search = {"train_split_pct": 0.5}
+    search = SearchConfig.from_params({**base_parameters()["search"], "train_split_pct": 0.5,
+                                       "chunk_seed": params["split"]["seed"]})
 
     # through the project's catalog entries (Parquet tables and typed torch files), in tmp_path
     from kedro.io import DataCatalog
@@ -111,7 +113,7 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path):
     raw = ingest_index(params)
     assert len(raw) == 1797 and list(raw.columns) == ["item", "label", "class_name", "official_split"]
     catalog.save("target_index_raw", raw)
-    index = split_dataset(catalog.load("target_index_raw"), params, search)
+    index = split_dataset(catalog.load("target_index_raw"), params)
     catalog.save("target_index", index)
     pd.testing.assert_frame_equal(catalog.load("target_index"), index)  # types and values kept
     index = catalog.load("target_index")
@@ -125,10 +127,12 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path):
     n_train, n_val = 10 * params["split"]["train_per_class"], 10 * params["split"]["val_per_class"]
     for split, n in ((train, n_train), (val, n_val), (test, 1797 - n_train - n_val)):
         assert split.images.shape == (n, 3, size, size) and split.images.dtype == torch.uint8
-        assert split.labels.dtype == torch.int64 and split.chunks.dtype == torch.int64
+        assert split.labels.dtype == torch.int64
         assert split.classes == [str(d) for d in range(10)] and len(split.items) == n
-    assert sorted(train.chunks.unique().tolist()) == [0, 1] and (test.chunks == -1).all()
-    assert torch.bincount(train.labels[train.chunks == 0]).tolist() == [params["split"]["train_per_class"] // 2] * 10
+    # the search cuts train and val into its chunks (here 2: search.train_split_pct 0.5)
+    train_chunks, val_chunks = search_chunks(train, val, n_chunks=search.n_chunks, seed=search.chunk_seed)
+    assert sorted(train_chunks.unique().tolist()) == [0, 1] and sorted(val_chunks.unique().tolist()) == [0, 1]
+    assert torch.bincount(train.labels[train_chunks == 0]).tolist() == [params["split"]["train_per_class"] // 2] * 10
     assert not set(train.items) & set(val.items) and not set(val.items) & set(test.items)
 
     assert train.dataset == val.dataset == test.dataset == dataset_fingerprint(index)
@@ -190,7 +194,7 @@ def test_every_class_needs_images():
 def test_pipeline_shape():
     pipe = create_pipeline()
     assert [n.name for n in pipe.nodes] == ["ingest_index", "split_dataset", "preprocess_splits"]
-    assert pipe.inputs() == {"params:data", "params:search"}
+    assert pipe.inputs() == {"params:data"}
     assert pipe.outputs() == {"target_train", "target_val", "target_test"}
 
 

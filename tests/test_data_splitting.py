@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from evotune.data import DataSourceError, assign_chunks, assign_splits
+from evotune.data import DataSourceError, assign_splits, chunk_ids
 
 
 def make_index(counts, official=None):
@@ -88,34 +88,66 @@ def test_class_missing_from_official_val_is_reported():
         assign_splits(idx, seed=0, val_fraction=0.2, test_fraction=0.2)
 
 
+def chunks_of(df, name, n_chunks, seed=0):
+    part = df[df["split"] == name]
+    return part, chunk_ids(part["item"], part["label"], split=name, n_chunks=n_chunks, seed=seed)
+
+
 def test_chunks_are_disjoint_stratified_and_cover_train_and_val():
     idx = make_index([41, 30, 17])
     df = assign_splits(idx, seed=0, val_fraction=0.25, test_fraction=0.2)
-    out = assign_chunks(df, train_split_pct=0.3, seed=0)  # ceil(1/0.3) = 4 chunks
-    assert (out.loc[out["split"] == "test", "chunk"] == -1).all()
     for name in ("train", "val"):
-        part = out[out["split"] == name]
+        part, ids = chunks_of(df, name, 4)
+        part = part.assign(chunk=ids)
         assert sorted(part["chunk"].unique()) == [0, 1, 2, 3]
         per = part.groupby(["label", "chunk"]).size().unstack()
         assert (per.max(axis=1) - per.min(axis=1) <= 1).all()  # each class spread evenly
         sizes = part.groupby("chunk").size()
         assert sizes.max() - sizes.min() <= 1
-    assert out.drop(columns="chunk").equals(df)
-    again = assign_chunks(df, train_split_pct=0.3, seed=0)
-    assert again["chunk"].tolist() == out["chunk"].tolist()
-    assert assign_chunks(df, train_split_pct=0.3, seed=5)["chunk"].tolist() != out["chunk"].tolist()
+        assert chunks_of(df, name, 4)[1].tolist() == ids.tolist()
+        assert chunks_of(df, name, 4, seed=5)[1].tolist() != ids.tolist()
+        # the order of the images does not matter
+        shuffled = part.sample(frac=1.0, random_state=1)
+        again = chunk_ids(shuffled["item"], shuffled["label"], split=name, n_chunks=4, seed=0)
+        assert dict(zip(shuffled["item"], again)) == dict(zip(part["item"], ids))
 
 
 def test_one_chunk_and_exact_fractions():
     df = assign_splits(make_index([10, 10]), seed=0, val_fraction=0.2, test_fraction=0.2)
-    assert set(assign_chunks(df, train_split_pct=1.0, seed=0).query("split != 'test'")["chunk"]) == {0}
-    assert set(assign_chunks(df, train_split_pct=0.5, seed=0).query("split == 'val'")["chunk"]) == {0, 1}
+    assert set(chunks_of(df, "train", 1)[1]) == {0}
+    assert set(chunks_of(df, "val", 2)[1]) == {0, 1}
 
 
 def test_too_many_chunks_names_train_split_pct():
     df = assign_splits(make_index([20, 20]), seed=0, val_fraction=0.1, test_fraction=0.2)  # 2 val per class
-    with pytest.raises(DataSourceError, match=r"2 val image\(s\); the 4 chunks of search\.train_split_pct=0\.25"):
-        assign_chunks(df, train_split_pct=0.25, seed=0)
-    for bad in (0, 1.5, -0.1):
-        with pytest.raises(DataSourceError, match="search.train_split_pct"):
-            assign_chunks(df, train_split_pct=bad, seed=0)
+    with pytest.raises(DataSourceError, match=r"(?s)2 val image\(s\); the 4 search chunks need 4.*search\.train_split_pct"):
+        chunks_of(df, "val", 4)
+
+
+#: the search chunks of the embedded digits with conf/base's data parameters, as the data stage cut them
+#: before the search cut them itself: (train + val images, sha1 of the sorted (split, item, chunk) rows)
+#: (conf/base's data.split.seed is 42)
+CHUNKS_BEFORE = {(0.5, 42): (200, "b8daddc4ee33ddea"), (0.3, 42): (200, "bacf28f4e6462e33"),
+                 (0.5, 7): (200, "50f27b2ce84a4ad2")}
+
+
+@pytest.mark.parametrize(("pct", "seed"), list(CHUNKS_BEFORE))
+def test_the_search_cuts_the_same_chunks_as_the_data_stage_did(pct, seed):
+    import hashlib
+
+    from conftest import base_parameters
+
+    from evotune.pipelines.data_processing.nodes import ingest_index, split_dataset
+    from evotune.search.config import SearchConfig
+
+    params = base_parameters()
+    params["data"]["split"]["seed"] = seed
+    assert params["search"]["chunk_seed"] == 42  # ${data.split.seed}
+    cfg = SearchConfig.from_params({**params["search"], "train_split_pct": pct, "chunk_seed": seed})
+    df = split_dataset(ingest_index(params["data"]), params["data"])
+    rows = []
+    for name in ("train", "val"):
+        part, ids = chunks_of(df, name, cfg.n_chunks, seed=cfg.chunk_seed)
+        rows += [(name, item, int(c)) for item, c in zip(part["item"], ids)]
+    rows.sort()
+    assert (len(rows), hashlib.sha1(repr(rows).encode()).hexdigest()[:16]) == CHUNKS_BEFORE[(pct, seed)]

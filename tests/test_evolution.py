@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import search_config
 
-from evotune.evolution import (
-    EvolutionConfig,
+from evotune.search.evolution import (
     Individual,
     adopt,
     biotune_search,
@@ -82,7 +82,7 @@ def sphere(target):
 
 
 def test_search_makes_the_papers_number_of_evaluations_and_never_loses_its_best():
-    cfg = EvolutionConfig(population=6, elite=2, generations=4, seed=3)
+    cfg = search_config(population=6, elite=2, generations=4, seed=3)
     seen = []
 
     def evaluate(reqs):
@@ -103,7 +103,7 @@ def test_search_makes_the_papers_number_of_evaluations_and_never_loses_its_best(
 
 
 def test_elite_exploitation_moves_one_selected_gene_both_ways():
-    cfg = EvolutionConfig(population=5, elite=2, generations=1, seed=9)
+    cfg = search_config(population=5, elite=2, generations=1, seed=9)
     seen = []
 
     def evaluate(reqs):
@@ -127,7 +127,7 @@ def test_elite_exploitation_moves_one_selected_gene_both_ways():
 
 
 def test_children_that_beat_their_parents_shrink_the_pool_until_random_children():
-    cfg = EvolutionConfig(population=10, elite=0, generations=1, seed=1)
+    cfg = search_config(population=10, elite=0, generations=1, seed=1)
     counter = iter(range(1000))
     roles = []
 
@@ -142,16 +142,16 @@ def test_children_that_beat_their_parents_shrink_the_pool_until_random_children(
 
 def test_search_is_reproducible_with_a_fixed_seed():
     target = np.array([0.3, 0.7, 0.9, 0.4])
-    cfg = EvolutionConfig(population=5, elite=1, generations=3, seed=42)
+    cfg = search_config(population=5, elite=1, generations=3, seed=42)
     a = biotune_search(3, cfg, sphere(target))
     b = biotune_search(3, cfg, sphere(target))
     assert a.best.genes == pytest.approx(b.best.genes)
-    c = biotune_search(3, EvolutionConfig(population=5, elite=1, generations=3, seed=43), sphere(target))
+    c = biotune_search(3, search_config(population=5, elite=1, generations=3, seed=43), sphere(target))
     assert not np.allclose(a.best.genes, c.best.genes)
 
 
 def test_config_validation_names_the_parameter():
     with pytest.raises(ValueError, match="search.elite"):
-        EvolutionConfig(population=4, elite=4)
+        search_config(population=4, elite=4)
     with pytest.raises(ValueError, match="search.population"):
-        EvolutionConfig(population=2, elite=0)
+        search_config(population=2, elite=0)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from evotune.genome import WORST_FITNESS, check_genome, decode, gene_lr, genome_key, random_genome
+from evotune.genome import WORST_FITNESS, decode, gene_lr, genome_key, random_genome
 
 
 def test_gene_lr_spans_a_tenth_to_ten_times_base():
@@ -47,10 +47,3 @@ def test_random_genome_is_always_valid_and_seeded():
     a = random_genome(np.random.default_rng(7), 5)
     b = random_genome(np.random.default_rng(7), 5)
     assert genome_key(a) == genome_key(b)
-
-
-def test_check_genome_rejects_bad_shapes_and_values():
-    with pytest.raises(ValueError, match="7 genes"):
-        check_genome([0.5] * 6, 6)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        check_genome([0.5, 1.5, 0.2], 2)

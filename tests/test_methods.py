@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import base_parameters, make_split, method_params, train_config
+from conftest import base_parameters, make_split, method_params, search_config, train_config
 from torch import nn
 
 from evotune.backbones import StagedModel, build_model
-from evotune.evolution import EvolutionConfig
 from evotune.genome import decode
 from evotune.methods import (
     METHODS,
@@ -287,7 +286,7 @@ def test_deft_phenotype_decodes_to_base_lr_for_selected_blocks():
 
 
 def test_budget_schedule_matches_biotune():
-    evo = EvolutionConfig(population=4, elite=1, generations=3)
+    evo = search_config(population=4, elite=1, generations=3)
     assert evo.evaluations == 4 + 3 * 5
     gens = [generation_equivalent(j, evo) for j in range(evo.evaluations)]
     assert gens == [0] * 4 + [1] * 5 + [2] * 5 + [3] * 5
@@ -301,7 +300,7 @@ def test_budget_schedule_matches_biotune():
 
 @pytest.mark.parametrize("name", SEARCH_METHODS)
 def test_search_baselines_use_exactly_the_budget(name):
-    evo = EvolutionConfig(population=5, elite=2, generations=3, seed=3)
+    evo = search_config(population=5, elite=2, generations=3, seed=3)
     num_blocks = 6
     target = np.linspace(0.1, 0.9, num_blocks + 1)
     seen = []
@@ -330,7 +329,7 @@ def test_search_baselines_use_exactly_the_budget(name):
 
 
 def test_tpe_learns_from_its_history():
-    evo = EvolutionConfig(population=4, elite=2, generations=4, seed=0)  # 28 evaluations
+    evo = search_config(population=4, elite=2, generations=4, seed=0)  # 28 evaluations
     target = np.array([0.9, 0.1, 0.9, 0.1, 0.2])
     fits = []
 

@@ -9,7 +9,7 @@ from evotune import settings
 from evotune.backbones import get_arch
 from evotune.methods import METHODS, check_compare_params
 from evotune.paper_setting import PaperSettingError, check_paper_setting, paper_setting_problems
-from evotune.pipelines.search.nodes import SearchParams
+from evotune.search.config import SearchConfig
 from evotune.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,9 +74,9 @@ def test_every_paper_setting_resolves(pipelines):
             crop = 299 if arch == "inception_v3" else 224
             assert p["data"]["image"] == {"resize_size": 342 if crop == 299 else 232, "crop_size": crop}, where
             assert get_arch(arch).input_size == crop
-            sp = SearchParams.from_params(p["search"])
+            sp = SearchConfig.from_params(p["search"])
             assert (sp.population, sp.elite, sp.generations, sp.seeds) == (10, 3, 10, (684, 559, 629))
-            assert sp.evolution().evaluations == 140 and sp.train_split_pct == 0.5
+            assert sp.evaluations == 140 and sp.train_split_pct == 0.5
             assert sp.study_name == f"biotune-{dataset}-{arch}"
             cfg = TrainConfig.from_params(p["training"])
             assert (cfg.epochs, cfg.patience, cfg.batch_size, cfg.eval_batch_size, cfg.base_lr) == (30, 3, 96, 64, 1e-3)

@@ -27,7 +27,7 @@ from PIL import Image
 import evotune.reference as reference
 from evotune.backbones import build_model, load_checkpoint, make_checkpoint, model_from_checkpoint
 from evotune.reference import decode_once, encode_png, naive_predict, naive_train
-from evotune.search import genome_plan
+from evotune.search.evaluator import genome_plan
 from evotune.training import DeviceData, Trainer, apply_freezing
 
 N_CLS = 4

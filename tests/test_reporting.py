@@ -29,6 +29,7 @@ from evotune.report import figures as F  # noqa: E402
 from evotune.report import labels  # noqa: E402
 from evotune.report import markdown as M  # noqa: E402
 from evotune.report import summary as S  # noqa: E402
+from evotune.search.records import GenomeRecord  # noqa: E402
 
 BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,24 +85,24 @@ def trials() -> pd.DataFrame:
         for key, role, fit, mask, valid, cached, sec in ts:
             acc = 1 - fit
             rows.append({"key": key, "generation": g, "role": role, "chunk": g % 2, "mask": mask, "valid": valid,
-                         "diverged": False, "val_accs": f"{acc - 0.01:.6g};{acc + 0.01:.6g}" if valid else "",
-                         "epochs": "5;6" if valid else "", "seconds": sec, "device": "cpu", "arch": "resnet18",
+                         "diverged": False, "val_accs": [acc - 0.01, acc + 0.01] if valid else [],
+                         "epochs": [5, 6] if valid else [], "seconds": sec, "device": "cpu", "arch": "resnet18",
                          "fitness": fit, "cached": cached, **_genes_for(mask, rng)})
     return pd.DataFrame(rows)
 
 
 @pytest.fixture
-def best_genome() -> dict:
+def best_genome() -> GenomeRecord:
     genes = [0.2, 0.8, 0.6, 0.75, 0.9, 0.55, 0.5]
     mults = [0.0] + [10 ** (2 * (g - 0.5)) for g in genes[1:6]]
-    return {
+    return GenomeRecord(**{
         "arch": "resnet18", "block_names": BLOCKS, "genes": genes, "threshold": 0.5, "mask": "011111",
         "block_lrs": [None] + [1e-3 * m for m in mults[1:]], "lr_multipliers": mults, "fitness": 0.28,
         "key": "g1/elite_plus/0", "force_head_trainable": True, "base_lr": 1e-3, "study_name": "biotune-abc123",
         "storage": "sqlite:///data/07_model_output/optuna_studies.db", "evaluations": 14, "trainings": 26,
         "device": "cuda", "search_seconds": 3725.0, "dataset": "a1b2c3d4e5f6", "backbone_id": "0f0f0f0f0f0f",
         "created": "2026-11-27T10:00:00Z",
-    }
+    })
 
 
 @pytest.fixture
@@ -249,20 +250,12 @@ def test_plot_lr_multipliers(best_genome):
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert len(bars) == 1 and len(bars[0]) == 5  # stem is frozen
     heights = [p.get_height() for p in bars[0]]
-    np.testing.assert_allclose(heights, best_genome["lr_multipliers"][1:])
+    np.testing.assert_allclose(heights, best_genome.lr_multipliers[1:])
     assert [p.get_x() + p.get_width() / 2 for p in bars[0]] == pytest.approx([1, 2, 3, 4, 5])
     texts = [t.get_text() for t in ax.texts]
     assert texts.count("frozen") == 1
     assert "3.98x" in texts  # gene 0.8 -> 10 ** 0.6
     assert [t.get_text() for t in ax.get_xticklabels()] == BLOCKS
-
-
-def test_plot_lr_multipliers_from_mask_only(best_genome):
-    g = dict(best_genome, block_lrs=None, mask="000011")
-    fig = F.plot_lr_multipliers(g)
-    bars = [c for c in fig.axes[0].containers if isinstance(c, BarContainer)][0]
-    assert len(bars) == 2
-    assert [t.get_text() for t in fig.axes[0].texts].count("frozen") == 4
 
 
 def test_plot_confusion(test_metrics):
@@ -349,7 +342,7 @@ def test_nodes_callable_directly(population, trials, best_genome, test_metrics, 
         assert f"(figures/{name})" in report
     # a best genome searched on other data than the test metrics is refused
     with pytest.raises(InputMismatchError, match="write_report.*best_genome: other.*test_metrics: a1b2c3d4e5f6"):
-        N.write_report({**best_genome, "dataset": "other"}, s, test_metrics, per_seed)
+        N.write_report(replace(best_genome, dataset="other"), s, test_metrics, per_seed)
 
 
 def test_pipeline_nodes_and_datasets():

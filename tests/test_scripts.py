@@ -67,22 +67,22 @@ def test_benchmark_flowers_preset_runs(tmp_path):
     assert (table["preset"] == "flowers").all()
 
 
-def trials_csv(tmp_path, histories, seconds=3.0):
+def trials_file(tmp_path, histories, seconds=3.0):
+    """A search_trials table as the search writes it (Parquet, lists as lists)."""
     rows = []
     for i, hs in enumerate(histories):
         accs = [max(h) for h in hs]
         rows.append({"key": f"e{i}", "valid": True, "cached": False, "fitness": 1 - sum(accs) / len(accs),
-                     "seconds": seconds, "val_accs": ";".join(map(str, accs)),
-                     "val_histories": ";".join(",".join(map(str, h)) for h in hs)})
-    path = tmp_path / "search_trials.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
+                     "seconds": seconds, "val_accs": accs, "epochs": [len(h) for h in hs], "val_histories": hs})
+    path = tmp_path / "search_trials.parquet"
+    pd.DataFrame(rows).to_parquet(path)
     return path
 
 
 def test_pruning_replay_cuts_what_the_rule_says_and_reports_a_cut_best(tmp_path):
     replay = load_script("pruning_replay.py")
     # e2 starts badly and ends best: a median rule after epoch 1 cuts it
-    path = trials_csv(tmp_path, [[[0.5, 0.6, 0.7]], [[0.8, 0.9, 0.9]], [[0.2, 0.3, 0.95]]])
+    path = trials_file(tmp_path, [[[0.5, 0.6, 0.7]], [[0.8, 0.9, 0.9]], [[0.2, 0.3, 0.95]]])
     trials = replay.load_trials(path)
     out = replay.replay(trials, replay.Rule(percentile=50, warmup=1, min_reference=2))
     assert out["evaluations_cut"] == 1
@@ -101,7 +101,7 @@ def test_pruning_replay_cuts_what_the_rule_says_and_reports_a_cut_best(tmp_path)
 
 def test_pruning_replay_skips_the_other_seeds_of_a_cut_genome(tmp_path):
     replay = load_script("pruning_replay.py")
-    path = trials_csv(tmp_path, [[[0.5, 0.6]], [[0.8, 0.9]], [[0.1, 0.2], [0.9, 0.95]]])
+    path = trials_file(tmp_path, [[[0.5, 0.6]], [[0.8, 0.9]], [[0.1, 0.2], [0.9, 0.95]]])
     trials = replay.load_trials(path)
     keep = replay.replay(trials, replay.Rule(50, 1, 2, skip_seeds=False))
     skip = replay.replay(trials, replay.Rule(50, 1, 2, skip_seeds=True))
@@ -109,11 +109,11 @@ def test_pruning_replay_skips_the_other_seeds_of_a_cut_genome(tmp_path):
     assert skip["epochs_saved_pct"] == pytest.approx(100 * 3 / 8)
 
 
-def test_pruning_replay_explains_an_old_trials_file(tmp_path):
+def test_pruning_replay_explains_a_file_that_is_not_a_trials_table(tmp_path):
     replay = load_script("pruning_replay.py")
     path = tmp_path / "old.csv"
     pd.DataFrame([{"key": "a", "valid": True, "cached": False, "fitness": 0.1, "seconds": 1.0}]).to_csv(path)
-    with pytest.raises(SystemExit, match="val_histories"):
+    with pytest.raises(SystemExit, match="not a search_trials.parquet"):
         replay.load_trials(path)
     with pytest.raises(SystemExit, match="no such file"):
         replay.load_trials(tmp_path / "missing.csv")

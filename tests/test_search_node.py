@@ -1,6 +1,7 @@
 """The search node end to end on a tiny backbone and tiny data (real code paths)."""
 
 import dataclasses
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -8,8 +9,11 @@ import torch
 from conftest import backbone_checkpoint, base_parameters, make_split
 
 from evotune.backbones import build_model
+from evotune.data import DataSourceError
+from evotune.errors import ParameterError
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
 from evotune.pipelines.search.nodes import run_search
+from evotune.search.store import StudyStore
 
 TRAINING = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64,
             "device": "cpu"}
@@ -24,32 +28,34 @@ def backbone():
 
 @pytest.fixture(scope="module")
 def splits():
-    return make_split(6, 3, n_chunks=2, seed=0), make_split(4, 3, n_chunks=2, seed=1), make_split(4, 3, seed=2)
+    return make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
 
 
-def search_params(storage=None, **kw):
+#: the catalog's search_study_store for an in-memory study
+MEMORY = StudyStore(None)
+
+
+def search_params(**kw):
     return {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 2, "seed": 0, "seeds": [1],
-            "train_split_pct": 0.5, "storage": storage, "study_name": "t", **kw}
+            "train_split_pct": 0.5, "study_name": "t", **kw}
 
 
 def test_tiny_search_is_reproducible_and_records_every_evaluation(backbone, splits):
     train, val, _ = splits
-    a = run_search(backbone, train, val, search_params(), TRAINING)
-    b = run_search(backbone, train, val, search_params(), TRAINING)
+    a = run_search(backbone, train, val, MEMORY, search_params(), TRAINING)
+    b = run_search(backbone, train, val, MEMORY, search_params(), TRAINING)
     trials, population, best = a
     assert len(trials) == 4 + 2 * (2 * 1 + 4 - 1)
     assert trials["fitness"].tolist() == b[0]["fitness"].tolist()
-    assert best["genes"] == b[2]["genes"]
-    assert best["fitness"] == trials["fitness"].min()
+    assert best.genes == b[2].genes
+    assert best.fitness == trials["fitness"].min()
     assert set(trials["chunk"]) == {0, 1}
     assert set(population["generation"]) == {0, 1, 2}
-    assert len(best["block_names"]) == 6 and len(best["genes"]) == 7
-    assert best["mask"][-1] == "1"  # head forced trainable
+    assert len(best.block_names) == 6 and len(best.genes) == 7
+    assert best.mask[-1] == "1"  # head forced trainable
     # per seed, the validation accuracy of every epoch: its best is the recorded accuracy
     for row in trials[trials["valid"]].itertuples():
-        histories = [[float(x) for x in h.split(",")] for h in row.val_histories.split(";")]
-        accs = [float(x) for x in row.val_accs.split(";")]
-        epochs = [int(x) for x in row.epochs.split(";")]
+        histories, accs, epochs = row.val_histories, row.val_accs, row.epochs
         assert [len(h) for h in histories] == epochs
         assert [max(h) for h in histories] == pytest.approx(accs, abs=1e-6)
 
@@ -57,27 +63,39 @@ def test_tiny_search_is_reproducible_and_records_every_evaluation(backbone, spli
 def test_rerun_on_the_same_study_reuses_every_trial(backbone, splits, tmp_path):
     train, val, _ = splits
     storage = f"sqlite:///{tmp_path}/study.db"
-    first = run_search(backbone, train, val, search_params(storage), TRAINING)
-    second = run_search(backbone, train, val, search_params(storage), TRAINING)
+    first = run_search(backbone, train, val, StudyStore(storage), search_params(), TRAINING)
+    second = run_search(backbone, train, val, StudyStore(storage), search_params(), TRAINING)
     assert not first[0]["cached"].any()
     assert second[0]["cached"].all()
     assert second[0]["fitness"].tolist() == first[0]["fitness"].tolist()
-    assert second[2]["genes"] == first[2]["genes"]
+    assert second[2].genes == first[2].genes
     # other settings give another study, not a clash
-    third = run_search(backbone, train, val, search_params(storage, seed=1), TRAINING)
+    third = run_search(backbone, train, val, StudyStore(storage), search_params(seed=1), TRAINING)
     assert not third[0]["cached"].any()
-    assert third[2]["study_name"] != first[2]["study_name"]
+    assert third[2].study_name != first[2].study_name
 
 
-def test_chunk_mismatch_names_the_parameter(backbone, splits):
+def test_the_search_cuts_its_chunks_from_its_own_parameter(backbone, splits):
+    """The chunks follow search.train_split_pct without a rerun of the data stage; data too small
+    for them is an error naming the parameter."""
     train, val, _ = splits
-    with pytest.raises(ValueError, match="train_split_pct"):
-        run_search(backbone, train, val, search_params(train_split_pct=0.25), TRAINING)
+    trials, _, _ = run_search(backbone, train, val, MEMORY, search_params(train_split_pct=0.34), TRAINING)
+    assert set(trials["chunk"]) == {0, 1, 2}  # ceil(1 / 0.34) chunks, generation g on chunk g mod 3
+    with pytest.raises(DataSourceError, match=r"(?s)has 4 val image\(s\).*raise search.train_split_pct"):
+        run_search(backbone, train, val, MEMORY, search_params(train_split_pct=0.2), TRAINING)
+
+
+def test_search_storage_belongs_to_the_catalog(backbone, splits):
+    """--params search.storage=... reaches the search through the catalog's search_study_store; the same key
+    set in a parameters file (another value than the catalog's) is an error, not silently ignored."""
+    train, val, _ = splits
+    with pytest.raises(ParameterError, match="search_study_store"):
+        run_search(backbone, train, val, MEMORY, search_params(storage="sqlite:///x.db"), TRAINING)
 
 
 def test_retrain_and_test_evaluation(backbone, splits):
     train, val, test = splits
-    _, _, best = run_search(backbone, train, val, search_params(generations=0), TRAINING)
+    _, _, best = run_search(backbone, train, val, MEMORY, search_params(generations=0), TRAINING)
     retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2], "training": {}}, TRAINING)
     assert [r.seed for r in retrained.runs] == [1, 2]
     assert 0 < retrained.trainable_params <= retrained.total_params
@@ -91,7 +109,7 @@ def test_retrain_and_test_evaluation(backbone, splits):
 def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits, monkeypatch):
     import math
 
-    import evotune.search as search_mod
+    import evotune.search.evaluator as search_mod
 
     real = search_mod.train_unit
     calls = []
@@ -105,26 +123,29 @@ def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits
 
     monkeypatch.setattr(search_mod, "train_unit", flaky)
     train, val, _ = splits
-    trials, _, best = run_search(backbone, train, val, search_params(), TRAINING)
+    trials, _, best = run_search(backbone, train, val, MEMORY, search_params(), TRAINING)
     assert len(trials) == 4 + 2 * (2 * 1 + 4 - 1)  # the search finished
     row = trials[trials["key"] == calls[1]].iloc[0]
     assert row["diverged"] and row["fitness"] == 1.0
-    assert best["fitness"] < 1.0 and not math.isnan(best["fitness"])
+    assert best.fitness < 1.0 and not math.isnan(best.fitness)
 
 
 def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(backbone, splits):
-    from evotune.pipelines.search.nodes import SearchParams, study_name_for
+    from evotune.search.config import SearchConfig
+    from evotune.search.store import study_name_for
     from evotune.training import TrainConfig
 
     train, val, _ = splits
-    sp = SearchParams.from_params(search_params())
-    name = study_name_for(sp, TrainConfig.from_params(TRAINING), backbone, train, val)
+    sp = SearchConfig.from_params(search_params())
+    chunks = train["chunks"], val["chunks"]
+    name = study_name_for(sp, TrainConfig.from_params(TRAINING), backbone, train, val, *chunks)
     same = [{**TRAINING, "cpu_threads": 1}, {**TRAINING, "device": "auto"}]
     for params in same:
-        assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val) == name, params
+        assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val, *chunks) == name, params
     other = [{**TRAINING, "epochs": 3}, {**TRAINING, "fused_optimizer": False}]
     for params in other:
-        assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val) != name, params
+        assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val, *chunks) != name, params
+    assert study_name_for(sp, TrainConfig.from_params(TRAINING), backbone, train, val, *chunks[::-1]) != name
 
 
 def test_stages_refuse_inputs_made_from_other_data_or_another_backbone(backbone, splits):
@@ -135,14 +156,43 @@ def test_stages_refuse_inputs_made_from_other_data_or_another_backbone(backbone,
     train, val, test = splits
     other = dataclasses.replace(backbone, dataset="other-data")
     with pytest.raises(InputMismatchError, match=r"evolutionary_search.*backbone: other-data.*target_train: tiny"):
-        run_search(other, train, val, search_params(), TRAINING)
-    _, _, best = run_search(backbone, train, val, search_params(generations=0), TRAINING)
-    assert best["dataset"] == "tiny" and best["backbone_id"] == backbone.backbone_id
+        run_search(other, train, val, MEMORY, search_params(), TRAINING)
+    _, _, best = run_search(backbone, train, val, MEMORY, search_params(generations=0), TRAINING)
+    assert best.dataset == "tiny" and best.backbone_id == backbone.backbone_id
     retrain = {"seeds": [1], "training": {}}
     with pytest.raises(InputMismatchError, match=r"retrain.*backbone_id.*kedro run --from-nodes evolutionary_search"):
-        retrain_best_genome(backbone, train, val, {**best, "backbone_id": "another"}, retrain, TRAINING)
+        retrain_best_genome(backbone, train, val, replace(best, backbone_id="another"), retrain, TRAINING)
     with pytest.raises(InputMismatchError, match="not recorded"):
-        retrain_best_genome(backbone, train, val, {k: v for k, v in best.items() if k != "dataset"}, retrain, TRAINING)
+        retrain_best_genome(backbone, train, val, replace(best, dataset=None), retrain, TRAINING)
     retrained = retrain_best_genome(backbone, train, val, best, retrain, TRAINING)
     with pytest.raises(InputMismatchError, match="evaluate_on_test.*target_test: elsewhere"):
         evaluate_on_test(backbone, retrained, dataclasses.replace(test, dataset="elsewhere"), TRAINING)
+
+
+def test_search_outputs_round_trip_through_the_catalog(backbone, splits, tmp_path):
+    """search_trials and search_population as Parquet (lists stay lists, masks stay strings), best_genome as a
+    typed GenomeRecord, and the study store from its catalog entry."""
+    import yaml
+    from conftest import ROOT
+    from kedro.io import DataCatalog
+
+    from evotune.search.records import GenomeRecord
+
+    cfg = yaml.safe_load((ROOT / "conf/base/catalog.yml").read_text())
+    entries = {n: cfg[n] for n in ("search_trials", "search_population", "best_genome")}
+    for e in entries.values():
+        e["filepath"] = str(tmp_path / e["filepath"])
+    entries["search_study_store"] = {"type": "evotune.io.StudyStoreDataset", "storage": None}
+    catalog = DataCatalog.from_config(entries)
+    assert catalog.load("search_study_store") == MEMORY
+    trials, population, best = run_search(backbone, *splits[:2], MEMORY, search_params(generations=1), TRAINING)
+    for name, data in (("search_trials", trials), ("search_population", population), ("best_genome", best)):
+        catalog.save(name, data)
+    loaded = catalog.load("search_trials")
+    valid = loaded[loaded["valid"]].iloc[0]
+    assert list(valid["val_accs"]) == trials[trials["valid"]].iloc[0]["val_accs"]
+    assert [list(h) for h in valid["val_histories"]] == trials[trials["valid"]].iloc[0]["val_histories"]
+    assert loaded["mask"].tolist() == trials["mask"].tolist() and loaded["mask"].map(type).eq(str).all()
+    assert catalog.load("search_population")["mask"].tolist() == population["mask"].tolist()
+    again = catalog.load("best_genome")
+    assert isinstance(again, GenomeRecord) and again == best

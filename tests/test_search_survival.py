@@ -13,9 +13,9 @@ import torch
 from conftest import backbone_checkpoint, base_parameters, make_split
 
 from evotune.backbones import build_model
-from evotune.evaluation_queue import UNITS_SUFFIX
 from evotune.pipelines.search.nodes import run_search
-from evotune.study import make_storage
+from evotune.search.queue import UNITS_SUFFIX
+from evotune.search.store import StudyStore, make_storage
 
 HERE = Path(__file__).parent
 TRAINING = {**base_parameters()["training"], "epochs": 3, "patience": 3, "batch_size": 8, "eval_batch_size": 64,
@@ -27,8 +27,8 @@ def inputs(tmp_path, storage, **search):
     model = build_model("resnet10", 3)
     backbone = backbone_checkpoint(model, 3)
     params = {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1, 2],
-              "train_split_pct": 0.5, "storage": storage, "study_name": "s", "worker_poll_s": 0.05, **search}
-    data = {"backbone": backbone, "train": make_split(16, 3, n_chunks=2), "val": make_split(4, 3, n_chunks=2, seed=1),
+              "train_split_pct": 0.5, "study_name": "s", "worker_poll_s": 0.05, **search}
+    data = {"backbone": backbone, "storage": storage, "train": make_split(16, 3), "val": make_split(4, 3, seed=1),
             "search": params, "training": TRAINING}
     path = tmp_path / "inputs.pt"
     torch.save(data, path)
@@ -58,7 +58,8 @@ def completed_units(url):
 
 
 def run_args(d):
-    return d["backbone"], d["train"], d["val"], d["search"], d["training"]
+    """The search node's inputs (the catalog's search_study_store as its StudyStore)."""
+    return d["backbone"], d["train"], d["val"], StudyStore(d["storage"]), d["search"], d["training"]
 
 
 @pytest.mark.timeout(300)
@@ -83,10 +84,10 @@ def test_search_killed_with_sigkill_resumes_without_repeating_work(tmp_path):
         if uid in done_before:
             assert t.value == done_before[uid]
     # the same result as an uninterrupted run
-    mem = dict(d, search={**d["search"], "storage": None})
+    mem = dict(d, storage=None)
     ref_trials, _, ref_best = run_search(*run_args(mem))
     assert trials["fitness"].tolist() == pytest.approx(ref_trials["fitness"].tolist())
-    assert best["genes"] == ref_best["genes"]
+    assert best.genes == ref_best.genes
 
 
 @pytest.fixture(params=["journal", "postgresql"])
@@ -119,7 +120,7 @@ def test_two_workers_share_one_search(tmp_path, shared_storage):
     workers = {t.user_attrs["worker"] for t in units}
     assert n_worker >= 1 and len(workers) == 2, workers
     assert len(units) == len({(t.user_attrs["key"], t.user_attrs["seed"]) for t in units})
-    mem = dict(d, search={**d["search"], "storage": None})
+    mem = dict(d, storage=None)
     ref_trials, _, ref_best = run_search(*run_args(mem))
     assert trials["fitness"].tolist() == pytest.approx(ref_trials["fitness"].tolist())
-    assert best["genes"] == ref_best["genes"]
+    assert best.genes == ref_best.genes

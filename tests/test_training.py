@@ -5,7 +5,7 @@ import torch
 from conftest import base_parameters, make_split, method_params, train_config
 
 from evotune.backbones import build_model
-from evotune.search import genome_plan
+from evotune.search.evaluator import genome_plan
 from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan, confusion_matrix, macro_accuracy
 
 MEAN, STD = (0.3, 0.3, 0.3), (0.25, 0.25, 0.25)

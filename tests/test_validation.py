@@ -65,7 +65,7 @@ def test_missing_imagenet_weights_fail_before_training_with_the_path(base_params
 
 
 def test_a_storage_that_cannot_be_opened_names_the_parameter(tmp_path):
-    from evotune.study import open_study
+    from evotune.search.store import open_study
 
     with pytest.raises(ValueError, match="search.storage"):
         open_study("postgresql://nobody@127.0.0.1:1/none", "s")

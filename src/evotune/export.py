@@ -190,7 +190,7 @@ def build_metadata(
 ) -> dict:
     """The metadata JSON (plain values only)."""
     crop = int(preprocessing["center_crop"])
-    genome = dict(retrained.genome)
+    genome = retrained.genome
     block_names = list(model.block_names)
     block_lrs = list(retrained.block_lrs)
     return {
@@ -233,14 +233,14 @@ def build_metadata(
             ],
         },
         "genome": {
-            "key": genome.get("key"),
-            "mask": genome.get("mask"),
-            "genes": genome.get("genes"),
-            "threshold": genome.get("threshold"),
-            "search_fitness": genome.get("fitness"),
-            "force_head_trainable": genome.get("force_head_trainable"),
+            "key": genome.key,
+            "mask": genome.mask,
+            "genes": genome.genes,
+            "threshold": genome.threshold,
+            "search_fitness": genome.fitness,
+            "force_head_trainable": genome.force_head_trainable,
             "learning_rates": {name: (None if lr is None else float(lr)) for name, lr in zip(block_names, block_lrs)},
-            "lr_multipliers": genome.get("lr_multipliers"),
+            "lr_multipliers": genome.lr_multipliers,
         },
         "training": {
             "seed": int(run.seed),

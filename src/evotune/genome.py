@@ -54,18 +54,6 @@ class DecodedGenome:
         return [0.0 if lr is None else lr / base_lr for lr in self.block_lrs]
 
 
-def check_genome(genes, num_blocks: int) -> np.ndarray:
-    g = np.asarray(genes, dtype=float)
-    if g.shape != (num_blocks + 1,):
-        raise ValueError(
-            f"A genome for {num_blocks} blocks has {num_blocks + 1} genes (one per block and "
-            f"the threshold); got shape {g.shape}."
-        )
-    if not np.all(np.isfinite(g)) or g.min() < 0.0 or g.max() > 1.0:
-        raise ValueError(f"Genes must be finite and in [0, 1]; got {g.tolist()}")
-    return g
-
-
 def decode(genes, base_lr: float, *, force_head: bool = True) -> DecodedGenome:
     """Decode genes into per-block learning rates (``None`` = frozen)."""
     g = np.asarray(genes, dtype=float)

@@ -111,8 +111,9 @@ class ValidationHooks:
                                      + "\n  - ".join(absent))
         if "ingest_index" in names:
             from .pipelines.data_processing.nodes import check_target_data
+            from .search.config import SearchConfig
 
-            check_target_data(params["data"], params["search"])
+            check_target_data(params["data"], SearchConfig.from_params(params["search"]).n_chunks)
         check_saved_backbone(pipeline, catalog, params)
         log.info("parameters and inputs checked for %d nodes", len(names))
 

@@ -48,3 +48,29 @@ def check_same_lineage(stage: str, key: str, artifacts: dict[str, Any], rerun: s
         f"{stage}: its inputs were made from different {what} ({key} {listing}); nothing was run. "
         f"This happens when an earlier run stopped half-way. Make them again together: {rerun}."
     )
+
+
+def tensor_fingerprint(*objs: Any) -> str:
+    """sha1 over the bytes of the tensors (and the text of everything else) in nested containers."""
+    import torch
+
+    h = hashlib.sha1()
+
+    def feed(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            for k in sorted(o, key=str):
+                h.update(str(k).encode())
+                feed(o[k])
+        elif isinstance(o, (list, tuple)):
+            for x in o:
+                feed(x)
+        else:
+            h.update(repr(o).encode())
+
+    for o in objs:
+        feed(o)
+    return h.hexdigest()[:10]

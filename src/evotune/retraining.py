@@ -29,7 +29,8 @@ from .errors import InputMismatchError, ParameterError
 from .lineage import now
 from .methods import PlanMethod, get_method, trainable_parameters
 from .params import check_type, require, where
-from .search import genome_plan
+from .search.evaluator import genome_plan
+from .search.records import GenomeRecord
 from .training import DeviceData, TrainConfig, Trainer, TrainingPlan
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class TrainedVariant(Artifact):
     method: str
     variant: str
     params: dict[str, Any]
-    genome: dict[str, Any] | None  # the best genome retrained (BioTune, search baselines); None for a fixed plan
+    genome: GenomeRecord | None  # the best genome retrained (BioTune, search baselines); None for a fixed plan
     block_lrs: list[float | None]
     trainable_params: int
     total_params: int
@@ -135,20 +136,20 @@ def train_seeds(
 
 
 def retrain_genome(
-    backbone: dict, target_train: dict, target_val: dict, genome: dict, seeds: Sequence[int], cfg: TrainConfig,
+    backbone: dict, target_train: dict, target_val: dict, genome: GenomeRecord, seeds: Sequence[int], cfg: TrainConfig,
     *, method: str = "biotune", params: dict | None = None,
 ) -> TrainedVariant:
     """A searched genome (BioTune's, or a search baseline's) trained on all training chunks, once per seed."""
     model = model_from_checkpoint(backbone)
-    if list(model.block_names) != list(genome["block_names"]):
+    if list(model.block_names) != list(genome.block_names):
         raise InputMismatchError(
-            f"best_genome was found for blocks {genome['block_names']} but the backbone has "
+            f"best_genome was found for blocks {genome.block_names} but the backbone has "
             f"{list(model.block_names)}: rerun the search after changing the backbone."
         )
     trainer = Trainer(model, cfg, mean=backbone.mean, std=backbone.std)
     train = DeviceData.from_split(target_train, trainer.device)
     val = DeviceData.from_split(target_val, trainer.device)
-    plan = genome_plan(genome["genes"], cfg.base_lr, force_head=genome["force_head_trainable"], name="best_genome")
+    plan = genome_plan(genome.genes, cfg.base_lr, force_head=genome.force_head_trainable, name="best_genome")
     runs = train_seeds(trainer, plan, train, val, seeds, label="retrain", data_key=("retrain",))
     trainable = count_parameters(model, plan.trained_blocks)
     return TrainedVariant(
@@ -188,14 +189,14 @@ def train_plan_method(
 
 
 def retrain_search_method(
-    backbone: dict, target_train: dict, target_val: dict, best_genome: dict, method: str, seeds: Sequence[int],
+    backbone: dict, target_train: dict, target_val: dict, best_genome: GenomeRecord, method: str, seeds: Sequence[int],
     cfg: TrainConfig,
 ) -> TrainedMethod:
     """A search baseline's best genome retrained exactly as BioTune's (:func:`retrain_genome`)."""
     t0 = time.perf_counter()
     variant = retrain_genome(backbone, target_train, target_val, best_genome, seeds, cfg, method=method,
-                             params=best_genome.get("params", {}))
-    search = SearchSummary(**{k: best_genome.get(k) for k in (
+                             params=best_genome.params or {})
+    search = SearchSummary(**{k: getattr(best_genome, k) for k in (
         "evaluations", "trainings", "search_seconds", "wall_seconds", "mask", "genes", "fitness", "study_name")})
     return TrainedMethod(method=method, kind="search", variants=[variant], search=search,
                          wall_seconds=time.perf_counter() - t0, dataset=variant.dataset,

@@ -158,13 +158,9 @@ class DeviceData:
         split: Split,
         device: torch.device,
         *,
-        chunk: int | None = None,
         num_classes: int | None = None,
     ) -> DeviceData:
         images, labels = split.images, split.labels
-        if chunk is not None:
-            mask = split.chunks == chunk
-            images, labels = images[mask], labels[mask]
         n_cls = num_classes if num_classes is not None else len(split.classes)
         return cls(images.to(device), labels.to(device), n_cls)
 

@@ -21,8 +21,8 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     """Raise :class:`ParameterError` listing every problem found in what this run will use."""
     from .backbones import get_arch, imagenet_weights_problem
     from .pipelines.backbone.nodes import BackboneParams
-    from .pipelines.search.nodes import SearchParams
     from .retraining import retrain_config, retrain_seeds
+    from .search.config import SearchConfig
     from .training import TrainConfig, resolve_device
 
     nodes = set(node_names)
@@ -42,7 +42,7 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if any(n.startswith("compare.") for n in nodes):
         from .methods import check_compare_params
 
-        search = check(SearchParams.from_params, params.get("search"))
+        search = check(SearchConfig.from_params, params.get("search"))
         check(check_compare_params, params.get("compare"), search.population if search else None)
 
     backbone = None
@@ -95,8 +95,8 @@ def validate_run(params: dict[str, Any], node_names) -> None:
 
         check(lambda: from_params(SourceDataParams, require(params.get("source_pretraining"), "data",
                                                             "source_pretraining"), "source_pretraining.data"))
-    if nodes & {"evolutionary_search", "search_worker", "split_dataset"} or any(n.startswith("compare.") for n in nodes):
-        check(SearchParams.from_params, params.get("search"))
+    if nodes & {"evolutionary_search", "search_worker", "ingest_index"} or any(n.startswith("compare.") for n in nodes):
+        check(SearchConfig.from_params, params.get("search"))  # ingest_index: the pre-run data check's chunk count
     if "retrain_best_genome" in nodes:
         check(retrain_seeds, params.get("retrain"))
         check(retrain_config, params.get("training"), params.get("retrain"))

@@ -212,7 +212,6 @@ def render_printed_characters(
     return Split(
         images=torch.from_numpy(images),
         labels=torch.arange(k, dtype=torch.int64).repeat(int(n_per_class)),
-        chunks=torch.full((n,), -1, dtype=torch.int64),
         classes=names,
         items=[f"printed:{i}" for i in range(n)],
     )

@@ -105,7 +105,7 @@ def decode_split(
 ) -> Split:
     """Decode each image of ``index_rows`` once into a :class:`Split` (without lineage).
 
-    ``index_rows``: ``item``, ``label`` and optionally ``chunk`` (-1 when absent). Images are
+    ``index_rows``: ``item`` and ``label``. Images are
     resized (shorter side to ``resize_size``), centre-cropped to ``crop_size`` and written
     straight into one preallocated uint8 tensor, ``batch`` items at a time, so the PIL
     images of the whole split never sit in memory together.
@@ -115,10 +115,6 @@ def decode_split(
     n = len(rows)
     items = rows["item"].astype(str).tolist()
     labels = torch.from_numpy(np.array(rows["label"], dtype=np.int64))
-    if "chunk" in rows.columns:
-        chunks = torch.from_numpy(np.array(rows["chunk"], dtype=np.int64))
-    else:
-        chunks = torch.full((n,), -1, dtype=torch.int64)
     images = torch.empty((n, 3, c, c), dtype=torch.uint8)
     out = images.numpy()  # shares memory
     t0 = last = time.perf_counter()
@@ -140,5 +136,5 @@ def decode_split(
             f"The index has label {int(labels.max())} but {source.describe()} has {len(classes)} classes; "
             "rerun the data_processing pipeline from ingest_index."
         )
-    return Split(images=images, labels=labels, chunks=chunks, classes=classes, items=items,
+    return Split(images=images, labels=labels, classes=classes, items=items,
                  preprocessing=preprocessing_record(r, c))

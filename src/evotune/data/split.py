@@ -22,7 +22,6 @@ class Split(Artifact):
 
     images: torch.Tensor  # uint8 [N, 3, S, S] RGB
     labels: torch.Tensor  # int64 [N], 0..len(classes)-1
-    chunks: torch.Tensor  # int64 [N], the search chunk of each image (-1: none)
     classes: list[str]  # class names, by label
     items: list[str]  # the source's item id of each image
     preprocessing: dict[str, Any] | None = None  # how the images were decoded (preprocessing_record)
@@ -32,6 +31,6 @@ class Split(Artifact):
     def subset(self, mask: torch.Tensor) -> Split:
         """The images where ``mask`` (bool ``[N]``) is true, in order; classes and records kept."""
         items = [it for it, keep in zip(self.items, mask.tolist()) if keep]
-        return Split(images=self.images[mask], labels=self.labels[mask], chunks=self.chunks[mask],
+        return Split(images=self.images[mask], labels=self.labels[mask],
                      classes=list(self.classes), items=items, preprocessing=self.preprocessing,
                      dataset=self.dataset, dataset_name=self.dataset_name)

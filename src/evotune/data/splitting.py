@@ -1,7 +1,9 @@
 """Stratified, seeded train/val/test splits and the search's data chunks.
 
-Both functions work on the index of a source (columns ``item``, ``label``,
-``class_name``, ``official_split``) and return a copy with one more column. Each class
+:func:`assign_splits` works on the index of a source (columns ``item``, ``label``,
+``class_name``, ``official_split``) and returns a copy with a ``split`` column;
+:func:`chunk_ids` cuts one split's images into the search's chunks (the search stage
+calls it, see :func:`evotune.search.runner.search_chunks`). Each class
 is shuffled with its own generator seeded by ``(seed, label)``, after sorting its rows
 by item id: the result depends on the seed and the data, not on the row order.
 """
@@ -219,47 +221,42 @@ def _short_classes_message(short: list[str], p: str, *, official: bool, n_chunks
     return f"{len(short)} class problem(s):\n  - {shown}\n{advice}"
 
 
-def n_chunks_for(train_split_pct: float, param: str = "search.train_split_pct") -> int:
-    """ceil(1 / train_split_pct), the number of search chunks."""
-    try:
-        pct = float(train_split_pct)
-    except (TypeError, ValueError) as exc:
-        raise DataSourceError(f"{param} must be a number in (0, 1]; got {train_split_pct!r}.") from exc
-    if not 0.0 < pct <= 1.0:
-        raise DataSourceError(f"{param} must be in (0, 1]; got {train_split_pct}.")
-    return max(1, math.ceil(1.0 / pct - 1e-9))
+#: the salt of each split's chunk draw (the split draws use 0, 1, 2)
+CHUNK_SALT = {"train": 3, "val": 4}
 
 
-def assign_chunks(
-    index: pd.DataFrame, *, train_split_pct: float, seed: int, param: str = "search.train_split_pct",
-    val_fraction: float | None = None, test_fraction: float | None = None,
-) -> pd.DataFrame:
-    """Add a ``chunk`` column: train and val rows are each cut into n = ceil(1/train_split_pct)
-    disjoint chunks 0..n-1, stratified (each class spread evenly over the chunks, chunk
-    sizes within one image of each other); other rows get -1."""
-    n = n_chunks_for(train_split_pct, param)
-    if "split" not in index.columns:
-        raise DataSourceError("assign_chunks needs the 'split' column of assign_splits.")
-    df = index.reset_index(drop=True).copy()
+def chunk_ids(
+    items, labels, *, split: str, n_chunks: int, seed: int, class_names=None,
+    param: str = "search.train_split_pct",
+) -> np.ndarray:
+    """The search chunk (0..n_chunks-1) of every image of one split (``train`` or ``val``).
+
+    Stratified: each class's images, in a random order seeded by ``(seed, label)`` after
+    sorting them by item id, are dealt over the chunks in turn, the next class starting where
+    the previous one left off (chunk sizes within one image of each other). The result
+    depends on the items, labels and seed only, not on the order of the images.
+    Raises :class:`DataSourceError` listing the classes with fewer than ``n_chunks`` images.
+    """
+    salt = CHUNK_SALT[split]
+    n = int(n_chunks)
+    df = pd.DataFrame({"item": [str(x) for x in items], "label": np.asarray(labels, dtype=np.int64)})
+    if class_names is not None:
+        df["class_name"] = [class_names[y] for y in df["label"]]
+    mask = np.ones(len(df), dtype=bool)
     chunk = np.full(len(df), -1, dtype=np.int64)
     short = []
-    for salt, name in ((3, "train"), (4, "val")):
-        mask = (df["split"] == name).to_numpy()
-        offset = 0
-        for y in sorted(df.loc[mask, "label"].unique().tolist()):
-            pos = _class_rows(df, mask, y, seed, salt)
-            if len(pos) < n:
-                short.append(f"class {_class_name(df, y)} has {len(pos)} {name} image(s); the {n} chunks of "
-                             f"{param}={train_split_pct} need {n}")
-                continue
-            chunk[pos] = (np.arange(len(pos)) + offset) % n
-            offset = (offset + len(pos)) % n  # the next class starts where this one left off: balanced sizes
+    offset = 0
+    for y in sorted(df["label"].unique().tolist()):
+        pos = _class_rows(df, mask, y, seed, salt)
+        if len(pos) < n:
+            short.append(f"class {_class_name(df, y)} has {len(pos)} {split} image(s); the {n} search chunks "
+                         f"need {n}")
+            continue
+        chunk[pos] = (np.arange(len(pos)) + offset) % n
+        offset = (offset + len(pos)) % n  # the next class starts where this one left off: balanced sizes
     if short:
-        official = "official_split" in df.columns and bool((df["official_split"].astype(str) != "").any())
         raise DataSourceError(
-            _short_classes_message(short, "data.split", official=official, n_chunks=n, val_fraction=val_fraction,
-                                   test_fraction=test_fraction)
+            _short_classes_message(short, "data.split", official=False, n_chunks=n)
             + f" Or raise {param} (fewer chunks)."
         )
-    df["chunk"] = chunk
-    return df
+    return chunk

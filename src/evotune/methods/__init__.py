@@ -4,7 +4,7 @@
 **params) -> TrainingPlan``, run by :class:`evotune.training.Trainer`) or a
 :class:`SearchMethod` (``search(evaluate, num_blocks, evo, n_chunks=...,
 **params) -> SearchOutcome``, at BioTune's evaluation budget, through
-:class:`evotune.search.GenomeEvaluator`). One module per method:
+:class:`evotune.search.evaluator.GenomeEvaluator`). One module per method:
 
 ========================  =======  ==============================================
 name                      kind     module

@@ -10,13 +10,13 @@ Two kinds of method, both built on the project's single training loop
   the comparison trains every variant and keeps the best by validation.
 * :class:`SearchMethod` - a search over BioTune's genome at BioTune's budget:
   ``search(evaluate, num_blocks, evo, n_chunks=..., **params)`` asks an
-  ``evaluate`` callable (a :class:`~evotune.search.GenomeEvaluator`) for the
-  fitness of :class:`~evotune.evolution.EvalRequest` batches and returns the
+  ``evaluate`` callable (a :class:`~evotune.search.evaluator.GenomeEvaluator`) for the
+  fitness of :class:`~evotune.search.evolution.EvalRequest` batches and returns the
   best genome, which is then retrained and tested exactly like BioTune's.
 
 Search budget and data schedule
 -------------------------------
-A search baseline makes exactly ``EvolutionConfig.evaluations`` =
+A search baseline makes exactly ``SearchConfig.evaluations`` =
 N + G (2E + N - E) evaluations, BioTune's count. Evaluation ``j`` (0-based, in
 request order) belongs to the *generation-equivalent*
 
@@ -41,8 +41,9 @@ import numpy as np
 
 from ..backbones import StagedModel
 from ..errors import ParameterError
-from ..evolution import EvalRequest, EvolutionConfig
 from ..params import check_type, missing_message
+from ..search.config import SearchConfig
+from ..search.evolution import EvalRequest
 from ..training import TrainingPlan, apply_freezing, default_param_groups
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class SearchMethod(Method):
         self,
         evaluate: Callable[[list[EvalRequest]], list[float]],
         num_blocks: int,
-        evo: EvolutionConfig,
+        evo: SearchConfig,
         *,
         n_chunks: int = 1,
         **params: Any,
@@ -169,14 +170,14 @@ class SearchMethod(Method):
 # --------------------------------------------------------------------------- budget
 
 
-def generation_equivalent(index: int, evo: EvolutionConfig) -> int:
+def generation_equivalent(index: int, evo: SearchConfig) -> int:
     """The BioTune generation whose evaluations include evaluation ``index`` (0-based)."""
     if index < evo.population:
         return 0
     return 1 + (index - evo.population) // (evo.population + evo.elite)
 
 
-def evaluation_chunk(index: int, evo: EvolutionConfig, n_chunks: int) -> int:
+def evaluation_chunk(index: int, evo: SearchConfig, n_chunks: int) -> int:
     """Search chunk of evaluation ``index``: generation-equivalent mod n_chunks."""
     return generation_equivalent(index, evo) % max(int(n_chunks), 1)
 
@@ -187,7 +188,7 @@ class Budget:
     Tracks every evaluation (``rows``) and the best one (lowest fitness, first on ties).
     """
 
-    def __init__(self, evaluate: Callable[[list[EvalRequest]], list[float]], evo: EvolutionConfig,
+    def __init__(self, evaluate: Callable[[list[EvalRequest]], list[float]], evo: SearchConfig,
                  n_chunks: int) -> None:
         self.evaluate_fn = evaluate
         self.evo = evo

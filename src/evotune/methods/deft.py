@@ -15,7 +15,7 @@ DEFT's own encoding is not public in code. Here, as SPEC section 6 asks:
   partial (its first targets only);
 * the head follows BioTune's head policy (``search.force_head_trainable``).
 
-To go through the same :class:`~evotune.search.GenomeEvaluator` (and
+To go through the same :class:`~evotune.search.evaluator.GenomeEvaluator` (and
 ``retrain_best_genome``) as BioTune, an individual is evaluated as the BioTune
 genome :func:`deft_phenotype`: threshold gene 0.5, a trained block's gene the
 smallest float above 0.5 (so g > t and lr = base_lr * 10^(2 * 1.1e-16), i.e.

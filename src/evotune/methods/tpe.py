@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import optuna
 
-from ..study import gene_param_names
+from ..search.store import gene_param_names
 from .base import Budget, SearchMethod
 
 

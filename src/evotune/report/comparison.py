@@ -15,6 +15,7 @@ import pandas as pd
 from ..errors import ParameterError
 from ..evaluation import MethodMetrics, TestMetrics
 from ..methods import METHODS
+from ..search.records import GenomeRecord
 
 TABLE_COLUMNS = [
     "method", "variant", "kind", "test_accuracy", "accuracy_mean", "accuracy_std", "macro_accuracy_mean",
@@ -40,14 +41,14 @@ def _row(m: TestMetrics, *, method: str, variant: str, trainings: int, evaluatio
     }
 
 
-def biotune_row(test_metrics: TestMetrics, test_metrics_per_seed: pd.DataFrame, best_genome: dict) -> dict:
+def biotune_row(test_metrics: TestMetrics, test_metrics_per_seed: pd.DataFrame, best_genome: GenomeRecord) -> dict:
     """BioTune's row from the default pipeline's outputs."""
     retrain_s = float(test_metrics_per_seed["train_seconds"].sum())
     return _row(
-        test_metrics, method="biotune", variant=f"biotune[{best_genome.get('mask', '')}]",
-        trainings=int(best_genome.get("trainings") or 0) + int(test_metrics.n_seeds),
-        evaluations=best_genome.get("evaluations"),
-        compute_seconds=float(best_genome.get("search_seconds") or 0.0) + retrain_s,
+        test_metrics, method="biotune", variant=f"biotune[{best_genome.mask}]",
+        trainings=int(best_genome.trainings) + int(test_metrics.n_seeds),
+        evaluations=best_genome.evaluations,
+        compute_seconds=float(best_genome.search_seconds) + retrain_s,
         wall_seconds=None, selected_by=None,
     )
 

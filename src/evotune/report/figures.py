@@ -7,16 +7,16 @@ no GUI backend), so they can be made from any thread and need no closing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from ..evaluation import TestMetrics
+from ..search.records import GenomeRecord
 from .labels import method_label
-from .summary import block_selection_shares, mask_text
+from .summary import block_selection_shares
 
 # above this many classes the confusion matrix gets no per-cell counts / tick labels
 CONFUSION_ANNOTATE_MAX = 12
@@ -65,15 +65,12 @@ def plot_block_selection(search_population: pd.DataFrame, block_names: Sequence[
     return fig
 
 
-def plot_lr_multipliers(best_genome: Mapping[str, Any]) -> Figure:
+def plot_lr_multipliers(best_genome: GenomeRecord) -> Figure:
     """Bar chart (log y) of lr / base lr per block of the best genome; frozen blocks marked."""
-    names = list(best_genome["block_names"])
+    names = list(best_genome.block_names)
     n = len(names)
-    mults = [float(m) if m is not None else 0.0 for m in best_genome.get("lr_multipliers", [0.0] * n)]
-    if best_genome.get("block_lrs") is not None:
-        trained = [lr is not None for lr in best_genome["block_lrs"]]
-    else:
-        trained = [c == "1" for c in mask_text(best_genome["mask"])]
+    mults = [float(m) if m is not None else 0.0 for m in best_genome.lr_multipliers]
+    trained = [lr is not None for lr in best_genome.block_lrs]
     idx = [i for i in range(n) if trained[i] and mults[i] > 0]
     fig = Figure(figsize=(max(5.0, 0.8 * n + 2.0), 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -93,11 +90,7 @@ def plot_lr_multipliers(best_genome: Mapping[str, Any]) -> Figure:
     ax.set_xticks(range(n), labels=names, rotation=45, ha="right")
     ax.set_xlabel("block")
     ax.set_ylabel("lr / base lr (log scale)")
-    base = best_genome.get("base_lr")
-    title = "Best genome: learning-rate multiplier per block"
-    if base is not None:
-        title += f" (base lr {float(base):g})"
-    ax.set_title(title)
+    ax.set_title(f"Best genome: learning-rate multiplier per block (base lr {float(best_genome.base_lr):g})")
     ax.legend(loc="upper left")
     return fig
 

@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 
 from ..evaluation import TestMetrics
+from ..search.records import GenomeRecord
 from .labels import FIGURE_TITLES, method_label
-from .summary import mask_text
 
 
 def _fmt_float(x: Any, digits: int = 4) -> str:
@@ -80,15 +80,11 @@ def _yes_no(b: Any) -> str:
     return "yes" if bool(b) else "no"
 
 
-def _best_genome_table(best: Mapping[str, Any]) -> str:
-    names = list(best["block_names"])
-    n = len(names)
-    genes = list(best.get("genes", []))
-    mults = list(best.get("lr_multipliers", [None] * n))
-    lrs = best.get("block_lrs")
-    trained = [lr is not None for lr in lrs] if lrs is not None else [
-        c == "1" for c in mask_text(best["mask"])
-    ]
+def _best_genome_table(best: GenomeRecord) -> str:
+    names = list(best.block_names)
+    genes = list(best.genes)
+    mults = list(best.lr_multipliers)
+    trained = [lr is not None for lr in best.block_lrs]
     rows = []
     for i, name in enumerate(names):
         m = mults[i] if i < len(mults) else None
@@ -100,8 +96,7 @@ def _best_genome_table(best: Mapping[str, Any]) -> str:
                 f"{float(m):.2f}x" if trained[i] and m is not None else "frozen",
             ]
         )
-    thr = best.get("threshold", genes[-1] if len(genes) > n else None)
-    rows.append(["*threshold*", "", _fmt_float(thr, 3), ""])
+    rows.append(["*threshold*", "", _fmt_float(best.threshold, 3), ""])
     return markdown_table(["block", "trained", "gene", "lr multiplier"], rows, "llrr")
 
 
@@ -153,7 +148,7 @@ def _per_seed_table(per_seed: pd.DataFrame) -> str:
 
 
 def markdown_report(
-    best_genome: Mapping[str, Any],
+    best_genome: GenomeRecord,
     summary: pd.DataFrame,
     test_metrics: TestMetrics,
     test_metrics_per_seed: pd.DataFrame,
@@ -165,7 +160,7 @@ def markdown_report(
     name) to its path relative to the report; the figures are linked in that order.
     """
     tm = test_metrics
-    arch = best_genome.get("arch", "?")
+    arch = best_genome.arch
     n_seeds = tm.n_seeds
     out: list[str] = [f"# {method_label(tm.method)} on {arch}: results", ""]
 
@@ -178,8 +173,8 @@ def markdown_report(
     created = tm.inputs_created
     out.append(
         f"Data: {tm.dataset_name} (split fingerprint `{tm.dataset}`); backbone `{tm.backbone_id}`"
-        f" made {created.get('backbone', '?')}; search `{best_genome.get('study_name', '?')}` made "
-        f"{best_genome.get('created', '?')}; retrain made {created.get('retrained_models', '?')}."
+        f" made {created.get('backbone', '?')}; search `{best_genome.study_name}` made "
+        f"{best_genome.created}; retrain made {created.get('retrained_models', '?')}."
     )
     out.append("")
     headline = [
@@ -194,16 +189,16 @@ def markdown_report(
     out.append("")
 
     # best genome
-    fitness = best_genome.get("fitness")
+    fitness = best_genome.fitness
     out.append("## Best genome")
     out.append("")
     out.append(
-        f"Genome `{best_genome.get('key', '?')}`, mask `{best_genome.get('mask', '')}` "
+        f"Genome `{best_genome.key}`, mask `{best_genome.mask}` "
         f"(1 = trained), fitness {_fmt_float(fitness)}"
         + (f" (validation macro accuracy {_pct(1.0 - float(fitness))} % during the search)" if fitness is not None else "")
-        + f". Base learning rate {best_genome.get('base_lr', '?')}; a trained block's rate is "
+        + f". Base learning rate {best_genome.base_lr}; a trained block's rate is "
         "base_lr * 10^(2 (gene - 0.5)); the head is "
-        + ("always trained." if best_genome.get("force_head_trainable", True) else "trained only when selected.")
+        + ("always trained." if best_genome.force_head_trainable else "trained only when selected.")
     )
     out.append("")
     out.append(_best_genome_table(best_genome))
@@ -217,18 +212,18 @@ def markdown_report(
     out.append("")
     settings = [
         ["architecture", arch],
-        ["blocks", len(best_genome.get("block_names", []))],
+        ["blocks", len(best_genome.block_names)],
         ["generations", f"{n_generations} (after the initial population)"],
     ]
     if len(pop0):
         settings.append(["population", int(pop0.iloc[0])])
     settings += [
-        ["evaluations", best_genome.get("evaluations", int(summary["n_evaluations"].sum()) if len(summary) else 0)],
-        ["trainings (evaluations x seeds, reused ones excluded)", best_genome.get("trainings", "-")],
+        ["evaluations", best_genome.evaluations],
+        ["trainings (evaluations x seeds, reused ones excluded)", best_genome.trainings],
         ["evaluations reused from the study", int(summary["n_cached"].sum()) if "n_cached" in summary.columns else 0],
-        ["search time (sum over evaluations)", format_duration(best_genome.get("search_seconds"))],
-        ["search device", best_genome.get("device", "-")],
-        ["study", f"`{best_genome.get('study_name', '-')}` in `{best_genome.get('storage')}`"],
+        ["search time (sum over evaluations)", format_duration(best_genome.search_seconds)],
+        ["search device", best_genome.device],
+        ["study", f"`{best_genome.study_name}` in `{best_genome.storage}`"],
         ["test device", tm.device],
     ]
     out.append(markdown_table(["setting", "value"], settings, "ll"))

@@ -20,9 +20,8 @@ from ...backbones import (
 )
 from ...data.split import Split
 from ...errors import ParameterError
-from ...lineage import now
+from ...lineage import now, tensor_fingerprint
 from ...params import from_params, require
-from ...study import tensor_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Templates (datasets below are named inside the namespace, e.g. ``compare.lora.me
 Each namespace reads its own parameters ``params:compare.<method>`` (mapped to the
 template's ``params:method``) and the shared ``params:compare`` (``methods``,
 ``seeds``), ``params:search``, ``params:training``, ``params:retrain``. The free
-inputs ``backbone``, ``target_train``, ``target_val``, ``target_test`` are shared.
+inputs ``backbone``, ``target_train``, ``target_val``, ``target_test``, ``search_study_store`` are shared.
 Then the nodes ``compare.table`` -> ``compare_table`` (with BioTune's ``test_metrics``, ``test_metrics_per_seed``
 and ``best_genome``), ``compare.table_markdown`` -> ``compare_table_markdown`` and
 ``compare.figure`` -> ``compare_figure``.
@@ -37,7 +37,7 @@ from .nodes import (
     train_plan_method,
 )
 
-SHARED_INPUTS = {"backbone", "target_train", "target_val", "target_test"}
+SHARED_INPUTS = {"backbone", "target_train", "target_val", "target_test", "search_study_store"}
 
 
 def _bind(func, method: str):
@@ -58,8 +58,8 @@ def plan_template(method: str) -> Pipeline:
 def search_template(method: str) -> Pipeline:
     return Pipeline([
         Node(_bind(search_baseline, method),
-             inputs=["backbone", "target_train", "target_val", "params:compare", "params:method", "params:search",
-                     "params:training"],
+             inputs=["backbone", "target_train", "target_val", "search_study_store", "params:compare", "params:method",
+                     "params:search", "params:training"],
              outputs=["search_trials", "best_genome"], name="search"),
         Node(_bind(retrain_searched_genome, method),
              inputs=["backbone", "target_train", "target_val", "best_genome", "params:compare", "params:training",

@@ -1,4 +1,4 @@
-"""Target data: ingest the source's index, split it (train/val/test + search chunks), decode once."""
+"""Target data: ingest the source's index, split it (train/val/test), decode once."""
 
 from .pipeline import create_pipeline
 

@@ -1,7 +1,7 @@
 """Nodes of the target data stage (``data`` parameters, parameters_data_processing.yml).
 
 ingest_index -> target_index_raw (Parquet: item, label, class_name, official_split)
-split_dataset -> target_index (+ split, chunk)
+split_dataset -> target_index (+ split; the search cuts its chunks itself)
 preprocess_splits -> target_train / target_val / target_test (:class:`~evotune.data.split.Split`:
 uint8 tensors, decoded once, with the index's fingerprint)
 """
@@ -17,7 +17,7 @@ from ...data.errors import DataSourceError
 from ...data.preprocess import check_image_params, decode_split
 from ...data.sources import INDEX_COLUMNS, make_source, unreadable_items
 from ...data.split import Split
-from ...data.splitting import assign_chunks, assign_splits, n_chunks_for
+from ...data.splitting import assign_splits
 from ...lineage import dataset_fingerprint
 from ...params import check_type, from_params, require, section
 
@@ -83,17 +83,11 @@ def ingest_index(data_params: dict) -> pd.DataFrame:
     return index[INDEX_COLUMNS]
 
 
-def split_dataset(target_index_raw: pd.DataFrame, data_params: dict, search_params: dict) -> pd.DataFrame:
-    """Stratified train/val/test split (``data.split``), then the search chunks of train and val
-    (``search.train_split_pct``)."""
-    opts = split_options(data_params)
-    pct = check_type(require(search_params, "train_split_pct", "search"), float, "search.train_split_pct")
-    index = assign_splits(target_index_raw, **opts, n_chunks=n_chunks_for(pct))
-    index = assign_chunks(index, train_split_pct=pct, seed=int(opts["seed"]),
-                          val_fraction=opts["val_fraction"], test_fraction=opts["test_fraction"])
-    n_chunks = int(index["chunk"].max()) + 1
-    log.info("train/val cut into %d search chunk(s) (search.train_split_pct=%s)", n_chunks, pct)
-    return index
+def split_dataset(target_index_raw: pd.DataFrame, data_params: dict, n_chunks: int = 1) -> pd.DataFrame:
+    """Stratified train/val/test split (``data.split``). The search cuts train and val into its
+    chunks itself (:func:`evotune.search.runner.search_chunks`); ``n_chunks`` only checks here
+    that every class has enough train and val images for them (the pre-run data check)."""
+    return assign_splits(target_index_raw, **split_options(data_params), n_chunks=n_chunks)
 
 
 def check_labels(index: pd.DataFrame, classes: list[str]) -> None:
@@ -130,12 +124,13 @@ def preprocess_splits(target_index: pd.DataFrame, data_params: dict) -> tuple[Sp
     return tuple(out)
 
 
-def check_target_data(data_params: dict, search_params: dict) -> None:
+def check_target_data(data_params: dict, n_chunks: int) -> None:
     """What the data stage will find, before anything runs: every image file decodes (or is
-    skipped), and every class has enough images for the splits and the search chunks.
-    Raises :class:`DataSourceError` listing every problem of the kind it finds."""
+    skipped), and every class has enough images for the splits and the ``n_chunks`` search
+    chunks (``SearchConfig.n_chunks``). Raises :class:`DataSourceError` listing every problem
+    of the kind it finds."""
     check_data_params(data_params)
-    split_dataset(ingest_index(data_params), data_params, search_params)
+    split_dataset(ingest_index(data_params), data_params, n_chunks)
 
 
 def check_data_params(data_params: dict) -> None:

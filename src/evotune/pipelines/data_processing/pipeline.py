@@ -9,7 +9,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(ingest_index, inputs="params:data", outputs="target_index_raw", name="ingest_index"),
             Node(
                 split_dataset,
-                inputs=["target_index_raw", "params:data", "params:search"],
+                inputs=["target_index_raw", "params:data"],
                 outputs="target_index",
                 name="split_dataset",
             ),

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from ...evaluation import TestMetrics
 from ...lineage import check_same_lineage
 from ...report import figures, labels, markdown, summary
+from ...search.records import GenomeRecord
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,12 @@ def summarise_generations(search_population: pd.DataFrame, search_trials: pd.Dat
 
 
 def plot_search_figures(
-    generation_summary: pd.DataFrame, search_population: pd.DataFrame, best_genome: dict
+    generation_summary: pd.DataFrame, search_population: pd.DataFrame, best_genome: GenomeRecord
 ) -> tuple[Figure, Figure, Figure, Figure, Figure, Figure]:
     """Fitness per generation, block-selection heatmap, best genome's lr multipliers; each drawn once and
     returned twice: for its versioned dataset and for its copy beside the ``latest`` report."""
     fitness = figures.plot_fitness(generation_summary)
-    blocks = figures.plot_block_selection(search_population, best_genome["block_names"])
+    blocks = figures.plot_block_selection(search_population, best_genome.block_names)
     lrs = figures.plot_lr_multipliers(best_genome)
     return fitness, blocks, lrs, fitness, blocks, lrs
 
@@ -47,7 +48,7 @@ def plot_confusion_matrix(test_metrics: TestMetrics) -> tuple[Figure, Figure]:
 
 
 def write_report(
-    best_genome: dict,
+    best_genome: GenomeRecord,
     generation_summary: pd.DataFrame,
     test_metrics: TestMetrics,
     test_metrics_per_seed: pd.DataFrame,

@@ -10,13 +10,15 @@ import pandas as pd
 from ...evaluation import TestMetrics, evaluate_variant
 from ...lineage import check_same_lineage
 from ...retraining import TrainedVariant, retrain_config, retrain_genome, retrain_seeds
+from ...search.records import GenomeRecord
 from ...training import TrainConfig
 
 log = logging.getLogger(__name__)
 
 
 def retrain_best_genome(
-    backbone: dict, target_train: dict, target_val: dict, best_genome: dict, retrain_params: dict, training_params: dict
+    backbone: dict, target_train: dict, target_val: dict, best_genome: GenomeRecord, retrain_params: dict,
+    training_params: dict,
 ) -> TrainedVariant:
     """Train the best genome on all training chunks, once per seed; keep the best epoch by validation."""
     cfg = retrain_config(training_params, retrain_params)

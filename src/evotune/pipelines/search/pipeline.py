@@ -2,7 +2,9 @@ from kedro.pipeline import Node, Pipeline
 
 from .nodes import run_search, run_search_worker
 
-SEARCH_INPUTS = ["backbone", "target_train", "target_val", "params:search", "params:training"]
+SEARCH_INPUTS = [
+    "backbone", "target_train", "target_val", "search_study_store", "params:search", "params:training",
+]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -19,7 +21,7 @@ def create_pipeline(**kwargs) -> Pipeline:
 
 
 def create_worker_pipeline(**kwargs) -> Pipeline:
-    """Extra worker processes of a running search (same parameters, shared search.storage)."""
+    """Extra worker processes of a running search (same parameters, shared search_study_store)."""
     return Pipeline(
         [Node(run_search_worker, inputs=SEARCH_INPUTS, outputs="search_worker_log", name="search_worker")]
     )

@@ -15,38 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .genome import random_genome
+from ..genome import random_genome
+from .config import SearchConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvolutionConfig:
-    population: int = 10
-    elite: int = 3
-    generations: int = 10
-    seed: int = 0
-    exploit_delta: float = 0.25
-
-    def __post_init__(self) -> None:
-        if self.population < 3:
-            raise ValueError(f"search.population must be >= 3, got {self.population}")
-        if not 0 <= self.elite < self.population:
-            raise ValueError(
-                f"search.elite must be >= 0 and smaller than search.population "
-                f"({self.population}), got {self.elite}"
-            )
-        if self.generations < 0:
-            raise ValueError(f"search.generations must be >= 0, got {self.generations}")
-
-    @property
-    def evaluations(self) -> int:
-        """N + G * (2E + N - E) (SPEC section 4.3)."""
-        return self.population + self.generations * (self.elite + self.population)
 
 
 @dataclass
@@ -141,11 +117,6 @@ def make_child(rng: np.random.Generator, pool: list[Individual], num_genes: int)
 @dataclass
 class SearchResult:
     best: Individual
-    populations: list[list[Individual]] = field(default_factory=list)  # per generation, sorted
-
-    @property
-    def best_genes(self) -> np.ndarray:
-        return self.best.genes
 
 
 def _sorted(pop: list[Individual]) -> list[Individual]:
@@ -157,7 +128,7 @@ def _sorted(pop: list[Individual]) -> list[Individual]:
 
 def biotune_search(
     num_blocks: int,
-    cfg: EvolutionConfig,
+    cfg: SearchConfig,
     evaluate: Evaluate,
     *,
     n_chunks: int = 1,
@@ -172,7 +143,6 @@ def biotune_search(
     fits = evaluate(reqs)
     population = _sorted([Individual(r.genes, f, key=r.key) for r, f in zip(reqs, fits)])
     best = population[0]
-    history = [list(population)]
     if on_generation:
         on_generation(0, population)
 
@@ -216,7 +186,6 @@ def biotune_search(
         population = _sorted(new_elites + children)
         if population[0].fitness < best.fitness:
             best = population[0]
-        history.append(list(population))
         if on_generation:
             on_generation(gen, population)
-    return SearchResult(best=best, populations=history)
+    return SearchResult(best=best)

@@ -1,6 +1,10 @@
-"""Optuna as the record of a search.
+"""The study store: Optuna as the record of a search.
 
-The search loop is the project's own (``evolution.py``); every evaluation it
+The study storage is the catalog entry ``search_study_store``
+(:class:`evotune.io.StudyStoreDataset`), whose load gives a :class:`StudyStore`. A
+search's study is named by :func:`study_name_for`.
+
+The search loop is the project's own (:mod:`evotune.search.evolution`); every evaluation it
 asks for is stored as one Optuna trial: the genes as parameters ``g00..gNN``
 (``FloatDistribution(0, 1)``), the fitness as the value, and the request key,
 generation, role, chunk, block mask, per-seed accuracies and timings as user
@@ -14,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 
-from .genome import genome_key
+from ..genome import genome_key
+from ..lineage import tensor_fingerprint
+from .config import SearchConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ def config_fingerprint(*parts: Any) -> str:
 
 
 def make_storage(storage: str | None):
-    """An Optuna storage from ``search.storage``.
+    """An Optuna storage from a storage URL (``search.storage``).
 
     * ``null`` - in memory (one process, nothing survives the run);
     * ``sqlite:///path.db`` - a local file (several local processes; writes are serialised);
@@ -72,7 +79,8 @@ def open_study(storage: str | None, study_name: str, direction: str = "minimize"
         )
     except Exception as exc:  # sqlalchemy / driver errors are deep and long
         raise ValueError(
-            f"Could not open the Optuna storage '{storage}' (parameter search.storage) for study "
+            f"Could not open the Optuna storage '{storage}' (catalog entry search_study_store, set with "
+            f"--params search.storage=...) for study "
             f"'{study_name}': {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Use a "
             "writable 'sqlite:///path/to/file.db' or 'journal:///path/to/file.log', a reachable "
             "'postgresql://user:pass@host/db', or null for an in-memory study."
@@ -141,27 +149,38 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def tensor_fingerprint(*objs: Any) -> str:
-    """sha1 over the bytes of the tensors (and the text of everything else) in nested containers."""
-    import torch
+@dataclass(frozen=True)
+class StudyStore:
+    """Where a search's studies live: a storage URL (``None``: in memory, this process only).
 
-    h = hashlib.sha1()
+    What the catalog entry ``search_study_store`` loads. A persistent store is what makes a
+    rerun reuse the trainings already recorded, and what workers share with the search.
+    """
 
-    def feed(o: Any) -> None:
-        if isinstance(o, torch.Tensor):
-            t = o.detach().cpu().contiguous().reshape(-1)
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        elif isinstance(o, dict):
-            for k in sorted(o, key=str):
-                h.update(str(k).encode())
-                feed(o[k])
-        elif isinstance(o, (list, tuple)):
-            for x in o:
-                feed(x)
-        else:
-            h.update(repr(o).encode())
+    url: str | None
 
-    for o in objs:
-        feed(o)
-    return h.hexdigest()[:10]
+    @property
+    def shared(self) -> bool:
+        """Whether other processes (workers, a rerun) can see the studies."""
+        return bool(self.url)
+
+    def open(self, study_name: str, direction: str = "minimize") -> optuna.Study:
+        return open_study(self.url, study_name, direction)
+
+
+def study_name_for(cfg: SearchConfig, training: Any, backbone: dict, train: dict, val: dict,
+                   train_chunks: Any, val_chunks: Any, *, study_name: str | None = None) -> str:
+    """The study name carries a fingerprint of everything that decides the results.
+
+    The same settings, backbone and data (with its search chunks) give the same study, so a
+    rerun (or a run killed half-way) continues from the trials already recorded; anything else
+    starts a fresh study beside it. ``study_name`` replaces ``search.study_name`` as the prefix
+    (the search baselines name their own studies).
+    """
+    train_cfg = {k: v for k, v in training.__dict__.items() if k not in ("device", "cpu_threads")}
+    fp = config_fingerprint(
+        cfg.fingerprint_fields(), train_cfg, tensor_fingerprint(backbone.state_dict),
+        tensor_fingerprint(train.labels, train_chunks, train.images),
+        tensor_fingerprint(val.labels, val_chunks, val.images),
+    )
+    return f"{study_name or cfg.study_name}-{fp}"

@@ -1,10 +1,10 @@
 """Genome evaluation: fitness = 1 - mean over seeds of the best validation accuracy.
 
-:class:`GenomeEvaluator` is what the evolution loop calls with a batch of
-requests. Requests already recorded in the search study are not trained again.
+:class:`GenomeEvaluator` is what the evolution loop (and the search baselines) call
+with a batch of requests. Requests already recorded in the search study are not trained again.
 The others are cut into per-seed trainings (units); with a
-:class:`~evotune.evaluation_queue.UnitQueue` they go through the study's
-storage, so that worker processes (:func:`work`) can take some of them and a
+:class:`~evotune.search.queue.UnitQueue` they go through the study's
+storage, so that worker processes (:func:`~evotune.search.queue.work`) can take some of them and a
 killed search loses at most the trainings that were running. Each genome's
 fitness is then recorded as one trial of the search study.
 """
@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from .evaluation_queue import Unit, UnitQueue
+from ..genome import WORST_FITNESS, decode
+from ..training import DeviceData, Trainer, TrainingPlan
 from .evolution import EvalRequest
-from .genome import WORST_FITNESS, decode
-from .study import TrialRecorder
-from .training import DeviceData, Trainer, TrainingPlan
+from .queue import Unit, UnitQueue, run_claimed
+from .store import TrialRecorder
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +40,28 @@ class ChunkData:
     val: DeviceData
 
 
-def chunk_data(trainer: Trainer, train_split: dict, val_split: dict, n_chunks: int) -> dict[int, ChunkData]:
-    """Per search chunk, its train and validation images on the trainer's device."""
+def chunk_data(trainer: Trainer, train_split: dict, val_split: dict, train_chunks: torch.Tensor,
+               val_chunks: torch.Tensor, n_chunks: int) -> dict[int, ChunkData]:
+    """Per search chunk, its train and validation images on the trainer's device.
+
+    ``train_chunks`` / ``val_chunks``: the chunk of every image of the split
+    (:func:`evotune.search.runner.search_chunks`)."""
     n_cls = len(train_split.classes)
     out = {}
     for c in range(n_chunks):
-        out[c] = ChunkData(
-            DeviceData.from_split(train_split, trainer.device, chunk=c, num_classes=n_cls),
-            DeviceData.from_split(val_split, trainer.device, chunk=c, num_classes=n_cls),
-        )
+        out[c] = ChunkData(_chunk(train_split, train_chunks, c, trainer.device, n_cls),
+                           _chunk(val_split, val_chunks, c, trainer.device, n_cls))
         if len(out[c].train) == 0 or len(out[c].val) == 0:
             raise ValueError(
                 f"Search chunk {c} has no training or validation images; lower the number of "
                 "chunks by raising search.train_split_pct (or give more data)."
             )
     return out
+
+
+def _chunk(split: dict, chunks: torch.Tensor, c: int, device: torch.device, n_cls: int) -> DeviceData:
+    mask = chunks == c
+    return DeviceData(split.images[mask].to(device), split.labels[mask].to(device), n_cls)
 
 
 class Progress:
@@ -93,25 +101,8 @@ def train_unit(trainer: Trainer, chunks: dict[int, ChunkData], unit: Unit, *, ba
             "val_history": [round(float(h["val_macro_acc"]), 6) for h in res.history]}
 
 
-def run_claimed(queue: UnitQueue, trainer: Trainer, chunks: dict[int, ChunkData], *, base_lr: float,
-                force_head: bool) -> dict[str, Any] | None:
-    """Claim one waiting unit, train it, tell the result. None when nothing was waiting."""
-    claimed = queue.claim()
-    if claimed is None:
-        return None
-    trial, unit = claimed
-    try:
-        out = train_unit(trainer, chunks, unit, base_lr=base_lr, force_head=force_head,
-                         heartbeat=lambda: queue.heartbeat(trial))
-    except BaseException:
-        queue.release(trial, unit)
-        raise
-    queue.complete(trial, out["val_acc"], {k: v for k, v in out.items() if k != "val_acc"})
-    return {"key": unit.key, "seed": unit.seed, "chunk": unit.chunk, **out}
-
-
 class GenomeEvaluator:
-    """Callable for :func:`evotune.evolution.biotune_search` (and the search baselines)."""
+    """Callable for :func:`evotune.search.evolution.biotune_search` (and the search baselines)."""
 
     def __init__(
         self,
@@ -139,6 +130,11 @@ class GenomeEvaluator:
         self.poll_s = poll_s
         self.rows: list[dict[str, Any]] = []
 
+    def train(self, unit: Unit, heartbeat: Callable[[], None] | None = None) -> dict[str, Any]:
+        """One unit's training (what a worker runs, see :func:`evotune.search.queue.work`)."""
+        return train_unit(self.trainer, self.chunks, unit, base_lr=self.base_lr, force_head=self.force_head,
+                          heartbeat=heartbeat)
+
     def _units(self, reqs: list[EvalRequest]) -> list[Unit]:
         return [Unit(r.key, s, r.chunk, tuple(float(g) for g in r.genes))
                 for r in reqs if decode(r.genes, self.base_lr).valid for s in self.seeds]
@@ -149,8 +145,7 @@ class GenomeEvaluator:
                     for u in units}
         self.queue.enqueue_missing(units)
         while self.queue.pending(units):
-            if run_claimed(self.queue, self.trainer, self.chunks, base_lr=self.base_lr,
-                           force_head=self.force_head) is None:
+            if run_claimed(self.queue, self.train) is None:
                 self.queue.requeue_stale()  # a worker may have died holding one of ours
                 time.sleep(self.poll_s)
         return {uid: {"val_acc": float(t.value), **t.user_attrs} for uid, t in self.queue.results(units).items()}
@@ -193,26 +188,3 @@ class GenomeEvaluator:
         self.rows.append(row)
         if self.progress:
             self.progress.step(r, fit, float(attrs.get("seconds", 0.0)), cached)
-
-
-def work(queue: UnitQueue, trainer: Trainer, chunks: dict[int, ChunkData], *, base_lr: float, force_head: bool,
-         finished: Callable[[], bool], idle_timeout_s: float = 600.0, poll_s: float = 2.0) -> list[dict[str, Any]]:
-    """A worker: train waiting units of the search until it is finished (or idle too long)."""
-    done: list[dict[str, Any]] = []
-    idle_since = time.monotonic()
-    while True:
-        out = run_claimed(queue, trainer, chunks, base_lr=base_lr, force_head=force_head)
-        if out is not None:
-            done.append(out)
-            log.info("worker %s: %s seed %d -> val acc %.4f (%.1fs)", queue.me, out["key"], out["seed"],
-                     out["val_acc"], out["seconds"])
-            idle_since = time.monotonic()
-            continue
-        if finished():
-            break
-        if time.monotonic() - idle_since > idle_timeout_s:
-            log.warning("worker %s: no work for %.0fs, stopping", queue.me, idle_timeout_s)
-            break
-        queue.requeue_stale()
-        time.sleep(poll_s)
-    return done

@@ -26,14 +26,15 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
 
-from .genome import genome_key
-from .study import gene_param_names, open_study
+from ..genome import genome_key
+from .store import gene_param_names, open_study
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +178,45 @@ class UnitQueue:
     def pending(self, units: list[Unit]) -> list[Unit]:
         done = self.results(units)
         return [u for u in units if u.uid not in done]
+
+
+#: trains one unit (calling the heartbeat now and then); returns its facts, ``val_acc`` among them
+TrainUnit = Callable[[Unit, Callable[[], None]], dict[str, Any]]
+
+
+def run_claimed(queue: UnitQueue, train: TrainUnit) -> dict[str, Any] | None:
+    """Claim one waiting unit, train it, tell the result. None when nothing was waiting."""
+    claimed = queue.claim()
+    if claimed is None:
+        return None
+    trial, unit = claimed
+    try:
+        out = train(unit, lambda: queue.heartbeat(trial))
+    except BaseException:
+        queue.release(trial, unit)
+        raise
+    queue.complete(trial, out["val_acc"], {k: v for k, v in out.items() if k != "val_acc"})
+    return {"key": unit.key, "seed": unit.seed, "chunk": unit.chunk, **out}
+
+
+def work(queue: UnitQueue, train: TrainUnit, *, finished: Callable[[], bool], idle_timeout_s: float,
+         poll_s: float) -> list[dict[str, Any]]:
+    """A worker: train waiting units of the search until it is finished (or idle too long)."""
+    done: list[dict[str, Any]] = []
+    idle_since = time.monotonic()
+    while True:
+        out = run_claimed(queue, train)
+        if out is not None:
+            done.append(out)
+            log.info("worker %s: %s seed %d -> val acc %.4f (%.1fs)", queue.me, out["key"], out["seed"],
+                     out["val_acc"], out["seconds"])
+            idle_since = time.monotonic()
+            continue
+        if finished():
+            break
+        if time.monotonic() - idle_since > idle_timeout_s:
+            log.warning("worker %s: no work for %.0fs, stopping", queue.me, idle_timeout_s)
+            break
+        queue.requeue_stale()
+        time.sleep(poll_s)
+    return done

@@ -1,0 +1,12 @@
+"""BioTune's search (SPEC sections 2-4) and the search baselines' shared machinery.
+
+* :mod:`~evotune.search.config` - :class:`SearchConfig`, the ``search`` parameters (one chunk count);
+* :mod:`~evotune.search.evolution` - the evolutionary operators and loop (no training in it);
+* :mod:`~evotune.search.evaluator` - :class:`GenomeEvaluator`: genomes to fitness, by training on chunks;
+* :mod:`~evotune.search.store` - the study store (Optuna), the trial recorder, study names;
+* :mod:`~evotune.search.queue` - per-seed trainings queued in the store, and the workers' loop;
+* :mod:`~evotune.search.records` - :class:`GenomeRecord` and the trials and population tables;
+* :mod:`~evotune.search.runner` - the one runner, for BioTune, its workers and the search baselines.
+
+The genome itself (its genes and their decoding) is :mod:`evotune.genome`.
+"""

@@ -1,0 +1,124 @@
+"""What a search writes: the best genome (:class:`GenomeRecord`) and its tables.
+
+One builder each, for BioTune and for the search baselines (DEFT, random search, TPE):
+
+* :func:`genome_record` -> ``best_genome`` / ``compare.<method>.best_genome``
+  (a typed artifact, stored as JSON by :class:`evotune.io.TypedJSONDataset`);
+* :func:`trials_table` -> ``search_trials`` / ``compare.<method>.search_trials``: one row
+  per evaluation, with real list columns (``val_accs``, ``epochs``, ``val_histories``;
+  ``genotype`` for DEFT) and one ``gene_<block>`` column per gene (Parquet);
+* :func:`population_rows` -> ``search_population``: BioTune's population after every
+  generation, best first (Parquet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..artifacts import Artifact
+from ..genome import decode
+from .evolution import Individual
+
+
+@dataclass
+class GenomeRecord(Artifact):
+    """The best genome of a search, with how it was found and from which data and backbone."""
+
+    arch: str
+    block_names: list[str]
+    genes: list[float]  # B + 1 genes in [0, 1], the threshold last
+    threshold: float
+    mask: str  # trained blocks, e.g. "001111" (after the head policy)
+    block_lrs: list[float | None]  # per block; None = frozen
+    lr_multipliers: list[float]  # per block, lr / base_lr (0 for frozen blocks)
+    fitness: float  # 1 - mean over seeds of the best validation macro accuracy
+    key: str  # the evaluation that found it, e.g. "g3/child/2"
+    force_head_trainable: bool
+    base_lr: float
+    study_name: str
+    storage: str | None
+    evaluations: int
+    trainings: int
+    device: str
+    search_seconds: float
+    # lineage (evotune.lineage)
+    dataset: str
+    backbone_id: str
+    created: str
+    # search baselines (compare): the method, its parameters and wall time, and its own facts
+    method: str | None = None
+    params: dict[str, Any] | None = None
+    wall_seconds: float | None = None
+    seed: int | None = None  # the baseline's random seed
+    genotype: list[float] | None = None  # DEFT: the best individual's genotype
+    de_generations: int | None = None  # DEFT: differential-evolution generations run
+    n_startup_trials: int | None = None  # TPE: random trials before the model
+
+
+#: what a search baseline's outcome may add to its record (``SearchOutcome.extra``)
+BASELINE_EXTRAS = ("seed", "genotype", "de_generations", "n_startup_trials")
+
+
+def genome_record(genes, *, fitness: float, key: str, backbone: dict, block_names: list[str], base_lr: float,
+                  force_head: bool, study_name: str, storage: str | None, evaluations: int, trainings: int,
+                  device: str, search_seconds: float, created: str, **extra: Any) -> GenomeRecord:
+    """The :class:`GenomeRecord` of a search's best genome (BioTune's or a search baseline's);
+    ``extra``: the optional fields (``method``, ``params``, ``wall_seconds``, :data:`BASELINE_EXTRAS`)."""
+    d = decode(genes, base_lr, force_head=force_head)
+    if extra.get("genotype") is not None:
+        extra["genotype"] = [float(x) for x in extra["genotype"]]
+    return GenomeRecord(
+        arch=backbone.arch,
+        block_names=list(block_names),
+        genes=[float(x) for x in genes],
+        threshold=float(genes[-1]),
+        mask=d.mask,
+        block_lrs=list(d.block_lrs),
+        lr_multipliers=d.lr_multipliers(base_lr),
+        fitness=float(fitness),
+        key=key,
+        force_head_trainable=force_head,
+        base_lr=base_lr,
+        study_name=study_name,
+        storage=storage,
+        evaluations=int(evaluations),
+        trainings=int(trainings),
+        device=device,
+        search_seconds=float(search_seconds),
+        dataset=backbone.dataset,
+        backbone_id=backbone.backbone_id,
+        created=created,
+        **extra,
+    )
+
+
+def trials_table(rows: list[dict[str, Any]], block_names: list[str]) -> pd.DataFrame:
+    """One row per evaluation (in request order): the evaluator's facts, the genes as
+    ``gene_<block>`` and ``gene_threshold`` columns, lists as lists."""
+    trials = pd.DataFrame(rows)
+    if trials.empty:
+        return trials
+    genes = np.array([r["genes"] for r in rows])
+    for i, b in enumerate(block_names):
+        trials[f"gene_{b}"] = genes[:, i]
+    trials["gene_threshold"] = genes[:, -1]
+    return trials.drop(columns=["genes", "genome"], errors="ignore")
+
+
+def population_rows(generation: int, population: list[Individual], block_names: list[str], base_lr: float,
+                    force_head: bool) -> list[dict[str, Any]]:
+    """The rows of ``search_population`` for the population after ``generation``, best first
+    (rank 0), with masks and genes."""
+    rows = []
+    for rank, ind in enumerate(population):
+        d = decode(ind.genes, base_lr, force_head=force_head)
+        row = {"generation": generation, "rank": rank, "key": ind.key, "fitness": ind.fitness,
+               "extinction": ind.extinction, "mask": d.mask}
+        row.update({f"gene_{b}": float(g) for b, g in zip(block_names, ind.genes[:-1])})
+        row["gene_threshold"] = float(ind.genes[-1])
+        rows.append(row)
+    return rows
