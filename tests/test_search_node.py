@@ -132,12 +132,13 @@ def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits
 
 def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(backbone, splits):
     from evotune.search.config import SearchConfig
+    from evotune.search.runner import search_chunks
     from evotune.search.store import study_name_for
     from evotune.training import TrainConfig
 
     train, val, _ = splits
     sp = SearchConfig.from_params(search_params())
-    chunks = train["chunks"], val["chunks"]
+    chunks = search_chunks(train, val, n_chunks=sp.n_chunks, seed=sp.chunk_seed)
     name = study_name_for(sp, TrainConfig.from_params(TRAINING), backbone, train, val, *chunks)
     same = [{**TRAINING, "cpu_threads": 1}, {**TRAINING, "device": "auto"}]
     for params in same:
