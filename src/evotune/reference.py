@@ -33,6 +33,10 @@ project's own functions are called, not copied):
   draws it (:class:`EpochPermutationSampler`). ``DataLoader(shuffle=True)`` would not
   give that order: torch's ``RandomSampler`` draws a second permutation per epoch and
   the loader draws its base seed from the loader's generator.
+* torch's global generators (dropout, stochastic depth, a plan's ``prepare``): seeded from
+  the seed by :func:`evotune.training.seed_global_rng` right before the head is redrawn,
+  inside :func:`evotune.training.fork_global_rng`, exactly where ``Trainer.train`` seeds
+  them, so the two paths draw the same dropout masks.
 
 On CPU the two paths then differ only by floating-point rounding: the fused Adam kernel,
 and the frozen prefix computed in other batch groupings (the cache is filled in
@@ -63,9 +67,11 @@ from .training import (
     apply_freezing,
     confusion_matrix,
     default_param_groups,
+    fork_global_rng,
     macro_accuracy,
     plan_loss,
     resolve_device,
+    seed_global_rng,
     set_block_modes,
 )
 
@@ -292,76 +298,78 @@ def naive_train(
     yva = val_labels.tolist() if isinstance(val_labels, Tensor) else [int(y) for y in val_labels]
     n_cls = int(num_classes) if num_classes is not None else max(ytr + yva) + 1
 
-    model = rebuild_model(checkpoint, n_cls)
-    redraw_head(model, seed)
-    model.to(dev)
-    undo = None
-    if plan.prepare is not None:
-        undo = plan.prepare(model)
+    with fork_global_rng(dev):  # torch's global generators are as they were when the training ends
+        model = rebuild_model(checkpoint, n_cls)
+        seed_global_rng(seed, dev)  # dropout & co. from the seed, at the same point as Trainer.train
+        redraw_head(model, seed)
         model.to(dev)
-    apply_freezing(model, plan)
-    groups = (plan.param_groups or default_param_groups)(model, plan.block_lrs)
-    if not groups:
-        raise ValueError(f"The plan '{plan.name}' trains no parameter.")
-    optimizer = torch.optim.Adam(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.cosine_t_max)
-    if plan.on_train_start is not None:
-        plan.on_train_start(model, optimizer)
+        undo = None
+        if plan.prepare is not None:
+            undo = plan.prepare(model)
+            model.to(dev)
+        apply_freezing(model, plan)
+        groups = (plan.param_groups or default_param_groups)(model, plan.block_lrs)
+        if not groups:
+            raise ValueError(f"The plan '{plan.name}' trains no parameter.")
+        optimizer = torch.optim.Adam(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.cosine_t_max)
+        if plan.on_train_start is not None:
+            plan.on_train_start(model, optimizer)
 
-    kw = dict(resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, interpolation=interpolation)
-    train_ds = NaiveImageDataset(train_images, ytr, **kw)
-    val_ds = NaiveImageDataset(val_images, yva, **kw)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    train_loader = _loader(train_ds, cfg.batch_size, EpochPermutationSampler(len(train_ds), gen))
-    val_loader = _loader(val_ds, cfg.eval_batch_size, None)
-    val_y = torch.tensor(yva, dtype=torch.long, device=dev)
-    setup_seconds = time.perf_counter() - t0
+        kw = dict(resize_size=resize_size, crop_size=crop_size, mean=mean, std=std, interpolation=interpolation)
+        train_ds = NaiveImageDataset(train_images, ytr, **kw)
+        val_ds = NaiveImageDataset(val_images, yva, **kw)
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        train_loader = _loader(train_ds, cfg.batch_size, EpochPermutationSampler(len(train_ds), gen))
+        val_loader = _loader(val_ds, cfg.eval_batch_size, None)
+        val_y = torch.tensor(yva, dtype=torch.long, device=dev)
+        setup_seconds = time.perf_counter() - t0
 
-    def batches() -> Iterator[tuple[Tensor, Tensor, int]]:
-        for x, y in train_loader:
-            yield x.to(dev), y.to(dev), 0
+        def batches() -> Iterator[tuple[Tensor, Tensor, int]]:
+            for x, y in train_loader:
+                yield x.to(dev), y.to(dev), 0
 
-    stopping = EarlyStopping(cfg.patience, keep_best_state)
-    history: list[dict] = []
-    diverged = False
-    images_seen = 0
-    for epoch in range(cfg.epochs):
-        set_block_modes(model, plan, True)
-        if plan.on_epoch_start is not None:
-            plan.on_epoch_start(model, optimizer, batches)
+        stopping = EarlyStopping(cfg.patience, keep_best_state)
+        history: list[dict] = []
+        diverged = False
+        images_seen = 0
+        for epoch in range(cfg.epochs):
             set_block_modes(model, plan, True)
-        loss_sum, seen = 0.0, 0
-        for x, y, _s in batches():
-            loss = plan_loss(model, plan, model(x), y, cfg.aux_loss_weight)  # full forward, every step
-            if not torch.isfinite(loss):
-                diverged = True
+            if plan.on_epoch_start is not None:
+                plan.on_epoch_start(model, optimizer, batches)
+                set_block_modes(model, plan, True)
+            loss_sum, seen = 0.0, 0
+            for x, y, _s in batches():
+                loss = plan_loss(model, plan, model(x), y, cfg.aux_loss_weight)  # full forward, every step
+                if not torch.isfinite(loss):
+                    diverged = True
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * int(y.shape[0])
+                seen += int(y.shape[0])
+            images_seen += seen
+            if diverged:
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * int(y.shape[0])
-            seen += int(y.shape[0])
-        images_seen += seen
-        if diverged:
-            break
-        scheduler.step()
-        pred, _ = _predict_loader(model, val_loader, dev)
-        val_acc = macro_accuracy(confusion_matrix(pred, val_y, n_cls))
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_macro_acc": val_acc})
-        if stopping.update(epoch + 1, val_acc, model):
-            break
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    if undo is not None:
-        undo()  # the model (maybe the caller's) holds its original modules again
-    return NaiveResult(
-        best_val_acc=stopping.best_val_acc(diverged),
-        best_epoch=stopping.best_epoch,
-        epochs_run=len(history),
-        history=history,
-        diverged=diverged,
-        best_state=stopping.best_state,
-        seconds=time.perf_counter() - t0,
-        setup_seconds=setup_seconds,
-        train_images=images_seen,
-    )
+            scheduler.step()
+            pred, _ = _predict_loader(model, val_loader, dev)
+            val_acc = macro_accuracy(confusion_matrix(pred, val_y, n_cls))
+            history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_macro_acc": val_acc})
+            if stopping.update(epoch + 1, val_acc, model):
+                break
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if undo is not None:
+            undo()  # the model (maybe the caller's) holds its original modules again
+        return NaiveResult(
+            best_val_acc=stopping.best_val_acc(diverged),
+            best_epoch=stopping.best_epoch,
+            epochs_run=len(history),
+            history=history,
+            diverged=diverged,
+            best_state=stopping.best_state,
+            seconds=time.perf_counter() - t0,
+            setup_seconds=setup_seconds,
+            train_images=images_seen,
+        )

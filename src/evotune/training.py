@@ -26,11 +26,22 @@ what it computes:
   both), so the CPU tests run it; only the defaults differ per device.
 * No per-sample Python: shuffling is one ``randperm`` per epoch, metrics are
   computed with ``bincount`` on the device.
+
+Every random draw of a training comes from its seed: the fresh head (a CPU generator
+seeded with the seed, :func:`~evotune.backbones.redraw_head`), the batch order (another
+one, ``torch.randperm`` once per epoch), and everything drawn from torch's global
+generators (dropout, EfficientNet's stochastic depth, a plan's ``prepare``): a training
+runs inside :func:`fork_global_rng`, with the global generators seeded by
+:func:`seed_global_rng` from :func:`global_rng_seed`, so it gives the same result
+whatever ran before it in the process, and the global generators are as they were
+when it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -139,6 +150,42 @@ def resolve_device(name: str = "auto", param: str = "training.device") -> torch.
             f"set {param} to 'auto' or 'cpu'."
         )
     return device
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+def global_rng_seed(seed: int) -> int:
+    """The seed of torch's global generators during a training with ``seed`` (a 64-bit value).
+
+    Derived from ``seed`` rather than ``seed`` itself, so that dropout's stream is not the
+    stream of the batch-order generator, which is seeded with ``seed``."""
+    digest = hashlib.sha256(f"evotune.training.global_rng:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _cuda_indices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+@contextlib.contextmanager
+def fork_global_rng(device: torch.device) -> Iterator[None]:
+    """Inside: torch's global generators (the CPU one, and ``device``'s when it is a CUDA device)
+    may be seeded and drawn from; when the block ends they are as they were before it."""
+    with torch.random.fork_rng(devices=_cuda_indices(device)):
+        yield
+
+
+def seed_global_rng(seed: int, device: torch.device) -> None:
+    """Seed torch's global CPU generator, and ``device``'s when it is a CUDA device, from ``seed``
+    (:func:`global_rng_seed`). Unlike ``torch.manual_seed`` it leaves other CUDA devices alone,
+    so that it changes nothing outside :func:`fork_global_rng`."""
+    value = global_rng_seed(seed)
+    torch.default_generator.manual_seed(value)
+    for index in _cuda_indices(device):
+        torch.cuda.default_generators[index].manual_seed(value)
 
 
 # --------------------------------------------------------------------------- data
@@ -482,19 +529,26 @@ class Trainer:
 
         ``data_key`` identifies (train, val) for the frozen-prefix cache; pass
         ``None`` to disable caching for this call.
+
+        Every draw from torch's global generators (dropout, stochastic depth, the plan's
+        ``prepare``) comes from ``seed``: the training runs inside :func:`fork_global_rng`,
+        seeded by :func:`seed_global_rng` before the head is redrawn, so its result does not
+        depend on what ran before it, and the global generators are as they were when it ends.
         """
         t0 = time.perf_counter()
-        self.reset(seed)
-        try:
-            if plan.prepare is not None:
-                self._undo = plan.prepare(self.model)
-                self.model.to(self.device)
-                if self.channels_last:  # new modules (e.g. LoRA adapters) in the same memory format
-                    self.model.to(memory_format=torch.channels_last)
-            return self._train(plan, train, val, seed=seed, data_key=data_key, keep_best_state=keep_best_state,
-                               progress=progress, t0=t0)
-        finally:
-            self.undo_plan()  # the module tree is the pristine one again, even after an error
+        with fork_global_rng(self.device):
+            seed_global_rng(seed, self.device)
+            self.reset(seed)
+            try:
+                if plan.prepare is not None:
+                    self._undo = plan.prepare(self.model)
+                    self.model.to(self.device)
+                    if self.channels_last:  # new modules (e.g. LoRA adapters) in the same memory format
+                        self.model.to(memory_format=torch.channels_last)
+                return self._train(plan, train, val, seed=seed, data_key=data_key,
+                                   keep_best_state=keep_best_state, progress=progress, t0=t0)
+            finally:
+                self.undo_plan()  # the module tree is the pristine one again, even after an error
 
     def undo_plan(self) -> None:
         """Undo the model changes of the plan trained last (LoRA adapters), if still in place."""
