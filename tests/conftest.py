@@ -1,3 +1,5 @@
+"""The shared fixtures of the tests. Test modules request these fixtures; nothing is imported from here."""
+
 import copy
 import functools
 import os
@@ -13,50 +15,42 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: what the data stage records in every split (see evotune.lineage): the tiny splits of a test belong together
+TINY_LINEAGE = {"dataset": "tiny", "dataset_name": "make_split"}
+
 
 @functools.cache
-def _base_parameters() -> dict:
+def _read_base_parameters() -> dict:
     from evotune.config import ProjectConfigLoader
 
     return ProjectConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="base")["parameters"]
 
 
-def base_parameters() -> dict:
-    """The parameters of conf/base, the project's only source of defaults (a fresh copy)."""
-    return copy.deepcopy(_base_parameters())
+def _base_parameters() -> dict:
+    """The parameters of conf/base, the project's only source of defaults (read once, a fresh copy per call)."""
+    return copy.deepcopy(_read_base_parameters())
 
 
-def train_config(**overrides):
+def _train_config(**overrides):
     """A TrainConfig from conf/base's `training`, with ``overrides``."""
     from evotune.training import TrainConfig
 
-    return TrainConfig.from_params({**base_parameters()["training"], **overrides})
+    return TrainConfig.from_params({**_base_parameters()["training"], **overrides})
 
 
-def search_config(**overrides):
+def _search_config(**overrides):
     """A SearchConfig from conf/base's `search`, with ``overrides``."""
     from evotune.search.config import SearchConfig
 
-    return SearchConfig.from_params({**base_parameters()["search"], **overrides})
+    return SearchConfig.from_params({**_base_parameters()["search"], **overrides})
 
 
-def method_params(name: str, **overrides) -> dict:
+def _method_params(name: str, **overrides) -> dict:
     """conf/base's `compare.<name>` parameters with ``overrides``."""
-    return {**base_parameters()["compare"][name], **overrides}
+    return {**_base_parameters()["compare"][name], **overrides}
 
 
-@pytest.fixture
-def base_params() -> dict:
-    return base_parameters()
-
-
-@pytest.fixture(autouse=True)
-def _deterministic_torch():
-    torch.manual_seed(0)
-    yield
-
-
-def make_split(n_per_class: int, num_classes: int, size: int = 32, seed: int = 0):
+def _make_split(n_per_class: int, num_classes: int, size: int = 32, seed: int = 0):
     """A small learnable :class:`~evotune.data.split.Split`: class k is a bright square at a class-specific place."""
     from evotune.data.split import Split
 
@@ -76,11 +70,7 @@ def make_split(n_per_class: int, num_classes: int, size: int = 32, seed: int = 0
     )
 
 
-#: what the data stage records in every split (see evotune.lineage): the tiny splits of a test belong together
-TINY_LINEAGE = {"dataset": "tiny", "dataset_name": "make_split"}
-
-
-def backbone_checkpoint(model, num_classes: int, **meta):
+def _backbone_checkpoint(model, num_classes: int, **meta):
     """A BackboneCheckpoint as the backbone stage writes it (checkpoint + lineage), for the tiny splits."""
     import dataclasses
 
@@ -93,14 +83,76 @@ def backbone_checkpoint(model, num_classes: int, **meta):
                                created="2026-01-01T00:00:00Z")
 
 
-@pytest.fixture
-def tiny_split():
-    return make_split
+@pytest.fixture(scope="session")
+def root() -> Path:
+    """The project root (README.md, conf/, data/)."""
+    return ROOT
 
 
 @pytest.fixture(scope="session")
-def resnet10_export(tmp_path_factory):
-    """A tiny resnet10 retrained (2 seeds, 2 epochs) and exported by the project's nodes (tests/exported.py)."""
+def base_parameters():
+    """``base_parameters()``: conf/base's parameters, a fresh copy per call."""
+    return _base_parameters
+
+
+@pytest.fixture
+def base_params(base_parameters) -> dict:
+    """conf/base's parameters (this test's own copy)."""
+    return base_parameters()
+
+
+@pytest.fixture(scope="session")
+def train_config():
+    """``train_config(**overrides)``: a TrainConfig from conf/base's `training`."""
+    return _train_config
+
+
+@pytest.fixture(scope="session")
+def search_config():
+    """``search_config(**overrides)``: a SearchConfig from conf/base's `search`."""
+    return _search_config
+
+
+@pytest.fixture(scope="session")
+def method_params():
+    """``method_params(name, **overrides)``: conf/base's `compare.<name>` parameters."""
+    return _method_params
+
+
+@pytest.fixture(scope="session")
+def make_split():
+    """``make_split(n_per_class, num_classes, size=32, seed=0)``: a small learnable Split."""
+    return _make_split
+
+
+@pytest.fixture(scope="session")
+def backbone_checkpoint():
+    """``backbone_checkpoint(model, num_classes, **meta)``: a BackboneCheckpoint for the tiny splits."""
+    return _backbone_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def tiny_split():
+    return _make_split
+
+
+@pytest.fixture(scope="session")
+def make_export():
+    """``make_export(folder, arch=..., num_classes=..., size=..., train=...)`` of tests/exported.py, given
+    conf/base's parameters and the tiny splits and backbone checkpoints of these fixtures."""
     from exported import make_export
 
+    return functools.partial(make_export, base_parameters=_base_parameters(), make_split=_make_split,
+                             backbone_checkpoint=_backbone_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def resnet10_export(tmp_path_factory, make_export):
+    """A tiny resnet10 retrained (2 seeds, 2 epochs) and exported by the project's nodes (tests/exported.py)."""
     return make_export(tmp_path_factory.mktemp("export_resnet10"), arch="resnet10")

@@ -1,5 +1,8 @@
 """A real (tiny) export for the export and predict tests: retrain -> test -> export nodes,
-the files written by the project's catalog dataset classes."""
+the files written by the project's catalog dataset classes.
+
+A plain helper module: what it needs from the test fixtures (conf/base's parameters, the tiny
+splits and backbone checkpoints) comes in as arguments (see conftest's ``make_export`` fixture)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import backbone_checkpoint, base_parameters, make_split
 from kedro_datasets.json import JSONDataset
 
 from evotune.backbones import BackboneCheckpoint, build_model, get_arch, model_from_checkpoint
@@ -20,8 +22,8 @@ from evotune.retraining import TrainedRun, TrainedVariant
 from evotune.search.records import GenomeRecord, genome_record
 from evotune.training import Normalizer
 
-TRAINING = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64,
-            "device": "cpu"}
+#: conf/base's `training` with these values
+TRAINING = {"epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64, "device": "cpu"}
 EXPORT = {"selection": "best_val", "seed": None, "verify_images": 256}
 
 
@@ -74,8 +76,11 @@ def _untrained_runs(model, genome: GenomeRecord, seeds) -> TrainedVariant:
                           backbone_id=genome.backbone_id, created="2026-01-01T00:00:00Z")
 
 
-def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size: int = 32, train: bool = True) -> Export:
-    """``train=False`` skips the retrain (see :func:`_untrained_runs`); the export is the real node either way."""
+def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size: int = 32, train: bool = True, *,
+                base_parameters: dict, make_split, backbone_checkpoint) -> Export:
+    """``train=False`` skips the retrain (see :func:`_untrained_runs`); the export is the real node either way.
+    ``base_parameters``: conf/base's parameters; ``make_split``, ``backbone_checkpoint``: the conftest fixtures'."""
+    training = {**base_parameters["training"], **TRAINING}
     torch.manual_seed(0)
     spec = get_arch(arch)
     model = build_model(arch, num_classes)
@@ -87,15 +92,15 @@ def make_export(folder: Path, arch: str = "resnet10", num_classes: int = 4, size
         split.preprocessing = preprocessing_record(size, size)
         split.classes = [f"class_{k}" for k in range(num_classes)]
     genome = genome_record([0.8] * spec.num_blocks + [0.5], fitness=0.5, key="test", backbone=backbone,
-                           block_names=list(spec.block_names), base_lr=TRAINING["base_lr"], force_head=True,
+                           block_names=list(spec.block_names), base_lr=training["base_lr"], force_head=True,
                            study_name="test", storage=None, evaluations=1, trainings=1, device="cpu",
                            search_seconds=0.0, created="2026-01-01T00:00:00Z")
     if train:
-        retrained = retrain_best_genome(backbone, train_split, val, genome, {"seeds": [3, 4], "training": {}}, TRAINING)
+        retrained = retrain_best_genome(backbone, train_split, val, genome, {"seeds": [3, 4], "training": {}}, training)
     else:
         retrained = _untrained_runs(model, genome, [3, 4])
-    _, per_seed = evaluate_on_test(backbone, retrained, test, TRAINING)
-    weights, program, metadata = export_best_model(backbone, retrained, test, EXPORT, TRAINING)
+    _, per_seed = evaluate_on_test(backbone, retrained, test, training)
+    weights, program, metadata = export_best_model(backbone, retrained, test, EXPORT, training)
     files = {"weights": folder / "model.safetensors", "archive": folder / "model.pt2",
              "metadata": folder / "model.json"}
     SafetensorsDataset(filepath=str(files["weights"])).save(weights)

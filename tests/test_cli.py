@@ -33,7 +33,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 from PIL import Image
 
 from evotune.config import merge_parameters
@@ -170,9 +169,10 @@ def normalise(cmd: str) -> str:
     return " ".join(cmd.replace("\\\n", " ").split())
 
 
-def documented_commands() -> set[str]:
+def documented_commands(root: Path) -> set[str]:
+    """The commands README.md and the comments of conf/**/*.yml show, in the project at ``root``."""
     found: set[str] = set()
-    readme = (ROOT / "README.md").read_text()
+    readme = (root / "README.md").read_text()
     starts = ("kedro ", "make ", "python ", "source ", "CUDA_VISIBLE_DEVICES=")
     for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -182,7 +182,7 @@ def documented_commands() -> set[str]:
     for span in re.findall(r"`([^`\n]+)`", readme):
         if span.startswith(starts) and " " in span:
             found.add(normalise(span))
-    for yml in (ROOT / "conf").rglob("*.yml"):
+    for yml in (root / "conf").rglob("*.yml"):
         for line in yml.read_text().splitlines():
             if "#" in line:
                 for m in re.findall(r"(kedro run[^`\n)]*)", line.split("#", 1)[1]):
@@ -190,8 +190,8 @@ def documented_commands() -> set[str]:
     return found
 
 
-def test_every_documented_command_is_covered():
-    documented = documented_commands()
+def test_every_documented_command_is_covered(root):
+    documented = documented_commands(root)
     missing = sorted(documented - set(COMMANDS))
     assert not missing, f"documented but not tested (add them to COMMANDS): {missing}"
     stale = sorted(set(COMMANDS) - documented)
@@ -202,16 +202,16 @@ def test_every_documented_command_is_covered():
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, root):
     dst = tmp_path_factory.mktemp("cli-project")
     for name in ("pyproject.toml", ".telemetry", "Makefile", "constraints.txt"):
-        shutil.copy2(ROOT / name, dst / name)  # copy2: the venv's install stamp stays newer
-    shutil.copytree(ROOT / "scripts", dst / "scripts")
+        shutil.copy2(root / name, dst / name)  # copy2: the venv's install stamp stays newer
+    shutil.copytree(root / "scripts", dst / "scripts")
     (dst / "src").mkdir()  # the package is imported from the installed project
-    shutil.copytree(ROOT / "conf", dst / "conf", ignore=shutil.ignore_patterns("local"))
+    shutil.copytree(root / "conf", dst / "conf", ignore=shutil.ignore_patterns("local"))
     (dst / "conf" / "local").mkdir()
     (dst / "conf" / "local" / "parameters_tiny.yml").write_text(TINY)
-    for layer in (ROOT / "data").iterdir():
+    for layer in (root / "data").iterdir():
         if layer.is_dir():
             (dst / "data" / layer.name).mkdir(parents=True)
     make_image_folder(dst / "data" / "01_raw" / "my_images")
@@ -264,10 +264,11 @@ def shell(project: Path, command: str, timeout: int = 900) -> subprocess.Complet
                           timeout=timeout)
 
 
-def installed_by_make() -> bool:
-    """`make` reinstalls unless the venv carries its stamp, newer than pyproject.toml and constraints.txt."""
+def installed_by_make(root: Path) -> bool:
+    """`make` reinstalls unless the venv carries its stamp, newer than the project's (at ``root``)
+    pyproject.toml and constraints.txt."""
     stamp = Path(sys.prefix) / ".installed"
-    return stamp.is_file() and all(stamp.stat().st_mtime >= (ROOT / f).stat().st_mtime
+    return stamp.is_file() and all(stamp.stat().st_mtime >= (root / f).stat().st_mtime
                                    for f in ("pyproject.toml", "constraints.txt"))
 
 
@@ -298,9 +299,9 @@ def ordered() -> list[str]:
 
 
 @pytest.mark.parametrize("documented", ordered())
-def test_documented_command(project, documented):
+def test_documented_command(project, documented, root):
     spec = COMMANDS[documented]
-    if documented.startswith(("make ", "source .venv")) and not installed_by_make():
+    if documented.startswith(("make ", "source .venv")) and not installed_by_make(root):
         pytest.skip("make would reinstall the project: this venv was not made by `make` (no current .installed stamp)")
     tiny = project / "conf" / "local" / "parameters_tiny.yml"
     if spec.local:  # this command's conf/local: the tiny sizes updated with its own file

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import backbone_checkpoint, base_parameters, make_split, method_params, search_config
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
@@ -26,11 +25,19 @@ from evotune.retraining import TrainedMethod
 from evotune.search.records import genome_record
 from evotune.search.store import StudyStore
 
-TRAINING = {**base_parameters()["training"], "epochs": 1, "patience": 1, "batch_size": 16, "eval_batch_size": 64,
-            "device": "cpu"}
-SEARCH = {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1],
-          "train_split_pct": 0.5, "study_name": "t"}
 RETRAIN = {"seeds": [1, 2], "training": {}}
+
+
+@pytest.fixture(scope="module")
+def training(base_parameters):
+    return {**base_parameters()["training"], "epochs": 1, "patience": 1, "batch_size": 16, "eval_batch_size": 64,
+            "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def search(base_parameters):
+    return {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1],
+            "train_split_pct": 0.5, "study_name": "t"}
 
 
 def test_one_namespaced_modular_pipeline_per_method():
@@ -127,7 +134,7 @@ class KeptMemoryDataset(MemoryDataset):
 
 
 @pytest.fixture(scope="module")
-def tiny_run():
+def tiny_run(base_parameters, backbone_checkpoint, make_split, method_params, training, search):
     torch.manual_seed(0)
     backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
     train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
@@ -137,8 +144,8 @@ def tiny_run():
                          block_names=["stem", "layer1", "layer2", "layer3", "layer4", "fc"], base_lr=1e-3,
                          force_head=True, study_name="t", storage=None, evaluations=9, trainings=9, device="cpu",
                          search_seconds=1.0, created="2026-01-01T00:00:00Z")
-    retrained = retrain_best_genome(backbone, train, val, best, RETRAIN, TRAINING)
-    test_metrics, per_seed = evaluate_on_test(backbone, retrained, test, TRAINING)
+    retrained = retrain_best_genome(backbone, train, val, best, RETRAIN, training)
+    test_metrics, per_seed = evaluate_on_test(backbone, retrained, test, training)
     compare = {**base_parameters()["compare"], "methods": ["linear_probe", "surgical", "lora", "deft"], "seeds": [1, 2]}
     compare["surgical"] = method_params("surgical", blocks=[1, "layer4"])
     compare["lora"] = method_params("lora", rank=2, alpha=2.0)
@@ -148,7 +155,7 @@ def tiny_run():
                         "search_study_store": StudyStore(None),
                         "test_metrics": test_metrics, "test_metrics_per_seed": per_seed, "best_genome": best}.items():
         catalog[name] = value
-    _feed(catalog, {"compare": compare, "search": SEARCH, "training": TRAINING, "retrain": RETRAIN})
+    _feed(catalog, {"compare": compare, "search": search, "training": training, "retrain": RETRAIN})
     pipe = create_pipeline(compare["methods"])
     for name in pipe.all_outputs():
         catalog[name] = KeptMemoryDataset(copy_mode="assign")
@@ -198,7 +205,7 @@ def test_typed_metrics_round_trip_through_the_catalog_datasets(tiny_run, tmp_pat
         assert ds.load() == catalog.load(name)
 
 
-def test_search_baseline_in_the_pipeline_uses_biotunes_budget(tiny_run):
+def test_search_baseline_in_the_pipeline_uses_biotunes_budget(tiny_run, search_config):
     catalog = tiny_run
     trials = catalog.load("compare.deft.search_trials")
     best = catalog.load("compare.deft.best_genome")

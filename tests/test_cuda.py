@@ -28,6 +28,7 @@ they check:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import signal
@@ -36,7 +37,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_split, method_params, train_config
 
 from evotune.backbones import build_model
 from evotune.methods import PLAN_METHODS, get_method
@@ -67,19 +67,38 @@ def deterministic_cuda():
      torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) = saved
 
 
+@functools.cache
+def _compare_defaults() -> dict:
+    """conf/base's `compare` parameters, read here and not from a fixture: the parametrisation over
+    the methods' labels (:func:`_labels`) happens at collection, before fixtures exist."""
+    from evotune.config import ProjectConfigLoader
+
+    return ProjectConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="base")["parameters"]["compare"]
+
+
 def compare_params(name: str) -> dict:
     """The method's parameters as conf/base sets them (the one source of defaults)."""
-    return method_params(name)
+    return copy.deepcopy(_compare_defaults()[name])
 
 
-def trainer_on(device: str, model, **cfg) -> Trainer:
-    base = dict(epochs=2, patience=5, batch_size=8, eval_batch_size=32, device=device, base_lr=BASE_LR)
-    return Trainer(copy.deepcopy(model), train_config(**{**base, **cfg}), mean=MEAN, std=STD)
+@pytest.fixture(scope="module")
+def trainer_on(train_config):
+    """``trainer_on(device, model, **cfg)``: a Trainer of a copy of ``model`` on conf/base's training."""
+    def make(device: str, model, **cfg) -> Trainer:
+        base = dict(epochs=2, patience=5, batch_size=8, eval_batch_size=32, device=device, base_lr=BASE_LR)
+        return Trainer(copy.deepcopy(model), train_config(**{**base, **cfg}), mean=MEAN, std=STD)
+
+    return make
 
 
-def split_data(trainer: Trainer, classes: int = 4):
-    return (DeviceData.from_split(make_split(8, classes, seed=0), trainer.device),
-            DeviceData.from_split(make_split(4, classes, seed=1), trainer.device))
+@pytest.fixture(scope="module")
+def split_data(make_split):
+    """``split_data(trainer, classes=4)``: tiny train and val data on the trainer's device."""
+    def make(trainer: Trainer, classes: int = 4):
+        return (DeviceData.from_split(make_split(8, classes, seed=0), trainer.device),
+                DeviceData.from_split(make_split(4, classes, seed=1), trainer.device))
+
+    return make
 
 
 def method_plans(model):
@@ -101,7 +120,7 @@ def _labels():
 
 
 @pytest.mark.parametrize("label", _labels())
-def test_each_method_trains_on_cuda_as_on_cpu(label, deterministic_cuda):
+def test_each_method_trains_on_cuda_as_on_cpu(label, deterministic_cuda, trainer_on, split_data):
     torch.manual_seed(0)
     model = build_model("resnet10", 4)
     plan_of = dict(method_plans(model))[label]
@@ -140,7 +159,7 @@ def test_each_method_trains_on_cuda_as_on_cpu(label, deterministic_cuda):
     print(f"{label}: largest relative difference of a tensor's update {worst:.4f}")
 
 
-def test_bf16_autocast_and_channels_last_train_on_cuda():
+def test_bf16_autocast_and_channels_last_train_on_cuda(trainer_on, split_data):
     """The default CUDA setting: bf16 autocast and channels-last, on an easy 4-class task."""
     torch.manual_seed(0)
     model = build_model("resnet10", 4)
@@ -162,7 +181,7 @@ def test_bf16_autocast_and_channels_last_train_on_cuda():
     assert feats.device.type == "cuda" and feats.dtype == torch.bfloat16
 
 
-def test_prefix_cache_on_cuda_equals_the_full_forward(deterministic_cuda):
+def test_prefix_cache_on_cuda_equals_the_full_forward(deterministic_cuda, trainer_on, split_data):
     torch.manual_seed(0)
     model = build_model("resnet10", 4)
     plan = TrainingPlan(block_lrs=[None, None, None, BASE_LR, BASE_LR, BASE_LR])
@@ -188,7 +207,8 @@ def test_prefix_cache_on_cuda_equals_the_full_forward(deterministic_cuda):
 
 
 @pytest.mark.timeout(300)
-def test_search_killed_with_sigkill_resumes_on_cuda(tmp_path, monkeypatch, deterministic_cuda):
+def test_search_killed_with_sigkill_resumes_on_cuda(tmp_path, monkeypatch, deterministic_cuda, base_parameters, make_split,
+                                                   backbone_checkpoint):
     """As tests/test_search_survival.py, on CUDA with the default bf16 autocast + channels-last.
 
     Both processes use cuDNN's deterministic algorithms (EVOTUNE_TEST_DETERMINISTIC), so the
@@ -201,7 +221,7 @@ def test_search_killed_with_sigkill_resumes_on_cuda(tmp_path, monkeypatch, deter
     monkeypatch.setattr(survival, "TRAINING", {**survival.TRAINING, "device": "cuda"})
     monkeypatch.setenv("EVOTUNE_TEST_DETERMINISTIC", "1")
     storage = f"sqlite:///{tmp_path}/study.db"
-    d, path = survival.inputs(tmp_path, storage)
+    d, path = survival.make_inputs(tmp_path, storage, base_parameters(), make_split, backbone_checkpoint)
     assert d["training"]["device"] == "cuda"
     proc = survival.spawn("search", path)
     deadline = time.time() + 180

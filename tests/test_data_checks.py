@@ -7,7 +7,6 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import base_parameters
 from PIL import Image
 
 from evotune.data import DataSourceError
@@ -24,12 +23,17 @@ def folder(root, counts: dict[str, int]) -> None:
             Image.fromarray((rng.random((20, 20, 3)) * 255).astype(np.uint8)).save(root / name / f"{i}.png")
 
 
-def data_params(root, **kw) -> dict:
-    params = base_parameters()
-    params["data"]["source"] = {"kind": "image_folder", "path": str(root)}
-    params["data"]["split"].update(train_per_class=None, val_per_class=None)
-    params["data"].update(kw)
-    return params
+@pytest.fixture
+def data_params(base_parameters):
+    """``data_params(root, **kw)``: conf/base's parameters for the image folder ``root``, ``kw`` in `data`."""
+    def make(root, **kw) -> dict:
+        params = base_parameters()
+        params["data"]["source"] = {"kind": "image_folder", "path": str(root)}
+        params["data"]["split"].update(train_per_class=None, val_per_class=None)
+        params["data"].update(kw)
+        return params
+
+    return make
 
 
 def break_files(root):
@@ -42,7 +46,7 @@ def break_files(root):
     (root / "b" / "notes.txt").write_text("not an image")
 
 
-def test_every_unreadable_file_is_listed_in_one_message(tmp_path, caplog):
+def test_every_unreadable_file_is_listed_in_one_message(tmp_path, caplog, data_params):
     root = tmp_path / "imgs"
     folder(root, {"a": 12, "b": 12})
     break_files(root)
@@ -57,7 +61,7 @@ def test_every_unreadable_file_is_listed_in_one_message(tmp_path, caplog):
     assert "notes.txt" in caplog.text and "1 file(s) without an image extension ignored" in caplog.text
 
 
-def test_skip_unreadable_leaves_them_out_and_logs_them(tmp_path, caplog):
+def test_skip_unreadable_leaves_them_out_and_logs_them(tmp_path, caplog, data_params):
     root = tmp_path / "imgs"
     folder(root, {"a": 12, "b": 12})
     break_files(root)
@@ -69,7 +73,7 @@ def test_skip_unreadable_leaves_them_out_and_logs_them(tmp_path, caplog):
     check_target_data(params["data"], SearchConfig.from_params(params["search"]).n_chunks)  # the rest splits fine
 
 
-def test_small_classes_are_all_named_with_the_real_minimum(tmp_path):
+def test_small_classes_are_all_named_with_the_real_minimum(tmp_path, data_params):
     root = tmp_path / "imgs"
     folder(root, {"big": 20, "one": 1, "few": 3})
     params = data_params(root)

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import base_parameters
 from PIL import Image
 
 from evotune.data import DataSourceError, decode_split
@@ -96,7 +95,7 @@ def test_decode_split_rejects_crop_larger_than_resize():
         decode_split(ArraySource([]), pd.DataFrame({"item": [], "label": []}), resize_size=16, crop_size=32)
 
 
-def test_pipeline_nodes_on_the_embedded_default(tmp_path):
+def test_pipeline_nodes_on_the_embedded_default(tmp_path, base_parameters):
     params = yaml.safe_load((CONF / "parameters_data_processing.yml").read_text())["data"]
     assert params["source"]["kind"] == "embedded_digits"
     search = SearchConfig.from_params({**base_parameters()["search"], "train_split_pct": 0.5,
@@ -198,7 +197,7 @@ def test_pipeline_shape():
     assert pipe.outputs() == {"target_train", "target_val", "target_test"}
 
 
-def test_check_data_params_names_the_bad_key():
+def test_check_data_params_names_the_bad_key(base_parameters):
     from evotune.pipelines.data_processing.nodes import check_data_params
 
     good = base_parameters()["data"]

@@ -132,10 +132,8 @@ CHUNKS_BEFORE = {(0.5, 42): (200, "b8daddc4ee33ddea"), (0.3, 42): (200, "bacf28f
 
 
 @pytest.mark.parametrize(("pct", "seed"), list(CHUNKS_BEFORE))
-def test_the_search_cuts_the_same_chunks_as_the_data_stage_did(pct, seed):
+def test_the_search_cuts_the_same_chunks_as_the_data_stage_did(pct, seed, base_parameters):
     import hashlib
-
-    from conftest import base_parameters
 
     from evotune.pipelines.data_processing.nodes import ingest_index, split_dataset
     from evotune.search.config import SearchConfig

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from conftest import search_config
 
 from evotune.search.evolution import (
     Individual,
@@ -81,7 +80,7 @@ def sphere(target):
     return evaluate
 
 
-def test_search_makes_the_papers_number_of_evaluations_and_never_loses_its_best():
+def test_search_makes_the_papers_number_of_evaluations_and_never_loses_its_best(search_config):
     cfg = search_config(population=6, elite=2, generations=4, seed=3)
     seen = []
 
@@ -102,7 +101,7 @@ def test_search_makes_the_papers_number_of_evaluations_and_never_loses_its_best(
     assert roles[:4] == ["elite_plus", "elite_minus"] * 2
 
 
-def test_elite_exploitation_moves_one_selected_gene_both_ways():
+def test_elite_exploitation_moves_one_selected_gene_both_ways(search_config):
     cfg = search_config(population=5, elite=2, generations=1, seed=9)
     seen = []
 
@@ -126,7 +125,7 @@ def test_elite_exploitation_moves_one_selected_gene_both_ways():
         assert np.sign(d_plus) == -np.sign(d_minus) or 0.0 in (plus[gi], minus[gi], 1.0)
 
 
-def test_children_that_beat_their_parents_shrink_the_pool_until_random_children():
+def test_children_that_beat_their_parents_shrink_the_pool_until_random_children(search_config):
     cfg = search_config(population=10, elite=0, generations=1, seed=1)
     counter = iter(range(1000))
     roles = []
@@ -140,7 +139,7 @@ def test_children_that_beat_their_parents_shrink_the_pool_until_random_children(
     assert offspring == ["child"] * 4 + ["random_child"] * 6
 
 
-def test_search_is_reproducible_with_a_fixed_seed():
+def test_search_is_reproducible_with_a_fixed_seed(search_config):
     target = np.array([0.3, 0.7, 0.9, 0.4])
     cfg = search_config(population=5, elite=1, generations=3, seed=42)
     a = biotune_search(3, cfg, sphere(target))
@@ -150,7 +149,7 @@ def test_search_is_reproducible_with_a_fixed_seed():
     assert not np.allclose(a.best.genes, c.best.genes)
 
 
-def test_config_validation_names_the_parameter():
+def test_config_validation_names_the_parameter(search_config):
     with pytest.raises(ValueError, match="search.elite"):
         search_config(population=4, elite=4)
     with pytest.raises(ValueError, match="search.population"):

@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 import torch
-from exported import make_export
 
 from evotune.backbones import ARCHITECTURES
 from evotune.export import model_from_export, select_run
@@ -20,7 +19,7 @@ from evotune.validation import ParameterError
 
 
 @pytest.fixture(scope="module")
-def resnet18_export(tmp_path_factory):
+def resnet18_export(tmp_path_factory, make_export):
     """A standard torchvision architecture (README's three lines), exported without training."""
     return make_export(tmp_path_factory.mktemp("export_resnet18"), arch="resnet18", train=False)
 

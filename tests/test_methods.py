@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import base_parameters, make_split, method_params, search_config, train_config
 from torch import nn
 
 from evotune.backbones import StagedModel, build_model
@@ -26,26 +25,35 @@ from evotune.methods.sp_regularization import sp_penalty
 from evotune.training import DeviceData, Trainer, apply_freezing
 
 BASE_LR = 1e-3
-CFG = train_config(epochs=1, patience=1, batch_size=6, eval_batch_size=64, device="cpu", base_lr=BASE_LR)
 
 
 @pytest.fixture(scope="module")
-def setup():
+def train_cfg(train_config):
+    return train_config(epochs=1, patience=1, batch_size=6, eval_batch_size=64, device="cpu", base_lr=BASE_LR)
+
+
+@pytest.fixture(scope="module")
+def setup(train_cfg, make_split):
     torch.manual_seed(0)
-    trainer = Trainer(build_model("resnet10", 3), CFG, mean=[0.3] * 3, std=[0.25] * 3)
+    trainer = Trainer(build_model("resnet10", 3), train_cfg, mean=[0.3] * 3, std=[0.25] * 3)
     train = DeviceData.from_split(make_split(4, 3, seed=0), trainer.device)
     val = DeviceData.from_split(make_split(2, 3, seed=1), trainer.device)
     return trainer, train, val
 
 
-def train_and_diff(setup, method, **params):
-    """Train 1 epoch; per parameter name, whether it moved; also the trained state."""
-    trainer, train, val = setup
-    plan = get_method(method).plan(trainer.model, BASE_LR, **method_params(method, **params))
-    res = trainer.train(plan, train, val, seed=1, keep_best_state=True)
-    state = res.best_state
-    moved = {k: not torch.equal(v, trainer.pristine[k].cpu()) for k, v in state.items() if k in trainer.pristine}
-    return plan, state, moved
+@pytest.fixture(scope="module")
+def train_and_diff(method_params):
+    """``train_and_diff(setup, method, **params)``: train 1 epoch; per parameter name, whether it moved;
+    also the trained state."""
+    def run(setup, method, **params):
+        trainer, train, val = setup
+        plan = get_method(method).plan(trainer.model, BASE_LR, **method_params(method, **params))
+        res = trainer.train(plan, train, val, seed=1, keep_best_state=True)
+        state = res.best_state
+        moved = {k: not torch.equal(v, trainer.pristine[k].cpu()) for k, v in state.items() if k in trainer.pristine}
+        return plan, state, moved
+
+    return run
 
 
 def params_of(trainer, block):
@@ -59,7 +67,7 @@ def buffers_of(trainer, block):
 # --------------------------------------------------------------------------- registry
 
 
-def test_registry_and_unknown_names():
+def test_registry_and_unknown_names(base_parameters):
     assert set(PLAN_METHODS) == {"full_finetune", "linear_probe", "surgical", "auto_rgn", "l2_sp", "l1_sp", "lora"}
     assert set(SEARCH_METHODS) == {"deft", "random_search", "tpe"}
     with pytest.raises(ValueError, match=r"compare\.methods.*full_finetune.*tpe"):
@@ -84,7 +92,7 @@ def test_registry_and_unknown_names():
 # --------------------------------------------------------------------------- what each plan trains
 
 
-def test_linear_probe_moves_only_the_head(setup):
+def test_linear_probe_moves_only_the_head(setup, train_and_diff, method_params):
     trainer = setup[0]
     _, _, moved = train_and_diff(setup, "linear_probe")
     head = trainer.model.head_index
@@ -95,7 +103,7 @@ def test_linear_probe_moves_only_the_head(setup):
     assert trainable_parameters(trainer.model, plan) == sum(p.numel() for p in trainer.model.stages[head].parameters())
 
 
-def test_surgical_block_2_moves_block_2_and_head(setup):
+def test_surgical_block_2_moves_block_2_and_head(setup, train_and_diff, method_params):
     trainer = setup[0]
     plan, _, moved = train_and_diff(setup, "surgical", block=2)
     head = trainer.model.head_index
@@ -111,14 +119,14 @@ def test_surgical_block_2_moves_block_2_and_head(setup):
         get_method("surgical").plan(trainer.model, BASE_LR, **method_params("surgical", block="fc"))
 
 
-def test_full_finetune_moves_every_block(setup):
+def test_full_finetune_moves_every_block(setup, train_and_diff):
     trainer = setup[0]
     _, _, moved = train_and_diff(setup, "full_finetune")
     for b in range(trainer.model.num_blocks):
         assert any(moved[k] for k in params_of(trainer, b)), b
 
 
-def test_lora_trains_adapters_and_head_only_and_undoes_its_surgery(setup):
+def test_lora_trains_adapters_and_head_only_and_undoes_its_surgery(setup, train_and_diff):
     trainer = setup[0]
     keys = list(trainer.pristine)
     plan, state, _ = train_and_diff(setup, "lora", rank=2, alpha=4.0)
@@ -172,7 +180,7 @@ def test_lora_skips_grouped_convs():
 
 
 @torch.no_grad()
-def test_sp_penalties_at_w0_and_after_a_known_perturbation():
+def test_sp_penalties_at_w0_and_after_a_known_perturbation(method_params):
     torch.manual_seed(0)
     model = build_model("resnet10", 3)
     alpha, beta = 0.3, 0.7
@@ -195,14 +203,14 @@ def test_sp_penalties_at_w0_and_after_a_known_perturbation():
     assert float(sp_penalty([(w, w - 0.01)], [], alpha=2.0, beta=0.0)) == pytest.approx(w.numel() * 1e-4, rel=1e-4)
 
 
-def test_l2_sp_trains_through_the_loop(setup):
+def test_l2_sp_trains_through_the_loop(setup, train_and_diff):
     trainer = setup[0]
     plan, _, moved = train_and_diff(setup, "l2_sp", alpha=0.1, beta=0.1)
     assert plan.penalty is not None and all(any(moved[k] for k in params_of(trainer, b))
                                             for b in range(trainer.model.num_blocks))
 
 
-def test_auto_rgn_sets_per_tensor_lrs_from_relative_gradient_norms():
+def test_auto_rgn_sets_per_tensor_lrs_from_relative_gradient_norms(make_split, method_params):
     torch.manual_seed(0)
     model = build_model("resnet10", 3)
     plan = get_method("auto_rgn").plan(model, BASE_LR, **method_params("auto_rgn", batches=2))
@@ -248,7 +256,7 @@ def test_auto_rgn_sets_per_tensor_lrs_from_relative_gradient_norms():
     assert max(g["lr"] for g in opt2.param_groups) == pytest.approx(BASE_LR)
 
 
-def test_auto_rgn_trains_through_the_loop(setup):
+def test_auto_rgn_trains_through_the_loop(setup, train_and_diff):
     trainer = setup[0]
     _, _, moved = train_and_diff(setup, "auto_rgn", batches=1)
     bn = [k for k in moved if "bn" in k and k.endswith("weight")]
@@ -285,7 +293,7 @@ def test_deft_phenotype_decodes_to_base_lr_for_selected_blocks():
     assert not decode(deft_phenotype([0.1, 0.5, 0.3]), BASE_LR).valid
 
 
-def test_budget_schedule_matches_biotune():
+def test_budget_schedule_matches_biotune(search_config):
     evo = search_config(population=4, elite=1, generations=3)
     assert evo.evaluations == 4 + 3 * 5
     gens = [generation_equivalent(j, evo) for j in range(evo.evaluations)]
@@ -299,7 +307,7 @@ def test_budget_schedule_matches_biotune():
 
 
 @pytest.mark.parametrize("name", SEARCH_METHODS)
-def test_search_baselines_use_exactly_the_budget(name):
+def test_search_baselines_use_exactly_the_budget(name, method_params, search_config):
     evo = search_config(population=5, elite=2, generations=3, seed=3)
     num_blocks = 6
     target = np.linspace(0.1, 0.9, num_blocks + 1)
@@ -328,7 +336,7 @@ def test_search_baselines_use_exactly_the_budget(name):
         assert all(x in (0.5, np.nextafter(0.5, 1)) for x in g)
 
 
-def test_tpe_learns_from_its_history():
+def test_tpe_learns_from_its_history(method_params, search_config):
     evo = search_config(population=4, elite=2, generations=4, seed=0)  # 28 evaluations
     target = np.array([0.9, 0.1, 0.9, 0.1, 0.2])
     fits = []
@@ -342,7 +350,7 @@ def test_tpe_learns_from_its_history():
     assert np.mean(fits[-8:]) < np.mean(fits[:4])
 
 
-def test_plan_methods_params_reach_the_plan():
+def test_plan_methods_params_reach_the_plan(method_params):
     model = build_model("resnet10", 3)
     plan = get_method("lora").plan(model, BASE_LR, **method_params("lora", rank=3))
     assert plan.name == "lora[r=3]" and plan.eval_mode_blocks == frozenset(range(model.num_blocks - 1))
@@ -358,9 +366,9 @@ def test_plan_methods_params_reach_the_plan():
 # --------------------------------------------------------------------------- plan changes belong to one training
 
 
-def test_lora_twice_on_one_trainer_never_stacks_and_restores_the_model_exactly():
+def test_lora_twice_on_one_trainer_never_stacks_and_restores_the_model_exactly(train_cfg, make_split, method_params):
     torch.manual_seed(0)
-    trainer = Trainer(build_model("resnet10", 3), CFG, mean=[0.3] * 3, std=[0.25] * 3)
+    trainer = Trainer(build_model("resnet10", 3), train_cfg, mean=[0.3] * 3, std=[0.25] * 3)
     train = DeviceData.from_split(make_split(4, 3, seed=0), trainer.device)
     val = DeviceData.from_split(make_split(2, 3, seed=1), trainer.device)
     plan = get_method("lora").plan(trainer.model, BASE_LR, **method_params("lora", rank=2, alpha=4.0))
@@ -392,7 +400,7 @@ def test_lora_twice_on_one_trainer_never_stacks_and_restores_the_model_exactly()
     assert not any(isinstance(m, LoRAConv2d) for m in model.modules())
 
 
-def test_the_trainer_undoes_a_plan_once_even_when_training_fails(setup):
+def test_the_trainer_undoes_a_plan_once_even_when_training_fails(setup, method_params):
     trainer, train, val = setup
     calls = []
 
@@ -416,9 +424,9 @@ def test_the_trainer_undoes_a_plan_once_even_when_training_fails(setup):
     assert trainable_parameters(trainer.model, plan) > 0 and calls[4:] == ["prepare", "undo"]
 
 
-def test_auto_rgn_state_starts_afresh_for_every_training():
+def test_auto_rgn_state_starts_afresh_for_every_training(train_cfg, make_split, method_params):
     torch.manual_seed(0)
-    trainer = Trainer(build_model("resnet10", 3), CFG.replace(epochs=2, patience=2), mean=[0.3] * 3, std=[0.25] * 3)
+    trainer = Trainer(build_model("resnet10", 3), train_cfg.replace(epochs=2, patience=2), mean=[0.3] * 3, std=[0.25] * 3)
     train = DeviceData.from_split(make_split(4, 3, seed=0), trainer.device)
     val = DeviceData.from_split(make_split(2, 3, seed=1), trainer.device)
     plan = get_method("auto_rgn").plan(trainer.model, BASE_LR, **method_params("auto_rgn", batches=1))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import train_config
 from PIL import Image
 
 import evotune.reference as reference
@@ -36,7 +35,7 @@ RESIZE, CROP = 36, 32  # 40 px images, shorter side resized to 36, centre crop 3
 # Both loops use torch's default (plain) Adam here, so that they compare like with like: the
 # fused kernel rounds differently, and how far the two drift apart over a training depends on
 # the CPU (AVX2 vs AVX-512). test_training.py checks fused against plain Adam on its own.
-CFG = train_config(epochs=3, patience=5, batch_size=16, eval_batch_size=32, device="cpu", fused_optimizer=False)
+TRAINING = {"epochs": 3, "patience": 5, "batch_size": 16, "eval_batch_size": 32, "device": "cpu", "fused_optimizer": False}
 
 GENOMES = {
     # stem + layer1 frozen (a 2-block cached prefix), the rest trained at varied lrs
@@ -72,6 +71,12 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
+def train_cfg(train_config):
+    """conf/base's training with :data:`TRAINING`."""
+    return train_config(**TRAINING)
+
+
+@pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("resnet10", N_CLS)
@@ -99,7 +104,7 @@ def setup(tmp_path_factory):
             "val": DeviceData(decode_once(val_pil, resize_size=RESIZE, crop_size=CROP), torch.tensor(yva), N_CLS)}
 
 
-def fast_trainer(setup, cfg=CFG) -> Trainer:
+def fast_trainer(setup, cfg) -> Trainer:
     return Trainer(model_from_checkpoint(load_checkpoint(setup["ckpt"]), N_CLS), cfg, mean=MEAN, std=STD)
 
 
@@ -107,9 +112,9 @@ def naive_kw():
     return dict(resize_size=RESIZE, crop_size=CROP, mean=MEAN, std=STD, num_classes=N_CLS, device="cpu")
 
 
-def test_same_predictions_for_the_same_weights(setup):
-    trainer = fast_trainer(setup)
-    plan = genome_plan(GENOMES["mixed"], CFG.base_lr)
+def test_same_predictions_for_the_same_weights(setup, train_cfg):
+    trainer = fast_trainer(setup, train_cfg)
+    plan = genome_plan(GENOMES["mixed"], train_cfg.base_lr)
     apply_freezing(trainer.model, plan)  # as during a search: the frozen prefix is cacheable
     assert plan.frozen_prefix(trainer.model) == 2
     cached = trainer.predict(setup["val"], plan=plan, data_key="val")
@@ -117,7 +122,7 @@ def test_same_predictions_for_the_same_weights(setup):
     assert (trainer.cache.misses, trainer.cache.hits) == (1, 1), "the prefix cache was not used"
     full = trainer.predict(setup["val"])
 
-    preds, logits = naive_predict(setup["ckpt"], setup["val_items"], CFG, return_logits=True, **naive_kw())
+    preds, logits = naive_predict(setup["ckpt"], setup["val_items"], train_cfg, return_logits=True, **naive_kw())
     assert torch.equal(cached, preds) and torch.equal(cached_again, preds) and torch.equal(full, preds)
     assert len(set(preds.tolist())) > 1, "degenerate test: one class predicted for every image"
     trainer.model.eval()
@@ -127,17 +132,17 @@ def test_same_predictions_for_the_same_weights(setup):
 
 
 @pytest.mark.parametrize("genome", list(GENOMES))
-def test_training_gives_the_same_history(setup, genome):
-    plan = genome_plan(GENOMES[genome], CFG.base_lr)
-    trainer = fast_trainer(setup)
+def test_training_gives_the_same_history(setup, genome, train_cfg):
+    plan = genome_plan(GENOMES[genome], train_cfg.base_lr)
+    trainer = fast_trainer(setup, train_cfg)
     fast = trainer.train(plan, setup["train"], setup["val"], seed=684, data_key=("t", genome), keep_best_state=True)
     naive = naive_train(setup["ckpt"], plan, setup["train_items"], setup["ytr"], setup["val_items"], setup["yva"],
-                        CFG, seed=684, keep_best_state=True, **naive_kw())
+                        train_cfg, seed=684, keep_best_state=True, **naive_kw())
     if genome != "all":
         assert trainer.cache.misses >= 1, "the fast path did not use its frozen-prefix cache"
 
     one_image = N_CLS / len(setup["yva"])  # macro accuracy moved by one validation image (5 per class)
-    assert fast.epochs_run == naive.epochs_run == CFG.epochs
+    assert fast.epochs_run == naive.epochs_run == train_cfg.epochs
     for f, n in zip(fast.history, naive.history):
         assert f["epoch"] == n["epoch"]
         assert f["train_loss"] == pytest.approx(n["train_loss"], rel=1e-4, abs=1e-6)
@@ -149,9 +154,9 @@ def test_training_gives_the_same_history(setup, genome):
     assert naive.history[0]["train_loss"] > naive.history[-1]["train_loss"]
 
 
-def test_early_stopping_seeds_and_per_epoch_decoding(setup, monkeypatch):
+def test_early_stopping_seeds_and_per_epoch_decoding(setup, monkeypatch, train_cfg):
     """Same early stop; the seed changes head and order; the naive loop decodes every epoch."""
-    cfg = CFG.replace(epochs=4, patience=1, base_lr=0.05)
+    cfg = train_cfg.replace(epochs=4, patience=1, base_lr=0.05)
     plan = genome_plan(GENOMES["mixed"], cfg.base_lr)
     fast = fast_trainer(setup, cfg).train(plan, setup["train"], setup["val"], seed=559, data_key="k")
 

@@ -6,7 +6,6 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
-from conftest import backbone_checkpoint, base_parameters, make_split
 
 from evotune.backbones import build_model
 from evotune.data import DataSourceError
@@ -15,19 +14,22 @@ from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genom
 from evotune.pipelines.search.nodes import run_search
 from evotune.search.store import StudyStore
 
-TRAINING = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64,
+
+@pytest.fixture(scope="module")
+def training(base_parameters):
+    return {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16, "eval_batch_size": 64,
             "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
-def backbone():
+def backbone(backbone_checkpoint):
     torch.manual_seed(0)
     model = build_model("resnet10", 3)
     return backbone_checkpoint(model, 3)
 
 
 @pytest.fixture(scope="module")
-def splits():
+def splits(make_split):
     return make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
 
 
@@ -35,15 +37,20 @@ def splits():
 MEMORY = StudyStore(None)
 
 
-def search_params(**kw):
-    return {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 2, "seed": 0, "seeds": [1],
-            "train_split_pct": 0.5, "study_name": "t", **kw}
+@pytest.fixture(scope="module")
+def search_params(base_parameters):
+    """``search_params(**kw)``: conf/base's `search` at tiny sizes, with ``kw``."""
+    def params(**kw):
+        return {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 2, "seed": 0, "seeds": [1],
+                "train_split_pct": 0.5, "study_name": "t", **kw}
+
+    return params
 
 
-def test_tiny_search_is_reproducible_and_records_every_evaluation(backbone, splits):
+def test_tiny_search_is_reproducible_and_records_every_evaluation(backbone, splits, training, search_params):
     train, val, _ = splits
-    a = run_search(backbone, train, val, MEMORY, search_params(), TRAINING)
-    b = run_search(backbone, train, val, MEMORY, search_params(), TRAINING)
+    a = run_search(backbone, train, val, MEMORY, search_params(), training)
+    b = run_search(backbone, train, val, MEMORY, search_params(), training)
     trials, population, best = a
     assert len(trials) == 4 + 2 * (2 * 1 + 4 - 1)
     assert trials["fitness"].tolist() == b[0]["fitness"].tolist()
@@ -60,53 +67,53 @@ def test_tiny_search_is_reproducible_and_records_every_evaluation(backbone, spli
         assert [max(h) for h in histories] == pytest.approx(accs, abs=1e-6)
 
 
-def test_rerun_on_the_same_study_reuses_every_trial(backbone, splits, tmp_path):
+def test_rerun_on_the_same_study_reuses_every_trial(backbone, splits, tmp_path, training, search_params):
     train, val, _ = splits
     storage = f"sqlite:///{tmp_path}/study.db"
-    first = run_search(backbone, train, val, StudyStore(storage), search_params(), TRAINING)
-    second = run_search(backbone, train, val, StudyStore(storage), search_params(), TRAINING)
+    first = run_search(backbone, train, val, StudyStore(storage), search_params(), training)
+    second = run_search(backbone, train, val, StudyStore(storage), search_params(), training)
     assert not first[0]["cached"].any()
     assert second[0]["cached"].all()
     assert second[0]["fitness"].tolist() == first[0]["fitness"].tolist()
     assert second[2].genes == first[2].genes
     # other settings give another study, not a clash
-    third = run_search(backbone, train, val, StudyStore(storage), search_params(seed=1), TRAINING)
+    third = run_search(backbone, train, val, StudyStore(storage), search_params(seed=1), training)
     assert not third[0]["cached"].any()
     assert third[2].study_name != first[2].study_name
 
 
-def test_the_search_cuts_its_chunks_from_its_own_parameter(backbone, splits):
+def test_the_search_cuts_its_chunks_from_its_own_parameter(backbone, splits, training, search_params):
     """The chunks follow search.train_split_pct without a rerun of the data stage; data too small
     for them is an error naming the parameter."""
     train, val, _ = splits
-    trials, _, _ = run_search(backbone, train, val, MEMORY, search_params(train_split_pct=0.34), TRAINING)
+    trials, _, _ = run_search(backbone, train, val, MEMORY, search_params(train_split_pct=0.34), training)
     assert set(trials["chunk"]) == {0, 1, 2}  # ceil(1 / 0.34) chunks, generation g on chunk g mod 3
     with pytest.raises(DataSourceError, match=r"(?s)has 4 val image\(s\).*raise search.train_split_pct"):
-        run_search(backbone, train, val, MEMORY, search_params(train_split_pct=0.2), TRAINING)
+        run_search(backbone, train, val, MEMORY, search_params(train_split_pct=0.2), training)
 
 
-def test_search_storage_belongs_to_the_catalog(backbone, splits):
+def test_search_storage_belongs_to_the_catalog(backbone, splits, training, search_params):
     """--params search.storage=... reaches the search through the catalog's search_study_store; the same key
     set in a parameters file (another value than the catalog's) is an error, not silently ignored."""
     train, val, _ = splits
     with pytest.raises(ParameterError, match="search_study_store"):
-        run_search(backbone, train, val, MEMORY, search_params(storage="sqlite:///x.db"), TRAINING)
+        run_search(backbone, train, val, MEMORY, search_params(storage="sqlite:///x.db"), training)
 
 
-def test_retrain_and_test_evaluation(backbone, splits):
+def test_retrain_and_test_evaluation(backbone, splits, training, search_params):
     train, val, test = splits
-    _, _, best = run_search(backbone, train, val, MEMORY, search_params(generations=0), TRAINING)
-    retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2], "training": {}}, TRAINING)
+    _, _, best = run_search(backbone, train, val, MEMORY, search_params(generations=0), training)
+    retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2], "training": {}}, training)
     assert [r.seed for r in retrained.runs] == [1, 2]
     assert 0 < retrained.trainable_params <= retrained.total_params
-    summary, per_seed = evaluate_on_test(backbone, retrained, test, TRAINING)
+    summary, per_seed = evaluate_on_test(backbone, retrained, test, training)
     assert isinstance(per_seed, pd.DataFrame) and len(per_seed) == 2
     assert summary.accuracy_mean == pytest.approx(per_seed["accuracy"].mean())
     assert sum(map(sum, summary.confusion_matrix)) == 2 * 12
     assert 0 < summary.trainable_share <= 1
 
 
-def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits, monkeypatch):
+def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits, monkeypatch, training, search_params):
     import math
 
     import evotune.search.evaluator as search_mod
@@ -123,14 +130,14 @@ def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits
 
     monkeypatch.setattr(search_mod, "train_unit", flaky)
     train, val, _ = splits
-    trials, _, best = run_search(backbone, train, val, MEMORY, search_params(), TRAINING)
+    trials, _, best = run_search(backbone, train, val, MEMORY, search_params(), training)
     assert len(trials) == 4 + 2 * (2 * 1 + 4 - 1)  # the search finished
     row = trials[trials["key"] == calls[1]].iloc[0]
     assert row["diverged"] and row["fitness"] == 1.0
     assert best.fitness < 1.0 and not math.isnan(best.fitness)
 
 
-def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(backbone, splits):
+def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(backbone, splits, training, search_params):
     from evotune.search.config import SearchConfig
     from evotune.search.runner import search_chunks
     from evotune.search.store import study_name_for
@@ -139,17 +146,17 @@ def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(
     train, val, _ = splits
     sp = SearchConfig.from_params(search_params())
     chunks = search_chunks(train, val, n_chunks=sp.n_chunks, seed=sp.chunk_seed)
-    name = study_name_for(sp, TrainConfig.from_params(TRAINING), backbone, train, val, *chunks)
-    same = [{**TRAINING, "cpu_threads": 1}, {**TRAINING, "device": "auto"}]
+    name = study_name_for(sp, TrainConfig.from_params(training), backbone, train, val, *chunks)
+    same = [{**training, "cpu_threads": 1}, {**training, "device": "auto"}]
     for params in same:
         assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val, *chunks) == name, params
-    other = [{**TRAINING, "epochs": 3}, {**TRAINING, "fused_optimizer": False}]
+    other = [{**training, "epochs": 3}, {**training, "fused_optimizer": False}]
     for params in other:
         assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val, *chunks) != name, params
-    assert study_name_for(sp, TrainConfig.from_params(TRAINING), backbone, train, val, *chunks[::-1]) != name
+    assert study_name_for(sp, TrainConfig.from_params(training), backbone, train, val, *chunks[::-1]) != name
 
 
-def test_stages_refuse_inputs_made_from_other_data_or_another_backbone(backbone, splits):
+def test_stages_refuse_inputs_made_from_other_data_or_another_backbone(backbone, splits, training, search_params):
     """After a run that stopped half-way the newest backbone can belong to other data (a 6-class backbone
     beside 2-class tensors): the search, the retrain and the test name the mismatch instead of running."""
     from evotune.errors import InputMismatchError
@@ -157,36 +164,35 @@ def test_stages_refuse_inputs_made_from_other_data_or_another_backbone(backbone,
     train, val, test = splits
     other = dataclasses.replace(backbone, dataset="other-data")
     with pytest.raises(InputMismatchError, match=r"evolutionary_search.*backbone: other-data.*target_train: tiny"):
-        run_search(other, train, val, MEMORY, search_params(), TRAINING)
-    _, _, best = run_search(backbone, train, val, MEMORY, search_params(generations=0), TRAINING)
+        run_search(other, train, val, MEMORY, search_params(), training)
+    _, _, best = run_search(backbone, train, val, MEMORY, search_params(generations=0), training)
     assert best.dataset == "tiny" and best.backbone_id == backbone.backbone_id
     retrain = {"seeds": [1], "training": {}}
     with pytest.raises(InputMismatchError, match=r"retrain.*backbone_id.*kedro run --from-nodes evolutionary_search"):
-        retrain_best_genome(backbone, train, val, replace(best, backbone_id="another"), retrain, TRAINING)
+        retrain_best_genome(backbone, train, val, replace(best, backbone_id="another"), retrain, training)
     with pytest.raises(InputMismatchError, match="not recorded"):
-        retrain_best_genome(backbone, train, val, replace(best, dataset=None), retrain, TRAINING)
-    retrained = retrain_best_genome(backbone, train, val, best, retrain, TRAINING)
+        retrain_best_genome(backbone, train, val, replace(best, dataset=None), retrain, training)
+    retrained = retrain_best_genome(backbone, train, val, best, retrain, training)
     with pytest.raises(InputMismatchError, match="evaluate_on_test.*target_test: elsewhere"):
-        evaluate_on_test(backbone, retrained, dataclasses.replace(test, dataset="elsewhere"), TRAINING)
+        evaluate_on_test(backbone, retrained, dataclasses.replace(test, dataset="elsewhere"), training)
 
 
-def test_search_outputs_round_trip_through_the_catalog(backbone, splits, tmp_path):
+def test_search_outputs_round_trip_through_the_catalog(backbone, splits, tmp_path, training, search_params, root):
     """search_trials and search_population as Parquet (lists stay lists, masks stay strings), best_genome as a
     typed GenomeRecord, and the study store from its catalog entry."""
     import yaml
-    from conftest import ROOT
     from kedro.io import DataCatalog
 
     from evotune.search.records import GenomeRecord
 
-    cfg = yaml.safe_load((ROOT / "conf/base/catalog.yml").read_text())
+    cfg = yaml.safe_load((root / "conf/base/catalog.yml").read_text())
     entries = {n: cfg[n] for n in ("search_trials", "search_population", "best_genome")}
     for e in entries.values():
         e["filepath"] = str(tmp_path / e["filepath"])
     entries["search_study_store"] = {"type": "evotune.io.StudyStoreDataset", "storage": None}
     catalog = DataCatalog.from_config(entries)
     assert catalog.load("search_study_store") == MEMORY
-    trials, population, best = run_search(backbone, *splits[:2], MEMORY, search_params(generations=1), TRAINING)
+    trials, population, best = run_search(backbone, *splits[:2], MEMORY, search_params(generations=1), training)
     for name, data in (("search_trials", trials), ("search_population", population), ("best_genome", best)):
         catalog.save(name, data)
     loaded = catalog.load("search_trials")

@@ -10,7 +10,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import backbone_checkpoint, base_parameters, make_split
 
 from evotune.backbones import build_model
 from evotune.pipelines.search.nodes import run_search
@@ -18,21 +17,32 @@ from evotune.search.queue import UNITS_SUFFIX
 from evotune.search.store import StudyStore, make_storage
 
 HERE = Path(__file__).parent
-TRAINING = {**base_parameters()["training"], "epochs": 3, "patience": 3, "batch_size": 8, "eval_batch_size": 64,
-            "device": "cpu"}
+#: conf/base's `training` with these values (tests/test_cuda.py sets the device here)
+TRAINING = {"epochs": 3, "patience": 3, "batch_size": 8, "eval_batch_size": 64, "device": "cpu"}
 
 
-def inputs(tmp_path, storage, **search):
+def make_inputs(tmp_path, storage, base_parameters: dict, make_split, backbone_checkpoint, **search):
+    """The search node's inputs, and the file they are saved to. ``base_parameters``: conf/base's parameters;
+    ``make_split``, ``backbone_checkpoint``: the conftest fixtures'."""
     torch.manual_seed(0)
     model = build_model("resnet10", 3)
     backbone = backbone_checkpoint(model, 3)
-    params = {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1, 2],
+    params = {**base_parameters["search"], "population": 4, "elite": 1, "generations": 1, "seed": 0, "seeds": [1, 2],
               "train_split_pct": 0.5, "study_name": "s", "worker_poll_s": 0.05, **search}
     data = {"backbone": backbone, "storage": storage, "train": make_split(16, 3), "val": make_split(4, 3, seed=1),
-            "search": params, "training": TRAINING}
+            "search": params, "training": {**base_parameters["training"], **TRAINING}}
     path = tmp_path / "inputs.pt"
     torch.save(data, path)
     return data, path
+
+
+@pytest.fixture
+def inputs(base_parameters, make_split, backbone_checkpoint):
+    """``inputs(tmp_path, storage, **search)``: :func:`make_inputs` with conf/base's parameters."""
+    def make(tmp_path, storage, **search):
+        return make_inputs(tmp_path, storage, base_parameters(), make_split, backbone_checkpoint, **search)
+
+    return make
 
 
 def spawn(role, path):
@@ -63,7 +73,7 @@ def run_args(d):
 
 
 @pytest.mark.timeout(300)
-def test_search_killed_with_sigkill_resumes_without_repeating_work(tmp_path):
+def test_search_killed_with_sigkill_resumes_without_repeating_work(tmp_path, inputs):
     storage = f"sqlite:///{tmp_path}/study.db"
     d, path = inputs(tmp_path, storage)
     proc = spawn("search", path)
@@ -102,7 +112,7 @@ def shared_storage(request, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_two_workers_share_one_search(tmp_path, shared_storage):
+def test_two_workers_share_one_search(tmp_path, shared_storage, inputs):
     storage = shared_storage
     d, path = inputs(tmp_path, storage, population=6, generations=1)
     worker = spawn("worker", path)

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from conftest import base_parameters, make_split, method_params, train_config
 
 from evotune.backbones import build_model
 from evotune.search.evaluator import genome_plan
@@ -11,23 +10,33 @@ from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan, con
 MEAN, STD = (0.3, 0.3, 0.3), (0.25, 0.25, 0.25)
 
 
-def make_trainer(epochs=3, **kw):
-    torch.manual_seed(0)
-    model = build_model("resnet10", 4)
-    cfg = train_config(epochs=epochs, patience=5, batch_size=16, eval_batch_size=32, device="cpu", **kw)
-    return Trainer(model, cfg, mean=MEAN, std=STD)
+@pytest.fixture(scope="module")
+def make_trainer(train_config):
+    """``make_trainer(epochs=3, **kw)``: a Trainer of a fresh resnet10 (seed 0) on conf/base's training with ``kw``."""
+    def make(epochs=3, **kw):
+        torch.manual_seed(0)
+        model = build_model("resnet10", 4)
+        cfg = train_config(epochs=epochs, patience=5, batch_size=16, eval_batch_size=32, device="cpu", **kw)
+        return Trainer(model, cfg, mean=MEAN, std=STD)
+
+    return make
 
 
-def data(trainer, seed=0):
-    return (DeviceData.from_split(make_split(8, 4, seed=seed), trainer.device),
-            DeviceData.from_split(make_split(4, 4, seed=seed + 1), trainer.device))
+@pytest.fixture(scope="module")
+def data(make_split):
+    """``data(trainer, seed=0)``: tiny train and val data on the trainer's device."""
+    def make(trainer, seed=0):
+        return (DeviceData.from_split(make_split(8, 4, seed=seed), trainer.device),
+                DeviceData.from_split(make_split(4, 4, seed=seed + 1), trainer.device))
+
+    return make
 
 
 def snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_frozen_blocks_get_no_update_and_keep_batchnorm_statistics():
+def test_frozen_blocks_get_no_update_and_keep_batchnorm_statistics(make_trainer, data):
     trainer = make_trainer()
     train, val = data(trainer)
     before = snapshot(trainer.model)
@@ -48,7 +57,7 @@ def test_frozen_blocks_get_no_update_and_keep_batchnorm_statistics():
     assert torch.equal(before["stages.3.0.bn1.running_mean"], after["stages.3.0.bn1.running_mean"])
 
 
-def test_each_trained_block_gets_its_own_learning_rate():
+def test_each_trained_block_gets_its_own_learning_rate(make_trainer, data):
     trainer = make_trainer(epochs=1)
     train, val = data(trainer)
     genes = [0.9, 0.1, 0.6, 0.75, 0.2, 0.5, 0.4]  # 6 blocks + threshold 0.4
@@ -70,7 +79,7 @@ def test_each_trained_block_gets_its_own_learning_rate():
         assert seen[i][1], "a group must hold exactly its block's parameters"
 
 
-def test_frozen_prefix_cache_gives_the_same_training_as_full_forward():
+def test_frozen_prefix_cache_gives_the_same_training_as_full_forward(make_trainer, data):
     plan = TrainingPlan(block_lrs=[None, None, None, 1e-3, 1e-3, 1e-3])
     results = []
     for cache in (True, False):
@@ -85,7 +94,7 @@ def test_frozen_prefix_cache_gives_the_same_training_as_full_forward():
         assert torch.allclose(a.best_state[k].float(), b.best_state[k].float(), atol=1e-4), k
 
 
-def test_cached_prediction_matches_plain_forward():
+def test_cached_prediction_matches_plain_forward(make_trainer, data):
     trainer = make_trainer()
     train, val = data(trainer)
     plan = TrainingPlan(block_lrs=[None, None, 1e-3, 1e-3, 1e-3, 1e-3])
@@ -97,7 +106,7 @@ def test_cached_prediction_matches_plain_forward():
     assert torch.equal(fast, plain)
 
 
-def test_reset_restores_pretrained_weights_and_redraws_the_head_per_seed():
+def test_reset_restores_pretrained_weights_and_redraws_the_head_per_seed(make_trainer, data):
     trainer = make_trainer(epochs=1)
     train, val = data(trainer)
     pristine = snapshot(trainer.model)
@@ -114,7 +123,7 @@ def test_reset_restores_pretrained_weights_and_redraws_the_head_per_seed():
     assert torch.equal(head3, [v for k, v in snapshot(trainer.model).items() if k.startswith("stages.5.")][0])
 
 
-def test_training_is_reproducible_and_learns():
+def test_training_is_reproducible_and_learns(make_trainer, data):
     accs = []
     for _ in range(2):
         trainer = make_trainer(epochs=4)
@@ -125,7 +134,7 @@ def test_training_is_reproducible_and_learns():
     assert max(accs[0]) > 0.5  # 4 classes: chance is 0.25
 
 
-def test_non_finite_loss_is_reported_as_diverged():
+def test_non_finite_loss_is_reported_as_diverged(make_trainer, data):
     trainer = make_trainer()
     train, val = data(trainer)
     plan = TrainingPlan(block_lrs=[1e-3] * 6, penalty=lambda m: torch.tensor(math.nan))
@@ -133,7 +142,7 @@ def test_non_finite_loss_is_reported_as_diverged():
     assert res.diverged and res.best_val_acc == 0.0 and res.epochs_run == 0
 
 
-def test_early_stopping_respects_patience():
+def test_early_stopping_respects_patience(make_trainer, data):
     trainer = make_trainer(epochs=30)
     trainer.cfg = trainer.cfg.replace(epochs=30, patience=2)
     train, val = data(trainer)
@@ -149,7 +158,7 @@ def test_macro_accuracy_is_class_balanced():
     assert macro_accuracy(conf) == pytest.approx((1.0 + 0.5) / 2)
 
 
-def test_train_config_rejects_unknown_missing_and_bad_values():
+def test_train_config_rejects_unknown_missing_and_bad_values(base_parameters):
     base = base_parameters()["training"]
     with pytest.raises(ValueError, match="Unknown parameter.*training.epochz"):
         TrainConfig.from_params({**base, "epochz": 3})
@@ -164,7 +173,7 @@ def test_train_config_rejects_unknown_missing_and_bad_values():
             TrainConfig.from_params({**base, "cpu_threads": bad})
 
 
-def test_cpu_threads_sets_torch_threads_for_the_process():
+def test_cpu_threads_sets_torch_threads_for_the_process(make_trainer):
     before = torch.get_num_threads()
     try:
         make_trainer(cpu_threads=1)
@@ -175,7 +184,7 @@ def test_cpu_threads_sets_torch_threads_for_the_process():
         torch.set_num_threads(before)
 
 
-def test_fused_adam_is_the_default_and_follows_the_same_update_as_plain_adam():
+def test_fused_adam_is_the_default_and_follows_the_same_update_as_plain_adam(make_trainer, data, train_config):
     """The fused kernel is a speed choice only: the same update rule as torch's default Adam.
 
     Compared step by step on the same gradients, not through a training: a training is
@@ -225,7 +234,7 @@ def test_fused_adam_is_the_default_and_follows_the_same_update_as_plain_adam():
                                trainer.pristine["stages.2.0.conv1.weight"]), "degenerate test: layer2 did not train"
 
 
-def test_amp_and_channels_last_are_off_on_cpu_by_default_and_validated():
+def test_amp_and_channels_last_are_off_on_cpu_by_default_and_validated(make_trainer, base_parameters):
     """``auto`` (conf/base) means CUDA only: the default CPU run stays float32 and contiguous."""
     trainer = make_trainer(epochs=1)
     assert trainer.cfg.amp == "auto" and trainer.cfg.channels_last == "auto"
@@ -238,7 +247,7 @@ def test_amp_and_channels_last_are_off_on_cpu_by_default_and_validated():
         assert getattr(TrainConfig.from_params({**base_parameters()["training"], key: True}), key) is True
 
 
-def test_bf16_autocast_and_channels_last_run_on_cpu_and_agree_with_float32():
+def test_bf16_autocast_and_channels_last_run_on_cpu_and_agree_with_float32(make_trainer, data):
     """The code path CUDA uses by default (bf16 autocast + channels-last), forced on CPU.
 
     Tolerances: bf16 keeps 8 bits of mantissa (relative rounding 2**-9 per operation), so the
@@ -276,7 +285,7 @@ def test_bf16_autocast_and_channels_last_run_on_cpu_and_agree_with_float32():
     assert trainer.predict(val, plan=plan, data_key=(("bf16", 0), "val")).shape == val.labels.shape
 
 
-def test_lora_adapters_follow_channels_last():
+def test_lora_adapters_follow_channels_last(make_trainer, data, method_params):
     from evotune.methods import get_method
     from evotune.methods.lora import LoRAConv2d
 

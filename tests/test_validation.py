@@ -3,7 +3,6 @@
 import copy
 
 import pytest
-from conftest import ROOT, base_parameters
 from kedro.config import OmegaConfigLoader
 from kedro.framework.project import configure_project
 
@@ -12,8 +11,8 @@ from evotune.validation import ParameterError, validate_run
 
 
 @pytest.fixture(scope="module")
-def base_params():
-    loader = OmegaConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="local")
+def base_params(root):
+    loader = OmegaConfigLoader(str(root / "conf"), base_env="base", default_run_env="local")
     return loader["parameters"]
 
 
@@ -75,7 +74,7 @@ def test_a_storage_that_cannot_be_opened_names_the_parameter(tmp_path):
         open_study(f"sqlite:///{blocker}/sub/study.db", "s")
 
 
-def test_num_classes_that_disagrees_with_the_data_is_an_error(tiny_split):
+def test_num_classes_that_disagrees_with_the_data_is_an_error(tiny_split, base_parameters):
     from evotune.pipelines.backbone.nodes import BackboneParams, target_num_classes
 
     split = tiny_split(2, 3)
@@ -85,7 +84,7 @@ def test_num_classes_that_disagrees_with_the_data_is_an_error(tiny_split):
         target_num_classes(split, BackboneParams.from_params({**base_parameters()["backbone"], "num_classes": 5}))
 
 
-def test_the_backbone_stage_reads_classes_and_lineage_from_target_train(tiny_split):
+def test_the_backbone_stage_reads_classes_and_lineage_from_target_train(tiny_split, base_parameters):
     """The backbone stage needs the class count and the data's fingerprint, both in the split
     (the data stage checked the labels); it does not read the data index."""
     from evotune.pipelines.backbone import create_pipeline, create_pretrained_pipeline
