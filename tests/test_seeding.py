@@ -17,7 +17,6 @@ import copy
 
 import pytest
 import torch
-from conftest import make_split, train_config
 from torch import nn
 from torchvision.ops import StochasticDepth
 
@@ -36,8 +35,10 @@ INCEPTION_MIN_SIZE = 75
 DROPOUT_ARCHS = {"vgg19": 32, "vgg19_bn": 32, "inception_v3": INCEPTION_MIN_SIZE,
                  "mobilenet_v3_small": 32, "efficientnet_b0": 32}
 # one batch of 4 training images (batch norm in train mode needs > 1 image per batch), one epoch
-CFG = train_config(epochs=1, patience=1, batch_size=4, eval_batch_size=8, device="cpu", amp=False,
-                   channels_last=False)
+@pytest.fixture(scope="module")
+def cfg(train_config):
+    return train_config(epochs=1, patience=1, batch_size=4, eval_batch_size=8, device="cpu", amp=False,
+                        channels_last=False)
 
 
 def random_blocks(model: StagedModel) -> list[int]:
@@ -83,9 +84,13 @@ def head_only(model: StagedModel, block_lrs: list[float | None]) -> list[dict]:
     return [{"params": [p for p in model.parameters() if id(p) in head], "lr": block_lrs[model.head_index]}]
 
 
-def data(size: int) -> tuple[DeviceData, DeviceData]:
-    train, val = make_split(2, N_CLS, size=size, seed=0), make_split(2, N_CLS, size=size, seed=1)
-    return DeviceData.from_split(train, torch.device("cpu")), DeviceData.from_split(val, torch.device("cpu"))
+@pytest.fixture(scope="module")
+def data(make_split):
+    def make(size: int) -> tuple[DeviceData, DeviceData]:
+        train, val = make_split(2, N_CLS, size=size, seed=0), make_split(2, N_CLS, size=size, seed=1)
+        return DeviceData.from_split(train, torch.device("cpu")), DeviceData.from_split(val, torch.device("cpu"))
+
+    return make
 
 
 def assert_same(a: TrainResult, b: TrainResult) -> None:
@@ -120,16 +125,16 @@ def test_the_dropout_architectures_are_the_registrys():
 
 
 @pytest.mark.parametrize("arch", list(DROPOUT_ARCHS))
-def test_a_dropout_training_depends_on_its_seed_only(arch, monkeypatch):
+def test_a_dropout_training_depends_on_its_seed_only(arch, monkeypatch, cfg, data):
     model = quick_model(arch)
     blocks = random_blocks(model)
     # the blocks that draw random numbers run in training mode (the rest is a cached frozen prefix);
     # only the final classifier learns, which keeps VGG's 120M-parameter classifier cheap
-    plan = TrainingPlan([CFG.base_lr if i in blocks or i == model.head_index else None
+    plan = TrainingPlan([cfg.base_lr if i in blocks or i == model.head_index else None
                          for i in range(model.num_blocks)], name=f"{arch}-random-blocks",
                         param_groups=head_only)
     train, val = data(DROPOUT_ARCHS[arch])
-    trainer = Trainer(model, CFG, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    trainer = Trainer(model, cfg, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
     def run(seed: int, on: Trainer | None = None) -> TrainResult:
         return (on or trainer).train(plan, train, val, seed=seed, data_key="d", keep_best_state=True)
@@ -146,7 +151,7 @@ def test_a_dropout_training_depends_on_its_seed_only(arch, monkeypatch):
     scramble_global_rng(5)
     fresh = copy.deepcopy(trainer.model)
     fresh.load_state_dict(trainer.pristine)
-    assert_same(first, run(3, Trainer(fresh, CFG, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))))
+    assert_same(first, run(3, Trainer(fresh, cfg, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))))
 
     # before: the training drew its dropout masks from whatever the global generator held
     monkeypatch.setattr(training, "seed_global_rng", lambda seed, device: None)
@@ -163,20 +168,20 @@ def resnet10() -> StagedModel:
 
 
 PLANS = {
-    "mixed": lambda m: genome_plan([0.1, 0.2, 0.6, 0.8, 0.45, 0.7, 0.3], CFG.base_lr),
-    "all": lambda m: genome_plan([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0], CFG.base_lr),
-    "lora": lambda m: lora_plan(m, CFG.base_lr, rank=2, alpha=2.0, init_seed=0),
+    "mixed": lambda m, lr: genome_plan([0.1, 0.2, 0.6, 0.8, 0.45, 0.7, 0.3], lr),
+    "all": lambda m, lr: genome_plan([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0], lr),
+    "lora": lambda m, lr: lora_plan(m, lr, rank=2, alpha=2.0, init_seed=0),
 }
 
 
 @pytest.mark.parametrize("name", list(PLANS))
-def test_results_without_random_layers_do_not_change(resnet10, name, monkeypatch):
+def test_results_without_random_layers_do_not_change(resnet10, name, monkeypatch, cfg, data):
     """resnet10 (the default task's model) has no dropout, and neither a genome plan nor LoRA uses a
     value drawn from the global generator: the seeded training gives, bit for bit, what the training
     gave before, whatever state the global generator was in."""
     assert random_blocks(resnet10) == []
-    trainer = Trainer(resnet10, CFG, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    plan = PLANS[name](resnet10)
+    trainer = Trainer(resnet10, cfg, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    plan = PLANS[name](resnet10, cfg.base_lr)
     train, val = data(32)
 
     def run() -> TrainResult:
