@@ -34,41 +34,28 @@ def _import(path: str) -> type[Artifact]:
 
 
 class _Typed:
+    """The conversion shared by the typed datasets; the dataset class after it in the bases
+    (``JSONDataset``, ``TorchDataset``) reads and writes the plain data."""
+
     _artifact: type[Artifact]
 
-    def _to_plain(self, data: Any) -> Any:
+    def __init__(self, *, artifact: str, **kwargs: Any) -> None:
+        self._artifact = _import(artifact)
+        super().__init__(**kwargs)
+
+    def load(self) -> Artifact:
+        return self._artifact.from_dict(super().load(), source=str(self._get_load_path()))
+
+    def save(self, data: Artifact) -> None:
         if not isinstance(data, self._artifact):
             raise DatasetError(f"{type(self).__name__} for {self._artifact.__name__} was given a "
                                f"{type(data).__name__}.")
-        return data.to_dict()
-
-    def _from_plain(self, data: Any, source: str) -> Artifact:
-        return self._artifact.from_dict(data, source=source)
+        super().save(data.to_dict())
 
 
 class TypedJSONDataset(_Typed, JSONDataset):
     """A typed artifact stored as JSON (``artifact``: the class's import path)."""
 
-    def __init__(self, *, artifact: str, **kwargs: Any) -> None:
-        self._artifact = _import(artifact)
-        super().__init__(**kwargs)
-
-    def load(self) -> Artifact:
-        return self._from_plain(super().load(), str(self._get_load_path()))
-
-    def save(self, data: Artifact) -> None:
-        super().save(self._to_plain(data))
-
 
 class TypedTorchDataset(_Typed, TorchDataset):
     """A typed artifact holding tensors, stored with ``torch.save`` (plain containers only)."""
-
-    def __init__(self, *, artifact: str, **kwargs: Any) -> None:
-        self._artifact = _import(artifact)
-        super().__init__(**kwargs)
-
-    def load(self) -> Artifact:
-        return self._from_plain(super().load(), str(self._get_load_path()))
-
-    def save(self, data: Artifact) -> None:
-        super().save(self._to_plain(data))
