@@ -154,3 +154,53 @@ def test_config_validation_names_the_parameter(search_config):
         search_config(population=4, elite=4)
     with pytest.raises(ValueError, match="search.population"):
         search_config(population=2, elite=0)
+
+
+def _record_pools(monkeypatch):
+    """Spy on make_child and mutate: the mating pool (key, fitness) and the mutation's pbar of every child."""
+    from evotune.search import evolution
+
+    pools, pbars = [], []
+    real_make_child, real_mutate = evolution.make_child, evolution.mutate
+
+    def make_child(rng, pool, num_genes):
+        pools.append([(ind.key, ind.fitness) for ind in pool])
+        return real_make_child(rng, pool, num_genes)
+
+    def mutate(rng, child, pbar):
+        pbars.append(pbar)
+        return real_mutate(rng, child, pbar)
+
+    monkeypatch.setattr(evolution, "make_child", make_child)
+    monkeypatch.setattr(evolution, "mutate", mutate)
+    return pools, pbars
+
+
+def test_mating_pool_holds_the_exploited_elites_with_their_new_fitness(search_config, monkeypatch):
+    """SPEC 4b: elites are improved in place before offspring are bred (the authors' code)."""
+    pools, _ = _record_pools(monkeypatch)
+    cfg = search_config(population=6, elite=2, generations=1, seed=5)
+
+    def evaluate(reqs):
+        if reqs[0].generation == 0:
+            return [0.5 + 0.01 * i for i in range(len(reqs))]  # g0/init/0 best, then 1, 2, ...
+        # elite 1's plus move is the best genome of all; elite 0 is not improved; children are poor
+        return [0.1 if r.key == "g1/elite_plus/1" else 0.9 for r in reqs]
+
+    biotune_search(3, cfg, evaluate)
+    first = pools[0]
+    assert first[0] == ("g1/elite_plus/1", 0.1)  # the exploited elite, re-sorted to the front
+    assert ("g0/init/1", 0.51) not in first  # its old self left the pool
+    assert ("g0/init/0", 0.5) in first  # an elite kept as it was stays
+    assert [f for _, f in first] == sorted(f for _, f in first)
+    assert len(first) == cfg.population
+
+
+def test_first_offspring_are_not_mutated_and_later_ones_are(search_config, monkeypatch):
+    """SPEC 4b: extinction probabilities are first computed after generation 1."""
+    _, pbars = _record_pools(monkeypatch)
+    cfg = search_config(population=6, elite=2, generations=2, seed=5)
+    biotune_search(3, cfg, sphere(np.array([0.9, 0.1, 0.8, 0.2])))
+    children = cfg.population - cfg.elite
+    assert pbars[:children] == [0.0] * children
+    assert any(p > 0 for p in pbars[children:])

@@ -27,6 +27,12 @@ STORAGE_KEY = "storage"
 #: the fingerprint covers their effect itself (the chunk of every image)
 NOT_FINGERPRINTED = ("study_name", "stale_after_s", "worker_idle_timeout_s", "worker_poll_s", "chunk_seed")
 
+#: the version of the search's operators (evotune.search.evolution), part of the study's fingerprint:
+#: a change to what the operators draw for given fitness values gets a fresh study, since a study
+#: recorded by other operators cannot be replayed. 2: the mating pool holds the exploited elites and
+#: the first offspring are not mutated (the authors' code; issue 11)
+OPERATORS_VERSION = 2
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -80,4 +86,5 @@ class SearchConfig:
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that decide what a search finds (for the study's name)."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_FINGERPRINTED}
+        fields = {k: v for k, v in asdict(self).items() if k not in NOT_FINGERPRINTED}
+        return {**fields, "operators": OPERATORS_VERSION}

@@ -119,10 +119,13 @@ class SearchResult:
     best: Individual
 
 
-def _sorted(pop: list[Individual]) -> list[Individual]:
-    pop = sorted(pop, key=lambda ind: ind.fitness)  # stable: ties keep their order
-    for ind, p in zip(pop, extinction_probabilities([x.fitness for x in pop])):
-        ind.extinction = float(p)
+def _sorted(pop: list[Individual], *, extinction: bool = True) -> list[Individual]:
+    """``pop`` sorted best first (stable: ties keep their order); with ``extinction`` each
+    individual's extinction probability is set from its rank (else left as it is)."""
+    pop = sorted(pop, key=lambda ind: ind.fitness)
+    if extinction:
+        for ind, p in zip(pop, extinction_probabilities([x.fitness for x in pop])):
+            ind.extinction = float(p)
     return pop
 
 
@@ -141,7 +144,9 @@ def biotune_search(
     init = [random_genome(rng, num_blocks) for _ in range(cfg.population)]
     reqs = [EvalRequest(f"g0/init/{i}", g, 0, "init", 0) for i, g in enumerate(init)]
     fits = evaluate(reqs)
-    population = _sorted([Individual(r.genes, f, key=r.key) for r, f in zip(reqs, fits)])
+    # extinction probabilities are first computed after generation 1 (the authors' code): the
+    # initial population's stay 0, so the first offspring are not mutated
+    population = _sorted([Individual(r.genes, f, key=r.key) for r, f in zip(reqs, fits)], extinction=False)
     best = population[0]
     if on_generation:
         on_generation(0, population)
@@ -168,8 +173,10 @@ def biotune_search(
             ]
             new_elites.append(min(cands, key=lambda c: c.fitness))  # min keeps the first on ties
 
-        # b. offspring, each evaluated before the next is made
-        pool = list(population)
+        # b. offspring, each evaluated before the next is made. The mating pool is the population
+        # with its elites improved in place (the authors' code): the exploited elites, with their
+        # new fitness, and the rest, sorted best first
+        pool = _sorted(new_elites + population[cfg.elite:], extinction=False)
         children = []
         for c in range(cfg.population - cfg.elite):
             genes, parents = make_child(rng, pool, n_genes)
