@@ -293,7 +293,10 @@ def test_markdown_report(population, trials, best_genome, test_metrics, per_seed
     assert "backbone `0f0f0f0f0f0f` made 2026-11-27T09:00:00Z" in md and "retrain made 2026-11-27T11:00:00Z" in md
     assert md.startswith("# BioTune on resnet18: results")
     # headline
-    assert "**Test accuracy 85.00 ± 1.67 %** (mean ± std over 2 seeds, 30 test images)" in md
+    # the headline is the paper's metric, macro accuracy, with the population std (ddof=0)
+    assert ("**Test macro accuracy 85.12 ± 2.00 %** (class-balanced, the paper's metric; mean ± population std "
+            "(ddof=0) over 2 seeds, 30 test images); plain accuracy 85.00 ± 1.67 %.") in md
+    assert md.index("| test macro accuracy |") < md.index("| test accuracy |")
     assert "| test macro F1 | 84.56 ± 1.23 % |" in md
     assert "| Cohen's kappa | 0.7750 ± 0.0250 |" in md
     assert "| trainable parameters | 99.91 % (11,170,000 of 11,180,000) |" in md
@@ -315,8 +318,8 @@ def test_markdown_report(population, trials, best_genome, test_metrics, per_seed
     assert len(gen_rows) == 3
     assert gen_rows[0].startswith("| 0 | 0.3000 | 0.5375 | 1.0000 | 0.3000 | 4 | 1 | 21.0 s | 3.25 | `001111` | g0/init/1 |")
     # per-seed table
-    assert "| 684 | 86.67 | 87.00 | 85.80 | 0.8000 | 90.00 | 7 | 12.5 s |" in md
-    assert "| 559 | 83.33 | 83.00 | 83.30 | 0.7500 | 88.00 | 9 | 1m 15s |" in md
+    assert "| 684 | 87.00 | 86.67 | 85.80 | 0.8000 | 90.00 | 7 | 12.5 s |" in md
+    assert "| 559 | 83.00 | 83.33 | 83.30 | 0.7500 | 88.00 | 9 | 1m 15s |" in md
     # figure links, in the given order
     assert "![Fitness per generation](figures/fitness.png)" in md
     assert "![Test confusion matrix](figures/confusion_matrix.png)" in md
@@ -390,3 +393,13 @@ def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", latest):
         assert (rep / "latest" / link).is_file(), link
     assert len(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", latest)) == 4
+
+
+def test_std_over_seeds_is_the_population_std():
+    """SPEC 4b: the authors report the std over seeds with ddof=0."""
+    from evotune.metrics import mean_std
+
+    out = mean_std([{"a": 0.8}, {"a": 0.9}, {"a": 1.0}], ["a"])
+    assert out["a_mean"] == pytest.approx(0.9)
+    assert out["a_std"] == pytest.approx(np.std([0.8, 0.9, 1.0], ddof=0))
+    assert mean_std([{"a": 0.5}], ["a"])["a_std"] == 0.0

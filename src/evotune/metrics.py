@@ -31,10 +31,11 @@ def classification_metrics(conf) -> dict[str, float]:
 
 
 def mean_std(rows: list[dict[str, float]], keys) -> dict[str, float]:
-    """mean and (population-free, ddof=1 when n > 1) std over seeds for each key."""
+    """Mean and std over seeds for each key. The std is the population std (ddof=0), the
+    authors' convention (SPEC section 4b)."""
     out = {}
     for k in keys:
         v = np.array([r[k] for r in rows], dtype=float)
         out[f"{k}_mean"] = float(v.mean())
-        out[f"{k}_std"] = float(v.std(ddof=1)) if v.size > 1 else 0.0
+        out[f"{k}_std"] = float(v.std(ddof=0))
     return out

@@ -123,6 +123,6 @@ def export_best_model(
         selection=p.selection, test_metrics=test_metrics, verification=verification,
         weights_sha256=weights_fingerprint(weights), backbone_source=str(backbone.source),
     )
-    log.info("exported %s (seed %d, %s): val macro acc %.4f, test accuracy %.4f",
-             model.arch, run.seed, p.selection, run.best_val_acc, test_metrics["accuracy"])
+    log.info("exported %s (seed %d, %s): val macro acc %.4f, test macro acc %.4f",
+             model.arch, run.seed, p.selection, run.best_val_acc, test_metrics["macro_accuracy"])
     return dict(weights), program, metadata

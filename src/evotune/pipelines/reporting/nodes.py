@@ -60,6 +60,6 @@ def write_report(
     figure_paths = {name: f"{FIGURES_DIR}/{fname}" for name, fname in labels.FIGURE_FILES.items()}
     text = markdown.markdown_report(best_genome, generation_summary, test_metrics, test_metrics_per_seed,
                                     figure_paths)
-    log.info("report: test accuracy %.4f +- %.4f over %d seed(s)", test_metrics.accuracy_mean,
-             test_metrics.accuracy_std, test_metrics.n_seeds)
+    log.info("report: test macro accuracy %.4f +- %.4f over %d seed(s)", test_metrics.macro_accuracy_mean,
+             test_metrics.macro_accuracy_std, test_metrics.n_seeds)
     return text, text
