@@ -347,7 +347,7 @@ def compute_floor(trainer: Trainer, plan: TrainingPlan, train: DeviceData, steps
     model, cfg = trainer.model, trainer.cfg
     trainer.reset(0)
     apply_freezing(model, plan)
-    prefix = plan.frozen_prefix(model)
+    prefix = plan.frozen_prefix(model, cfg.frozen_bn)
     bs = min(cfg.batch_size, len(train))
     with torch.no_grad(), trainer._autocast():
         model.eval()
@@ -355,7 +355,7 @@ def compute_floor(trainer: Trainer, plan: TrainingPlan, train: DeviceData, steps
         x = model.forward_until(prefix, x) if prefix else x
     y = train.labels[:bs]
     opt = make_optimizer(default_param_groups(model, plan.block_lrs), cfg)
-    set_block_modes(model, plan, True)
+    set_block_modes(model, plan, True, cfg.frozen_bn)
 
     def step() -> None:
         with trainer._autocast():

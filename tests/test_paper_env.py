@@ -80,6 +80,7 @@ def test_every_paper_setting_resolves(pipelines):
             assert sp.study_name == f"biotune-{dataset}-{arch}"
             cfg = TrainConfig.from_params(p["training"])
             assert (cfg.epochs, cfg.patience, cfg.batch_size, cfg.eval_batch_size, cfg.base_lr) == (30, 3, 96, 64, 1e-3)
+            assert cfg.frozen_bn == "train"  # SPEC section 4b: frozen blocks follow train mode
             assert p["retrain"]["seeds"] == [684, 559, 629] == p["compare"]["seeds"]
             check_compare_params(p["compare"])
             assert set(p["compare"]["methods"]) == set(METHODS)
@@ -91,6 +92,7 @@ def test_every_paper_setting_resolves(pipelines):
 def test_base_environment_is_untouched():
     p = load_params(env="local")
     assert "paper" not in p and p["backbone"]["arch"] == "resnet10"
+    assert TrainConfig.from_params(p["training"]).frozen_bn == "eval"
 
 
 def test_unknown_names_are_reported_with_the_valid_ones():

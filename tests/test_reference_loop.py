@@ -116,7 +116,8 @@ def test_same_predictions_for_the_same_weights(setup, train_cfg):
     trainer = fast_trainer(setup, train_cfg)
     plan = genome_plan(GENOMES["mixed"], train_cfg.base_lr)
     apply_freezing(trainer.model, plan)  # as during a search: the frozen prefix is cacheable
-    assert plan.frozen_prefix(trainer.model) == 2
+    assert plan.frozen_prefix(trainer.model, train_cfg.frozen_bn) == 2 and train_cfg.frozen_bn == "eval"
+    assert plan.frozen_prefix(trainer.model, "train") == 0  # the stem's batch norm follows train mode there
     cached = trainer.predict(setup["val"], plan=plan, data_key="val")
     cached_again = trainer.predict(setup["val"], plan=plan, data_key="val")
     assert (trainer.cache.misses, trainer.cache.hits) == (1, 1), "the prefix cache was not used"
@@ -131,15 +132,23 @@ def test_same_predictions_for_the_same_weights(setup, train_cfg):
     torch.testing.assert_close(fast_logits, logits, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("genome", list(GENOMES))
-def test_training_gives_the_same_history(setup, genome, train_cfg):
+@pytest.mark.parametrize("genome,frozen_bn", [(genome, "eval") for genome in GENOMES]
+                         + [("mixed", "train"), ("head", "train")])  # "all" freezes nothing: the same under both
+def test_training_gives_the_same_history(setup, genome, frozen_bn, train_cfg):
+    """Under both batch-norm policies (training.frozen_bn): under ``train`` the frozen blocks' batch norm
+    follows train mode in both loops, and the fast path runs the frozen blocks every step (no cache)."""
+    train_cfg = train_cfg.replace(frozen_bn=frozen_bn)
     plan = genome_plan(GENOMES[genome], train_cfg.base_lr)
     trainer = fast_trainer(setup, train_cfg)
     fast = trainer.train(plan, setup["train"], setup["val"], seed=684, data_key=("t", genome), keep_best_state=True)
     naive = naive_train(setup["ckpt"], plan, setup["train_items"], setup["ytr"], setup["val_items"], setup["yva"],
                         train_cfg, seed=684, keep_best_state=True, **naive_kw())
-    if genome != "all":
+    if genome != "all" and frozen_bn == "eval":
         assert trainer.cache.misses >= 1, "the fast path did not use its frozen-prefix cache"
+    if frozen_bn == "train":  # resnet10's stem holds batch norm: nothing may be cached
+        assert (trainer.cache.misses, trainer.cache.hits) == (0, 0)
+        stem_bn = "stages.0.bn1.running_mean"
+        assert not torch.equal(naive.best_state[stem_bn], trainer.pristine[stem_bn].cpu())  # frozen, yet adapted
 
     one_image = N_CLS / len(setup["yva"])  # macro accuracy moved by one validation image (5 per class)
     assert fast.epochs_run == naive.epochs_run == train_cfg.epochs

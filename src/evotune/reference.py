@@ -19,7 +19,8 @@ What is shared with the fast path, so that both compute the same function (the
 project's own functions are called, not copied):
 
 * freezing and the batch-norm policy: :func:`~evotune.training.apply_freezing`,
-  :func:`~evotune.training.set_block_modes` (frozen blocks in eval mode);
+  :func:`~evotune.training.set_block_modes` with the config's ``frozen_bn`` (frozen blocks
+  in eval mode under ``eval``, in train mode under ``train``);
 * the optimizer: Adam over :func:`~evotune.training.default_param_groups` (or the
   plan's ``param_groups``), ``CosineAnnealingLR(T_max)`` stepped once per epoch (here
   torch's default Adam implementation, the paper's way; the fast path uses the fused
@@ -40,7 +41,9 @@ project's own functions are called, not copied):
 
 On CPU the two paths then differ only by floating-point rounding: the fused Adam kernel,
 and the frozen prefix computed in other batch groupings (the cache is filled in
-``eval_batch_size`` batches of the unshuffled data); on CUDA also by the fast path's
+``eval_batch_size`` batches of the unshuffled data; under ``frozen_bn: train`` the fast
+path caches only a prefix without batch norm or dropout, see
+:meth:`~evotune.training.TrainingPlan.frozen_prefix`); on CUDA also by the fast path's
 bf16 autocast and channels-last layout.
 """
 
@@ -334,10 +337,10 @@ def naive_train(
         diverged = False
         images_seen = 0
         for epoch in range(cfg.epochs):
-            set_block_modes(model, plan, True)
+            set_block_modes(model, plan, True, cfg.frozen_bn)
             if plan.on_epoch_start is not None:
                 plan.on_epoch_start(model, optimizer, batches)
-                set_block_modes(model, plan, True)
+                set_block_modes(model, plan, True, cfg.frozen_bn)
             loss_sum, seen = 0.0, 0
             for x, y, _s in batches():
                 loss = plan_loss(model, plan, model(x), y, cfg.aux_loss_weight)  # full forward, every step

@@ -13,13 +13,23 @@ what it computes:
 
 * Data arrive decoded and resized once, as uint8 tensors (``evotune.data``);
   they are moved to the device once and normalised there, per batch.
-* **Batch-norm policy.** A frozen block is frozen completely: its parameters
-  get no gradient *and* it runs in eval mode, so its batch-norm running
-  statistics and its dropout do not change. Trained blocks run in train mode.
-* **Frozen prefix.** Because frozen blocks run in eval mode, the output of the
-  frozen blocks before the first trained block is a fixed function of each
-  image. :class:`PrefixCache` computes it once per (data, prefix length) and
-  every epoch, seed and genome with that prefix reuses it.
+* **Batch-norm policy** (``training.frozen_bn``, :func:`set_block_modes`). A frozen
+  block's parameters get no gradient. With ``eval`` (conf/base) it is frozen
+  completely: it runs in eval mode, so its batch-norm running statistics and its
+  dropout do not change. With ``train`` (conf/paper, the authors' code, SPEC
+  section 4b) it follows the model's train mode during the training epochs, as
+  trained blocks do: its batch norm normalises with batch statistics and moves its
+  running statistics to the target data, its dropout drops. Evaluation always runs
+  the whole model in eval mode. A plan's ``eval_mode_blocks`` run in eval mode
+  under both policies.
+* **Frozen prefix** (:meth:`TrainingPlan.frozen_prefix`, :func:`mode_dependent`).
+  The frozen blocks before the first trained block compute a fixed function of each
+  image when they run in eval mode (``eval``), or when nothing in them depends on the
+  mode (``train``: no batch norm, no dropout, no stochastic depth, no Inception aux
+  classifier). :class:`PrefixCache` computes that prefix once per (data, prefix
+  length) and every epoch, seed and genome with that prefix reuses it. Anywhere else
+  (``train`` with batch norm in the first frozen block, e.g. a ResNet's stem) the
+  prefix runs in every step, as in the naive loop.
 * bf16 autocast and channels-last memory format (``training.amp`` and
   ``training.channels_last``): ``auto`` turns them on on CUDA only, ``true`` on any
   device. The same code applies them on CPU and on CUDA (torch has bf16 autocast on
@@ -51,8 +61,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import StochasticDepth
 
 from .backbones import StagedModel, redraw_head
+from .backbones.staged import _AuxStage
 from .data.split import Split
 from .errors import ParameterError
 from .params import from_params, section, where
@@ -61,6 +73,10 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- config
+
+
+#: the values of ``training.frozen_bn`` (see :func:`set_block_modes`)
+FROZEN_BN_POLICIES = ("eval", "train")
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,9 @@ class TrainConfig:
     #: channels-last memory format: "auto" = on CUDA only, true = on any device, false = off
     channels_last: bool | str
     cache_frozen_prefix: bool
+    #: what a frozen block's batch norm (and dropout) does during training: "eval" (eval mode,
+    #: pretrained running statistics kept) or "train" (the model's train mode, as the authors)
+    frozen_bn: str
     #: Adam's fused kernel (one pass over every parameter); the same update rule as
     #: the default implementation, which on CPU costs more than the convolutions
     fused_optimizer: bool
@@ -106,6 +125,10 @@ class TrainConfig:
         for name in ("amp", "channels_last"):
             if getattr(cfg, name) not in (True, False, "auto"):
                 problems.append(f"{path}.{name} must be auto, true or false, got {getattr(cfg, name)!r}")
+        if cfg.frozen_bn not in FROZEN_BN_POLICIES:
+            problems.append(f"{path}.frozen_bn must be eval (frozen blocks run in eval mode: their batch-norm "
+                            f"statistics stay pretrained) or train (frozen blocks follow the model's train mode, "
+                            f"as in the authors' code), got {cfg.frozen_bn!r}")
         if problems:
             raise ParameterError("; ".join(problems))
         return cfg
@@ -242,9 +265,11 @@ class Normalizer:
 class PrefixCache:
     """Outputs of a frozen prefix of the network, computed once per image.
 
-    Keyed by (data key, prefix length). Valid because a frozen prefix runs in
-    eval mode from the same pristine weights in every evaluation that uses it.
-    Entries beyond ``max_bytes`` are not stored (they are computed per batch).
+    Keyed by (data key, prefix length). Valid because a frozen prefix (as
+    :meth:`TrainingPlan.frozen_prefix` defines it) computes the same function of each
+    image, from the same pristine weights, in every evaluation that uses it, in training
+    and at evaluation alike. Entries beyond ``max_bytes`` are not stored (they are
+    computed per batch).
     """
 
     def __init__(self, max_bytes: float) -> None:
@@ -297,23 +322,61 @@ class TrainingPlan:
     on_train_start: Callable[[StagedModel, torch.optim.Optimizer], None] | None = None
     #: called at each epoch start with (model, optimizer, batch iterator factory)
     on_epoch_start: Callable[[StagedModel, torch.optim.Optimizer, Callable[[], Iterator]], None] | None = None
-    #: blocks forced to eval mode even when they have trainable parameters
+    #: blocks that run in eval mode in training too, whatever ``training.frozen_bn`` says and
+    #: even when they have trainable parameters (LoRA: the backbone's batch norm stays pretrained)
     eval_mode_blocks: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def trained_blocks(self) -> list[int]:
         return [i for i, lr in enumerate(self.block_lrs) if lr is not None]
 
-    def frozen_prefix(self, model: StagedModel) -> int:
-        """Number of leading blocks that are frozen and hold no trainable parameter."""
+    def frozen_prefix(self, model: StagedModel, frozen_bn: str) -> int:
+        """Number of leading blocks whose output is a fixed function of each image, under the
+        batch-norm policy ``frozen_bn`` (``training.frozen_bn``): what :class:`PrefixCache` may
+        compute once. The one rule of when the cache applies.
+
+        A block counts when it is frozen (no learning rate, no trainable parameter, not among
+        ``eval_mode_blocks``) and, under ``train`` (where frozen blocks run in train mode and
+        their batch-norm statistics move), holds no :func:`mode_dependent` module. Under
+        ``eval`` frozen blocks run in eval mode, so every frozen block counts.
+        """
+        if frozen_bn not in FROZEN_BN_POLICIES:
+            raise ValueError(f"frozen_bn must be one of {FROZEN_BN_POLICIES}, got {frozen_bn!r}")
         k = 0
         for i, stage in enumerate(model.stages):
             if self.block_lrs[i] is not None or i in self.eval_mode_blocks:
                 break
             if any(p.requires_grad for p in stage.parameters()):
                 break
+            if frozen_bn == "train" and mode_dependent(stage):
+                break
             k += 1
         return k
+
+
+#: the module types :func:`mode_dependent` looks for
+MODE_DEPENDENT_TYPES: tuple[type, ...] = (
+    torch.nn.modules.batchnorm._NormBase,  # batch norm, and instance norm (with running statistics or not)
+    torch.nn.modules.dropout._DropoutNd,  # dropout of every kind
+    StochasticDepth,  # EfficientNet
+    _AuxStage,  # Inception's aux classifier: runs in train mode only
+)
+
+
+def mode_dependent(module: torch.nn.Module) -> bool:
+    """Whether ``module`` (or a module inside it) computes or changes something else in train
+    mode than in eval mode, or depends on the other images of its batch: batch and instance
+    norm (``_NormBase``: batch statistics, running-statistics updates), dropout (``_DropoutNd``),
+    torchvision's ``StochasticDepth``, and the Inception aux stage (which runs its classifier in
+    train mode only): :data:`MODE_DEPENDENT_TYPES`. A frozen block holding none of them gives the
+    same output in both modes (``tests/test_bn_policy.py`` checks that no other module of the
+    registered architectures reads its mode).
+
+    Under ``training.frozen_bn: train`` only blocks without such a module can be a cached
+    frozen prefix (:meth:`TrainingPlan.frozen_prefix`). Norms without parameters or statistics
+    of their own that work per image (``GroupNorm``, ``LayerNorm``) are not mode dependent.
+    """
+    return any(isinstance(m, MODE_DEPENDENT_TYPES) for m in module.modules())
 
 
 def default_param_groups(model: StagedModel, block_lrs: list[float | None]) -> list[dict]:
@@ -353,12 +416,24 @@ def apply_freezing(model: StagedModel, plan: TrainingPlan) -> None:
             p.requires_grad_(lr is not None)
 
 
-def set_block_modes(model: StagedModel, plan: TrainingPlan, training: bool) -> None:
-    """Trained blocks follow ``training``; frozen blocks always run in eval mode."""
+def set_block_modes(model: StagedModel, plan: TrainingPlan, training: bool, frozen_bn: str) -> None:
+    """The batch-norm policy: the modes of the blocks during training (``training``) or evaluation.
+
+    Trained blocks follow ``training``. Frozen blocks follow it too under ``frozen_bn="train"``
+    (the authors' code: batch statistics, running statistics adapted to the target, dropout
+    on), and run in eval mode under ``"eval"``. The plan's ``eval_mode_blocks`` run in eval
+    mode under both policies. With ``training=False`` every block is in eval mode.
+
+    Under ``"train"`` a frozen Inception ``AuxLogits`` block runs its classifier too (as
+    torchvision's model in train mode does), so its loss term enters with
+    ``training.aux_loss_weight`` and its gradient reaches the trained blocks before it.
+    """
+    if frozen_bn not in FROZEN_BN_POLICIES:
+        raise ValueError(f"frozen_bn must be one of {FROZEN_BN_POLICIES}, got {frozen_bn!r}")
     model.train(training)
     if training:
         for i, stage in enumerate(model.stages):
-            if plan.block_lrs[i] is None or i in plan.eval_mode_blocks:
+            if i in plan.eval_mode_blocks or (plan.block_lrs[i] is None and frozen_bn == "eval"):
                 stage.eval()
 
 
@@ -496,7 +571,7 @@ class Trainer:
     def predict(self, data: DeviceData, *, plan: TrainingPlan | None = None, data_key: Any = None) -> Tensor:
         """Class predictions for every image (eval mode)."""
         self.model.eval()
-        prefix = plan.frozen_prefix(self.model) if plan is not None and data_key is not None else 0
+        prefix = plan.frozen_prefix(self.model, self.cfg.frozen_bn) if plan is not None and data_key is not None else 0
         feats = self._prefix_features(data, data_key, prefix) if prefix else None
         preds = []
         bs = self.cfg.eval_batch_size
@@ -569,7 +644,7 @@ class Trainer:
         if plan.on_train_start is not None:
             plan.on_train_start(model, optimizer)
 
-        prefix = plan.frozen_prefix(model) if data_key is not None else 0
+        prefix = plan.frozen_prefix(model, cfg.frozen_bn) if data_key is not None else 0
         train_feats = self._prefix_features(train, (data_key, "train"), prefix) if prefix else None
         val_key = (data_key, "val") if prefix else None
         if prefix and train_feats is None:
@@ -592,10 +667,10 @@ class Trainer:
 
         epoch = 0
         for epoch in range(cfg.epochs):
-            set_block_modes(model, plan, True)
+            set_block_modes(model, plan, True, cfg.frozen_bn)
             if plan.on_epoch_start is not None:
                 plan.on_epoch_start(model, optimizer, batches)
-                set_block_modes(model, plan, True)
+                set_block_modes(model, plan, True, cfg.frozen_bn)
             loss_sum, seen = 0.0, 0
             for x, y, s in batches():
                 with self._autocast():

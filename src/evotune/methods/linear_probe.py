@@ -1,4 +1,5 @@
-"""Linear probing: only the new head is trained (the backbone is frozen, eval mode)."""
+"""Linear probing: only the new head is trained (the backbone is frozen; its batch norm
+follows ``training.frozen_bn``: eval mode by default)."""
 
 from __future__ import annotations
 
