@@ -26,15 +26,16 @@ def test_telemetry_is_disabled_in_the_project():
 
 def test_registry_has_every_stage_and_the_default_chains_them(project):
     for name in ("__default__", "pretrained", "source_pretraining", "data_processing", "backbone", "search",
-                 "search_worker", "retrain", "export", "reporting", "compare", "predict"):
+                 "search_worker", "retrain", "fidelity", "export", "reporting", "compare", "predict"):
         assert name in project, name
     default = {n.name for n in project["__default__"].nodes}
     for node in ("make_source_dataset", "pretrain_source_model", "ingest_index", "split_dataset",
                  "preprocess_splits", "backbone_from_source", "evolutionary_search", "retrain_best_genome",
-                 "evaluate_on_test", "export_best_model", "write_report"):
+                 "evaluate_on_test", "measure_search_fidelity", "export_best_model", "write_report"):
         assert node in default, node
     assert "load_pretrained_backbone" in {n.name for n in project["pretrained"].nodes}
     assert "export_best_model" in {n.name for n in project["pretrained"].nodes}
+    assert "measure_search_fidelity" in {n.name for n in project["pretrained"].nodes}
     assert "pretrain_source_model" not in {n.name for n in project["pretrained"].nodes}
     assert "predict_images" not in default
     assert [n.name for n in project["predict"].nodes] == ["predict_images"]
@@ -62,7 +63,7 @@ def test_every_dataset_of_the_default_pipeline_is_in_the_catalog_and_versioned(p
         ds = catalog.get(name) if hasattr(catalog, "get") else catalog._get_dataset(name)
         if "latest" not in str(getattr(ds, "_filepath", "")) and not isinstance(ds, StudyStoreDataset):
             assert getattr(ds, "_version", None) is not None, f"{name} is not versioned"
-    for key in ("data", "search", "training", "backbone", "retrain", "source_pretraining"):
+    for key in ("data", "search", "training", "backbone", "retrain", "fidelity", "source_pretraining"):
         assert key in params
 
 

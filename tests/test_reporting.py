@@ -22,6 +22,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from evotune.errors import InputMismatchError  # noqa: E402
 from evotune.evaluation import TestMetrics  # noqa: E402
+from evotune.fidelity import COLUMNS as FIDELITY_COLUMNS  # noqa: E402
+from evotune.fidelity import FidelitySummary  # noqa: E402
 from evotune.methods import METHODS  # noqa: E402
 from evotune.pipelines.reporting import create_pipeline  # noqa: E402
 from evotune.pipelines.reporting import nodes as N  # noqa: E402
@@ -281,6 +283,27 @@ def test_plot_confusion_many_classes_not_annotated(test_metrics):
     assert data.shape == (k, k) and data[0].sum() == 0 and data[1, 1] == 1.0
 
 
+@pytest.fixture
+def fidelity_summary() -> FidelitySummary:
+    return FidelitySummary(
+        enabled=True, rho=0.6, ci_low=0.1, ci_high=0.9, confidence=0.95, n=6, n_final_population=4, n_random=2,
+        n_excluded=0, generation=2, chunk=0, seeds=[684, 559], search_seeds=[684, 559], bootstrap=2000, trainings=16,
+        seconds=125.0, dataset="a1b2c3d4e5f6", backbone_id="0f0f0f0f0f0f", created="2026-11-27T12:30:00Z")
+
+
+@pytest.fixture
+def fidelity_table() -> pd.DataFrame:
+    rows = []
+    for i, (origin, fit, test) in enumerate([("final_population", 0.28, 0.85), ("final_population", 0.29, 0.84),
+                                             ("final_population", 0.31, 0.80), ("final_population", 0.33, 0.82),
+                                             ("random", 0.50, 0.70), ("random", 0.45, 0.75)]):
+        rows.append({"key": f"k{i}", "origin": origin, "is_best": i == 0, "generation": 2, "chunk": 0,
+                     "mask": "011111", "genes": [0.5] * 7, "valid": True, "fitness": fit, "val_score": 1 - fit,
+                     "val_accs": [1 - fit] * 2, "test_seeds": [684, 559], "test_macro_accs": [test] * 2,
+                     "test_macro_acc_mean": test, "retrain_seconds": 10.0, "included": True})
+    return pd.DataFrame(rows)[FIDELITY_COLUMNS]
+
+
 # ----------------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------------
@@ -325,12 +348,38 @@ def test_markdown_report(population, trials, best_genome, test_metrics, per_seed
     assert "![Test confusion matrix](figures/confusion_matrix.png)" in md
     assert md.index("figures/fitness.png") < md.index("figures/confusion_matrix.png")
     assert "lr_multipliers.png" not in md
+    assert "Search fidelity" not in md  # no measurement given: no section
+
+
+def test_markdown_report_search_fidelity(population, trials, best_genome, test_metrics, per_seed, fidelity_summary):
+    s = S.generation_summary(population, trials)
+    paths = {"search_fidelity": "figures/search_fidelity.png"}
+    md = M.markdown_report(best_genome, s, test_metrics, per_seed, paths, fidelity_summary)
+    assert "## Search fidelity" in md
+    assert "rho = **0.60** [0.10, 0.90] (95 % bootstrap interval), n = 6 genomes (4 of the final population" in md
+    assert "Cost: 16 extra trainings, 2m 05s" in md and "search picks noise" in md
+    assert md.index("## Search fidelity") < md.index("## Figures")
+    assert "Figure: [Search fidelity: search score vs test macro accuracy](figures/search_fidelity.png)" in md
+    assert "![Search fidelity: search score vs test macro accuracy](figures/search_fidelity.png)" in md
+    off = replace(fidelity_summary, enabled=False, rho=None, ci_low=None, ci_high=None)
+    md = M.markdown_report(best_genome, s, test_metrics, per_seed, {}, off)
+    assert "measurement was switched off (`fidelity.enabled: false`)" in md and "search_fidelity.png" not in md
+
+
+def test_plot_search_fidelity(fidelity_table, fidelity_summary):
+    fig = F.plot_search_fidelity(fidelity_table, fidelity_summary)
+    ax = fig.axes[0]
+    assert ax.get_title() == "Search fidelity: Spearman rho = 0.60 [0.10, 0.90] (95 % CI), n = 6"
+    assert len(ax.collections) == 3  # final population, random genomes, the best genome
+    off = F.plot_search_fidelity(fidelity_table.iloc[0:0], replace(fidelity_summary, enabled=False))
+    assert "switched off" in off.axes[0].texts[0].get_text()
 
 
 # ----------------------------------------------------------------------------------------
 # nodes and pipeline
 # ----------------------------------------------------------------------------------------
-def test_nodes_callable_directly(population, trials, best_genome, test_metrics, per_seed):
+def test_nodes_callable_directly(population, trials, best_genome, test_metrics, per_seed, fidelity_summary,
+                                 fidelity_table):
     s = N.summarise_generations(population, trials)
     assert s["best_so_far"].iloc[-1] == pytest.approx(0.28)
     figs = N.plot_search_figures(s, population, best_genome)
@@ -339,21 +388,29 @@ def test_nodes_callable_directly(population, trials, best_genome, test_metrics, 
     assert len({id(f) for f in figs}) == 3
     versioned, latest_copy = N.plot_confusion_matrix(test_metrics)
     assert isinstance(versioned, Figure) and versioned is latest_copy
-    report, latest = N.write_report(best_genome, s, test_metrics, per_seed)
+    versioned, latest_copy = N.plot_search_fidelity(fidelity_table, fidelity_summary)
+    assert isinstance(versioned, Figure) and versioned is latest_copy
+    report, latest = N.write_report(best_genome, s, test_metrics, per_seed, fidelity_summary)
     assert report == latest
-    for name in ("fitness.png", "block_selection.png", "lr_multipliers.png", "confusion_matrix.png"):
+    for name in ("fitness.png", "block_selection.png", "lr_multipliers.png", "confusion_matrix.png",
+                 "search_fidelity.png"):
         assert f"(figures/{name})" in report
+    # switched off: the report says so and links no fidelity figure
+    off, _ = N.write_report(best_genome, s, test_metrics, per_seed, replace(fidelity_summary, enabled=False))
+    assert "switched off" in off and "search_fidelity.png" not in off
     # a best genome searched on other data than the test metrics is refused
     with pytest.raises(InputMismatchError, match="write_report.*best_genome: other.*test_metrics: a1b2c3d4e5f6"):
-        N.write_report(replace(best_genome, dataset="other"), s, test_metrics, per_seed)
+        N.write_report(replace(best_genome, dataset="other"), s, test_metrics, per_seed, fidelity_summary)
+    with pytest.raises(InputMismatchError, match="search_fidelity_summary: other"):
+        N.write_report(best_genome, s, test_metrics, per_seed, replace(fidelity_summary, dataset="other"))
 
 
 def test_pipeline_nodes_and_datasets():
     p = create_pipeline()
     assert {n.name for n in p.nodes} == {"summarise_generations", "plot_search_figures", "plot_confusion_matrix",
-                                         "write_report"}
+                                         "plot_search_fidelity", "write_report"}
     assert p.inputs() == {"search_population", "search_trials", "best_genome", "test_metrics",
-                          "test_metrics_per_seed"}
+                          "test_metrics_per_seed", "search_fidelity", "search_fidelity_summary"}
     catalog = yaml.safe_load((ROOT / "conf/base/catalog_reporting.yml").read_text())
     assert p.all_outputs() == set(catalog)
     for name, cfg in catalog.items():
@@ -367,7 +424,8 @@ def test_pipeline_nodes_and_datasets():
         assert catalog[f"{name}_plot"]["filepath"] == f"data/08_reporting/figures/{fname}"
 
 
-def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test_metrics, per_seed, tmp_path):
+def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test_metrics, per_seed, tmp_path,
+                                           fidelity_table, fidelity_summary):
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.runner import SequentialRunner
 
@@ -377,7 +435,8 @@ def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test
         c.get("save_args", {}).pop("dpi", None)  # keep the test fast
     catalog = DataCatalog.from_config(cfg, save_version="2026-01-01T00.00.00.000Z")
     for name, data in {"search_population": population, "search_trials": trials, "best_genome": best_genome,
-                       "test_metrics": test_metrics, "test_metrics_per_seed": per_seed}.items():
+                       "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
+                       "search_fidelity": fidelity_table, "search_fidelity_summary": fidelity_summary}.items():
         catalog[name] = MemoryDataset(data)
     SequentialRunner().run(create_pipeline(), catalog)
 
@@ -385,14 +444,14 @@ def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test
     v = "2026-01-01T00.00.00.000Z"
     summary = pd.read_parquet(rep / f"generation_summary.parquet/{v}/generation_summary.parquet")
     assert summary["best_mask"].tolist() == ["001111", "011111", "011111"]
-    for f in ("fitness", "block_selection", "lr_multipliers", "confusion_matrix"):
+    for f in ("fitness", "block_selection", "lr_multipliers", "confusion_matrix", "search_fidelity"):
         assert (rep / f"figures/{f}.png/{v}/{f}.png").stat().st_size > 0
         assert (rep / f"latest/figures/{f}.png").stat().st_size > 0
     latest = (rep / "latest/report.md").read_text()
     assert latest == (rep / f"report.md/{v}/report.md").read_text()
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", latest):
         assert (rep / "latest" / link).is_file(), link
-    assert len(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", latest)) == 4
+    assert len(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", latest)) == 5
 
 
 def test_std_over_seeds_is_the_population_std():

@@ -31,6 +31,7 @@ PARAMETER_FILES = {
     "search": "parameters_search.yml",
     "training": "parameters_training.yml",
     "retrain": "parameters_retrain.yml",
+    "fidelity": "parameters_fidelity.yml",
     "compare": "parameters_compare.yml",
     "export": "parameters_export.yml",
     "predict": "parameters_predict.yml",

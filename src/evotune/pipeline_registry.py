@@ -2,7 +2,8 @@
 
 * ``__default__``: the embedded offline reproduction, raw data to report:
   source pretraining -> target ingestion and splitting -> backbone (from the
-  source model) -> evolutionary search -> retrain -> test -> export -> reporting.
+  source model) -> evolutionary search -> retrain -> test -> export -> reporting, with the
+  search-fidelity measurement (``fidelity``) between the search and the report.
 * ``pretrained``: the same on a backbone with ImageNet weights, a checkpoint
   file or random init (``backbone.weights``), without source pretraining.
 * ``search_worker``: an extra worker process for a running search.
@@ -10,7 +11,7 @@
   ``compare.methods`` only (:func:`select_compare_methods`).
 * ``predict``: classify a folder (or a CSV of paths) with the newest exported model.
 * each stage alone: ``source_pretraining``, ``data_processing``, ``backbone``,
-  ``search``, ``retrain``, ``export``, ``reporting``.
+  ``search``, ``retrain``, ``fidelity``, ``export``, ``reporting``.
 
 The registry is written out rather than discovered with ``find_pipelines``: Kedro
 1.7's discovery imports a module per requested pipeline name, so composite
@@ -28,6 +29,7 @@ from .pipelines import (
     compare,
     data_processing,
     export,
+    fidelity,
     predict,
     reporting,
     retrain,
@@ -36,7 +38,7 @@ from .pipelines import (
 )
 
 #: the stages after the backbone, shared by ``__default__`` and ``pretrained``
-TARGET_STAGES = ("data_processing", "search", "retrain", "export", "reporting")
+TARGET_STAGES = ("data_processing", "search", "retrain", "fidelity", "export", "reporting")
 
 
 #: the methods the ``compare`` pipeline is built for (None: every method)
@@ -68,6 +70,7 @@ def stage_pipelines() -> dict[str, Pipeline]:
         "backbone": backbone.create_pipeline(),
         "search": search.create_pipeline(),
         "retrain": retrain.create_pipeline(),
+        "fidelity": fidelity.create_pipeline(),
         "export": export.create_pipeline(),
         "reporting": reporting.create_pipeline(),
     }

@@ -77,7 +77,8 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             problems.append("backbone.weights: source needs the default pipeline (`kedro run`), "
                             "which pretrains the source model first.")
 
-    training_nodes = {"evolutionary_search", "search_worker", "retrain_best_genome", "evaluate_on_test"}
+    training_nodes = {"evolutionary_search", "search_worker", "retrain_best_genome", "evaluate_on_test",
+                      "measure_search_fidelity"}
     if nodes & training_nodes or any(n.startswith("compare.") for n in nodes):
         cfg = check(TrainConfig.from_params, params.get("training"))
         if cfg is not None:
@@ -100,6 +101,13 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if "retrain_best_genome" in nodes:
         check(retrain_seeds, params.get("retrain"))
         check(retrain_config, params.get("training"), params.get("retrain"))
+    if "measure_search_fidelity" in nodes:
+        from .fidelity import FidelityConfig
+
+        fidelity = check(FidelityConfig.from_params, params.get("fidelity"))
+        check(SearchConfig.from_params, params.get("search"))
+        if fidelity is not None and fidelity.enabled:
+            check(retrain_config, params.get("training"), params.get("retrain"))
     if "export_best_model" in nodes:
         from .pipelines.export.nodes import ExportParams
 

@@ -1,5 +1,5 @@
 """The figures of the report: fitness per generation, block selection, the best genome's
-learning rates, the test confusion matrix.
+learning rates, the test confusion matrix, the search fidelity.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot state,
 no GUI backend), so they can be made from any thread and need no closing.
@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..evaluation import TestMetrics
+from ..fidelity import FidelitySummary
 from ..search.records import GenomeRecord
 from .labels import method_label
 from .summary import block_selection_shares
@@ -122,4 +123,45 @@ def plot_confusion(test_metrics: TestMetrics) -> Figure:
     ax.set_title(f"Test confusion matrix{' - ' + method_label(method) if method else ''}\n"
                  f"(normalised by row{extra})")
     fig.colorbar(im, ax=ax, label="share of the true class")
+    return fig
+
+
+def fidelity_title(summary: FidelitySummary) -> str:
+    """``Spearman rho = 0.52 [0.10, 0.85] (95 % CI), n = 15`` (or why there is no number)."""
+    if not summary.enabled:
+        return "search fidelity not measured (fidelity.enabled: false)"
+    if summary.rho is None:
+        return f"Spearman rho not defined (n = {summary.n})"
+    ci = ("" if summary.ci_low is None else
+          f" [{summary.ci_low:.2f}, {summary.ci_high:.2f}] ({100 * summary.confidence:.0f} % CI)")
+    return f"Spearman rho = {summary.rho:.2f}{ci}, n = {summary.n}"
+
+
+def plot_search_fidelity(table: pd.DataFrame, summary: FidelitySummary) -> Figure:
+    """Validation score of the search (x) against test macro accuracy after retraining (y), one point per
+    genome (final population, random genomes, the best genome starred); rho and its interval in the title.
+    Switched off: a figure that says so (no stale figure is left beside the report)."""
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    if not summary.enabled:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "Search fidelity was switched off\n(fidelity.enabled: false)", ha="center", va="center")
+        return fig
+    rows = table[table["included"].astype(bool)] if len(table) else table
+    styles = {"final_population": ("o", "tab:blue", "final population"), "random": ("s", "tab:orange", "random genome")}
+    for origin, (marker, color, label) in styles.items():
+        part = rows[rows["origin"] == origin] if len(rows) else rows
+        if len(part):
+            ax.scatter(100 * part["val_score"].astype(float), 100 * part["test_macro_acc_mean"].astype(float),
+                       marker=marker, color=color, alpha=0.8, label=f"{label} ({len(part)})")
+    best = rows[rows["is_best"].astype(bool)] if len(rows) else rows
+    if len(best):
+        ax.scatter(100 * best["val_score"].astype(float), 100 * best["test_macro_acc_mean"].astype(float), marker="*",
+                   s=260, facecolor="none", edgecolor="black", linewidth=1.2, label="best genome")
+    ax.set_xlabel("search score: validation macro accuracy (%) = 100 (1 - fitness)")
+    ax.set_ylabel(f"test macro accuracy (%), mean over {len(summary.seeds)} seed(s)")
+    ax.set_title(f"Search fidelity: {fidelity_title(summary)}")
+    ax.grid(alpha=0.3)
+    if len(rows):
+        ax.legend(loc="best", fontsize=8)
     return fig

@@ -11,12 +11,14 @@ FIGURE_FILES: dict[str, str] = {
     "block_selection": "block_selection.png",
     "lr_multipliers": "lr_multipliers.png",
     "confusion_matrix": "confusion_matrix.png",
+    "search_fidelity": "search_fidelity.png",
 }
 FIGURE_TITLES: dict[str, str] = {
     "fitness": "Fitness per generation",
     "block_selection": "Share of the population training each block",
     "lr_multipliers": "Learning-rate multiplier per block of the best genome",
     "confusion_matrix": "Test confusion matrix",
+    "search_fidelity": "Search fidelity: search score vs test macro accuracy",
 }
 
 #: display name of every method id (``evotune.methods.METHODS``, and BioTune)

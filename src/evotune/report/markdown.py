@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from ..evaluation import TestMetrics
+from ..fidelity import FidelitySummary
 from ..search.records import GenomeRecord
 from .labels import FIGURE_TITLES, method_label
 
@@ -147,17 +148,53 @@ def _per_seed_table(per_seed: pd.DataFrame) -> str:
     )
 
 
+def fidelity_section(fidelity: FidelitySummary, figure_path: str | None) -> list[str]:
+    """The "Search fidelity" section: rho with its interval, n, the cost, the figure, how to read it."""
+    out = ["## Search fidelity", ""]
+    if not fidelity.enabled:
+        out += ["The search-fidelity measurement was switched off (`fidelity.enabled: false`): nothing was "
+                "retrained for it, and there is no figure.", ""]
+        return out
+    conf = f"{100 * fidelity.confidence:.0f} %"
+    rho = "not defined (fewer than 3 genomes, or constant scores)" if fidelity.rho is None else (
+        f"**{fidelity.rho:.2f}**" + ("" if fidelity.ci_low is None else
+                                     f" [{fidelity.ci_low:.2f}, {fidelity.ci_high:.2f}] ({conf} bootstrap interval)"))
+    out.append(
+        f"Spearman's rank correlation between the search's score of a genome (validation macro accuracy, "
+        f"1 - fitness) and its test macro accuracy after retraining on the whole training pool "
+        f"(mean over {len(fidelity.seeds)} seed{'s' if len(fidelity.seeds) != 1 else ''}): rho = {rho}, "
+        f"n = {fidelity.n} genomes ({fidelity.n_final_population} of the final population, generation "
+        f"{fidelity.generation}, and {fidelity.n_random} random, scored as the search scores a genome on "
+        f"chunk {fidelity.chunk}"
+        + (f"; {fidelity.n_excluded} left out: invalid or every retraining diverged" if fidelity.n_excluded else "")
+        + ").")
+    out.append("")
+    out.append(
+        "How to read it: rho near 0 means the search's fitness does not predict the test accuracy, so the "
+        "search picks noise; near 1, the genomes it prefers also test best. A wide interval (few genomes) "
+        "means the data cannot tell.")
+    out.append("")
+    out.append(f"Cost: {fidelity.trainings} extra trainings, {format_duration(fidelity.seconds)} "
+               f"({fidelity.bootstrap} bootstrap resamples).")
+    out.append("")
+    if figure_path:
+        out += [f"Figure: [{FIGURE_TITLES['search_fidelity']}]({figure_path}) (under Figures below).", ""]
+    return out
+
+
 def markdown_report(
     best_genome: GenomeRecord,
     summary: pd.DataFrame,
     test_metrics: TestMetrics,
     test_metrics_per_seed: pd.DataFrame,
     figure_paths: Mapping[str, str],
+    fidelity: FidelitySummary | None = None,
 ) -> str:
     """The report a reader opens first (markdown).
 
     ``figure_paths`` maps a figure name (keys of :data:`FIGURE_FILES`, or any other
     name) to its path relative to the report; the figures are linked in that order.
+    ``fidelity``: the search-fidelity measurement (its section; none without it).
     """
     tm = test_metrics
     arch = best_genome.arch
@@ -245,6 +282,9 @@ def markdown_report(
     out.append("")
     out.append(_per_seed_table(test_metrics_per_seed))
     out.append("")
+
+    if fidelity is not None:
+        out += fidelity_section(fidelity, figure_paths.get("search_fidelity"))
 
     # figures
     if figure_paths:

@@ -84,6 +84,16 @@ class SearchSetup:
         return len(self.block_names) + 1
 
 
+def evaluation_setup(backbone: dict, train: dict, val: dict, cfg: SearchConfig, training: TrainConfig
+                     ) -> tuple[Trainer, torch.Tensor, torch.Tensor, dict[int, ChunkData]]:
+    """What evaluating a genome as the search does needs: the trainer, the search chunk of every
+    train and val image, and each chunk's images on the trainer's device (:func:`prepare`, and
+    :mod:`evotune.fidelity`, which scores genomes the search never met)."""
+    trainer = Trainer(model_from_checkpoint(backbone), training, mean=backbone.mean, std=backbone.std)
+    train_chunks, val_chunks = search_chunks(train, val, n_chunks=cfg.n_chunks, seed=cfg.chunk_seed)
+    return trainer, train_chunks, val_chunks, chunk_data(trainer, train, val, train_chunks, val_chunks, cfg.n_chunks)
+
+
 def prepare(stage: str, backbone: dict, train: dict, val: dict, store: StudyStore, search_params: dict,
             training_params: dict, *, rerun: str, study_prefix: str | None = None) -> SearchSetup:
     """Check the inputs, build the trainer, cut the search chunks and open the study."""
@@ -91,9 +101,7 @@ def prepare(stage: str, backbone: dict, train: dict, val: dict, store: StudyStor
     check_storage_parameter(search_params, store)
     training = TrainConfig.from_params(training_params)
     check_same_lineage(stage, "dataset", {"backbone": backbone, "target_train": train, "target_val": val}, rerun)
-    trainer = Trainer(model_from_checkpoint(backbone), training, mean=backbone.mean, std=backbone.std)
-    train_chunks, val_chunks = search_chunks(train, val, n_chunks=cfg.n_chunks, seed=cfg.chunk_seed)
-    chunks = chunk_data(trainer, train, val, train_chunks, val_chunks, cfg.n_chunks)
+    trainer, train_chunks, val_chunks, chunks = evaluation_setup(backbone, train, val, cfg, training)
     name = study_name_for(cfg, training, backbone, train, val, train_chunks, val_chunks, study_name=study_prefix)
     return SearchSetup(cfg, training, trainer, chunks, list(trainer.model.block_names), store, store.open(name))
 

@@ -8,6 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ...evaluation import TestMetrics
+from ...fidelity import FidelitySummary
 from ...lineage import check_same_lineage
 from ...report import figures, labels, markdown, summary
 from ...search.records import GenomeRecord
@@ -47,19 +48,33 @@ def plot_confusion_matrix(test_metrics: TestMetrics) -> tuple[Figure, Figure]:
     return fig, fig
 
 
+def plot_search_fidelity(search_fidelity: pd.DataFrame, search_fidelity_summary: FidelitySummary
+                         ) -> tuple[Figure, Figure]:
+    """Search score vs test macro accuracy per genome, rho and its interval in the title; twice, like the
+    search figures (switched off: a figure saying so, which the report does not link)."""
+    fig = figures.plot_search_fidelity(search_fidelity, search_fidelity_summary)
+    return fig, fig
+
+
 def write_report(
     best_genome: GenomeRecord,
     generation_summary: pd.DataFrame,
     test_metrics: TestMetrics,
     test_metrics_per_seed: pd.DataFrame,
+    search_fidelity_summary: FidelitySummary,
 ) -> tuple[str, str]:
     """The markdown report, twice: the versioned archive and the ``latest`` copy, whose relative links
     ``figures/<name>.png`` resolve to the figures saved beside it by the plotting nodes."""
     check_same_lineage("write_report", "dataset", {"best_genome": best_genome, "test_metrics": test_metrics},
                        "kedro run --from-nodes retrain_best_genome (or the whole kedro run)")
-    figure_paths = {name: f"{FIGURES_DIR}/{fname}" for name, fname in labels.FIGURE_FILES.items()}
+    fidelity = search_fidelity_summary
+    if fidelity.enabled:
+        check_same_lineage("write_report", "dataset", {"best_genome": best_genome, "search_fidelity_summary": fidelity},
+                           "kedro run --from-nodes measure_search_fidelity (or the whole kedro run)")
+    figure_paths = {name: f"{FIGURES_DIR}/{fname}" for name, fname in labels.FIGURE_FILES.items()
+                    if name != "search_fidelity" or fidelity.enabled}
     text = markdown.markdown_report(best_genome, generation_summary, test_metrics, test_metrics_per_seed,
-                                    figure_paths)
+                                    figure_paths, fidelity)
     log.info("report: test macro accuracy %.4f +- %.4f over %d seed(s)", test_metrics.macro_accuracy_mean,
              test_metrics.macro_accuracy_std, test_metrics.n_seeds)
     return text, text

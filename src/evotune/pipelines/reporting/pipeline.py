@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import plot_confusion_matrix, plot_search_figures, summarise_generations, write_report
+from .nodes import plot_confusion_matrix, plot_search_fidelity, plot_search_figures, summarise_generations, write_report
 
 SEARCH_FIGURES = ("fitness", "block_selection", "lr_multipliers")
 
@@ -27,8 +27,15 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="plot_confusion_matrix",
             ),
             Node(
+                plot_search_fidelity,
+                inputs=["search_fidelity", "search_fidelity_summary"],
+                outputs=["search_fidelity_plot", "search_fidelity_plot_latest"],
+                name="plot_search_fidelity",
+            ),
+            Node(
                 write_report,
-                inputs=["best_genome", "generation_summary", "test_metrics", "test_metrics_per_seed"],
+                inputs=["best_genome", "generation_summary", "test_metrics", "test_metrics_per_seed",
+                        "search_fidelity_summary"],
                 outputs=["report", "report_latest"],
                 name="write_report",
             ),
