@@ -162,6 +162,11 @@ data:
         run="python scripts/benchmark_evaluation.py --checkpoint $(ls data/06_models/source_model.pt/*/source_model.pt | tail -1) "
             "--seeds 684 --repeats 1 --population 1 --epochs 1 --n-train 2 --n-val 2 --genomes head --out bench.json",
         files=("bench.json",)),
+    "python scripts/fitness_noise.py --checkpoint data/06_models/source_model.pt/<version>/source_model.pt "
+    "--genomes 8 --seeds 6 --out fitness_noise.json": Expect(
+        run="python scripts/fitness_noise.py --checkpoint $(ls data/06_models/source_model.pt/*/source_model.pt | tail -1) "
+            "--genomes 3 --seeds 2 --epochs 1 --classes 3 --train-per-class 2 --val-per-class 2 --out fitness_noise.json",
+        says=("reliability",), files=("fitness_noise.json",)),
     "python scripts/benchmark_evaluation.py --preset flowers --device cuda --seeds 684 559 629 --out bench_gpu.json":
         Expect(ok=False, says=("CUDA is not available",)),
 }

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -117,3 +118,46 @@ def test_pruning_replay_explains_a_file_that_is_not_a_trials_table(tmp_path):
         replay.load_trials(path)
     with pytest.raises(SystemExit, match="no such file"):
         replay.load_trials(tmp_path / "missing.csv")
+
+
+def test_fitness_noise_components_recover_a_known_structure():
+    noise = load_script("fitness_noise.py")
+    genome = np.array([-3.0, -1.0, 1.0, 3.0])  # var (ddof 1) 20/3
+    chunk = np.array([-2.0, 2.0])
+    seed = np.array([-1.0, 1.0, -1.0, 1.0])  # within-cell var (ddof 1) 4/3
+    acc = 70.0 + genome[:, None, None] + chunk[None, :, None] + seed[None, None, :]
+    c = noise.variance_components(acc, search_seeds=3)
+    assert c["seed_var"] == pytest.approx(4 / 3)
+    assert c["genome_chunk_var"] == 0.0  # no interaction: (MS_GC - MS_E) / S < 0 is reported as 0
+    # every genome shifts the same between the chunks: chunk main effect only
+    assert c["chunk_main_var"] == pytest.approx(8.0)
+    # the signal is the genomes' spread, less the (zero) interaction noise of a genome mean
+    assert c["signal_var"] == pytest.approx(20 / 3)
+    assert c["noise_var_within_chunk"] == pytest.approx(4 / 9)
+    assert c["reliability_within_chunk"] == pytest.approx((20 / 3) / (20 / 3 + 4 / 9))
+    assert c["noise_var_search"] == pytest.approx(4 / 9 + c["chunk_main_var"])
+    # pure seed noise: no signal, no chunk effect beyond what the seeds make
+    rng = np.random.default_rng(0)
+    flat = 50.0 + rng.normal(0.0, 2.0, size=(40, 2, 6))
+    f = noise.variance_components(flat, search_seeds=3)
+    assert f["seed_std"] == pytest.approx(2.0, rel=0.1)
+    assert f["reliability"] < 0.2
+    assert f["signal_std"] < 1.0
+
+
+def test_fitness_noise_runs_the_search_evaluator_on_every_chunk_and_seed(tmp_path):
+    out = tmp_path / "noise.json"
+    proc = run_script("fitness_noise.py", "--classes", "3", "--train-per-class", "2", "--val-per-class", "2",
+                      "--genomes", "3", "--seeds", "2", "--epochs", "1", "--image-size", "16",
+                      "--pretrain-per-class", "6", "--pretrain-epochs", "1", "--threads", "1", "--out", str(out))
+    assert "reliability" in proc.stdout
+    result = json.loads(out.read_text())
+    s = result["settings"]
+    assert (s["classes"], s["n_chunks"], s["image_size"], s["seeds"]) == (3, 2, 16, 2)
+    assert s["seed_list"][:2] == [684, 559]  # the search's seeds first
+    assert (s["train_images_per_eval"], s["val_images_per_eval"]) == (3, 3)  # 2 per class, 2 chunks
+    assert [(t["genome"], t["chunk"]) for t in result["trainings"]] == [
+        (g, c) for g in ("full", "head", "rand1") for c in (0, 1)]
+    assert all(len(t["val_accs"]) == 2 for t in result["trainings"])
+    assert result["summary"]["search_evaluations"] == 75
+    assert result["summary"]["seconds_per_search_eval"] > 0
