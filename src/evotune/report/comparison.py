@@ -202,10 +202,20 @@ def comparison_figure(table: pd.DataFrame):
                  + (f" (mean, 95 % CI over {n_r} resamplings)" if n_r > 1 else " (one split: no CI)"))
     ax.grid(True, which="both", alpha=0.3)
     if rows:
-        fig.canvas.draw()  # the axes' limits are final: points in display units
         to_pt = 72.0 / fig.dpi
-        disp = [tuple(v * to_pt for v in ax.transData.transform((x, y))) for x, y in xy]
-        for r, (x, y), dy in zip(rows, xy, label_offsets(disp)):
+        xlo, xhi = ax.get_xlim()
+        ax.set_xlim(xlo, xhi * 4)  # room for the labels right of the 100 % points
+        for _ in range(3):  # room above the highest label: raise the top of the axes until the labels fit
+            fig.canvas.draw()
+            disp = [tuple(v * to_pt for v in ax.transData.transform((x, y))) for x, y in xy]
+            offsets = label_offsets(disp)
+            top_pt = ax.transAxes.transform((0, 1))[1] * to_pt
+            need = max(py + dy for (_, py), dy in zip(disp, offsets)) + 14 - top_pt
+            if need <= 0:
+                break
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, hi + need / max(top_pt - ax.transAxes.transform((0, 0))[1] * to_pt, 1.0) * (hi - lo))
+        for r, (x, y), dy in zip(rows, xy, offsets):
             ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(7, 3 + dy), fontsize=8,
                         arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if dy else None)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
