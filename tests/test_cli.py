@@ -46,7 +46,7 @@ data: {split: {train_per_class: 4, val_per_class: 4}}
 search: {population: 4, elite: 1, generations: 1, seeds: [1], worker_poll_s: 0.2, worker_idle_timeout_s: 5}
 training: {epochs: 1, batch_size: 32}
 retrain: {seeds: [559]}
-compare: {methods: [full_finetune, l2_sp, random_search], surgical: {blocks: [layer4]}}  # all ten: test_compare.py
+compare: {methods: [full_finetune, l2_sp, random_search], surgical: {blocks: [layer4]}, resamplings: 2}  # all ten: test_compare.py
 """
 
 #: what README's "ImageNet weights" section puts in conf/local (arch kept small for the offline check)
@@ -107,11 +107,12 @@ COMMANDS: dict[str, Expect] = {
         unchanged=("data/07_model_output/best_genome.json", "data/06_models/backbone.pt")),
     "kedro run --from-nodes evolutionary_search": Expect(),
     "kedro run --nodes evolutionary_search --params search.generations=2": Expect(),
-    # only the chosen methods run: 2 nodes per fixed-plan method, 3 per search baseline, 3 for the table
+    # only the chosen methods run: 2 nodes per fixed-plan method, 3 per search baseline, 3 for BioTune,
+    # 1 for the resamplings, 3 for the table
     "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",),
-                                            says=("Completed 10 out of 10 tasks",)),
+                                            says=("Completed 14 out of 14 tasks", "resampling 2/2")),
     'kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"': Expect(
-        says=("Completed 10 out of 10 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
+        says=("Completed 14 out of 14 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
     "kedro run --pipelines search_worker": Expect(),
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(),
     "kedro run --params training.cpu_threads=1": Expect(),

@@ -13,19 +13,28 @@ from kedro.runner import SequentialRunner
 from evotune import settings
 from evotune.backbones import build_model
 from evotune.errors import ParameterError
-from evotune.evaluation import MethodMetrics, TestMetrics
+from evotune.evaluation import MethodMetrics
 from evotune.genome import decode
 from evotune.io import TypedJSONDataset
-from evotune.methods import METHODS, SEARCH_METHODS, evaluation_chunk
+from evotune.methods import BIOTUNE, METHODS, SEARCH_METHODS, evaluation_chunk
 from evotune.pipeline_registry import register_pipelines, select_compare_methods
 from evotune.pipelines.compare import create_pipeline
-from evotune.pipelines.compare.nodes import comparison_table
+from evotune.pipelines.compare.nodes import (
+    comparison_table,
+    evaluate_method,
+    resample_splits,
+    retrain_searched_genome,
+    search_biotune,
+)
 from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
-from evotune.retraining import TrainedMethod
-from evotune.search.records import genome_record
+from evotune.pipelines.search.nodes import run_search
+from evotune.retraining import BestGenomes, TrainedMethod
 from evotune.search.store import StudyStore
 
 RETRAIN = {"seeds": [1, 2], "training": {}}
+#: the nodes every compare run holds: the resamplings, BioTune's, the table's
+ALWAYS = {"compare.resample", "compare.biotune.search", "compare.biotune.retrain", "compare.biotune.test",
+          "compare.table", "compare.table_markdown", "compare.figure"}
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +54,32 @@ def test_one_namespaced_modular_pipeline_per_method():
         warnings.simplefilter("error")  # no dotted-name warnings
         pipe = create_pipeline()
     names = {n.name for n in pipe.nodes}
-    for m in METHODS:
-        steps = ("search", "retrain", "test") if m in SEARCH_METHODS else ("train", "test")
+    for m in (BIOTUNE, *METHODS):
+        steps = ("search", "retrain", "test") if m in (BIOTUNE, *SEARCH_METHODS) else ("train", "test")
         assert {f"compare.{m}.{s}" for s in steps} <= names
+    for m in METHODS:
         assert f"params:compare.{m}" in pipe.inputs()
-    assert {"compare.table", "compare.table_markdown", "compare.figure"} <= names
+    assert {"compare.resample", "compare.table", "compare.table_markdown", "compare.figure"} <= names
     assert pipe.inputs() == {
-        "backbone", "target_train", "target_val", "target_test", "search_study_store", "test_metrics",
-        "test_metrics_per_seed",
-        "best_genome", "params:compare", "params:training", "params:retrain", "params:search",
+        "backbone", "target_train", "target_val", "target_test", "target_index", "search_study_store",
+        "params:compare", "params:training", "params:retrain", "params:search", "params:data",
         *{f"params:compare.{m}" for m in METHODS},
     }
     table = next(n for n in pipe.nodes if n.name == "compare.table")
-    assert table.inputs[4:] == [f"compare.{m}.metrics" for m in METHODS]
-    assert {n.namespace for n in pipe.nodes} == {f"compare.{m}" for m in METHODS} | {"compare"}
+    assert table.inputs[1:] == [f"compare.{m}.metrics" for m in (BIOTUNE, *METHODS)]
+    assert {n.namespace for n in pipe.nodes} == {f"compare.{m}" for m in (BIOTUNE, *METHODS)} | {"compare"}
+    # every method node reads the one set of resamplings
+    for n in pipe.nodes:
+        if n.name.split(".")[-1] in ("train", "search", "retrain", "test"):
+            assert "compare_resamplings" in n.inputs, n.name
 
 
 def test_the_pipeline_holds_only_the_chosen_methods_in_table_order():
     pipe = create_pipeline(["deft", "lora"])
-    assert len(pipe.nodes) == 2 + 3 + 3
-    assert {n.namespace for n in pipe.nodes} == {"compare.lora", "compare.deft", "compare"}
+    assert len(pipe.nodes) == 1 + 3 + 2 + 3 + 3
+    assert {n.namespace for n in pipe.nodes} == {"compare.biotune", "compare.lora", "compare.deft", "compare"}
     table = next(n for n in pipe.nodes if n.name == "compare.table")
-    assert table.inputs[4:] == ["compare.lora.metrics", "compare.deft.metrics"]  # the order of METHODS
+    assert table.inputs[1:] == ["compare.biotune.metrics", "compare.lora.metrics", "compare.deft.metrics"]
     assert not any(name.startswith("compare.tpe") for name in pipe.all_outputs())
     with pytest.raises(ValueError, match="Unknown method 'nope'"):
         create_pipeline(["lora", "nope"])
@@ -80,10 +93,9 @@ def test_the_registry_builds_compare_from_the_runs_methods():
         assert not select_compare_methods(["linear_probe", "nope", "full_finetune"])
         names = {n.name for n in register_pipelines()["compare"].nodes}
         assert names == {"compare.full_finetune.train", "compare.full_finetune.test", "compare.linear_probe.train",
-                         "compare.linear_probe.test", "compare.table", "compare.table_markdown", "compare.figure"}
-        select_compare_methods("lora")  # not a list: only the table nodes; validate_run names the problem
-        assert {n.name for n in register_pipelines()["compare"].nodes} == {
-            "compare.table", "compare.table_markdown", "compare.figure"}
+                         "compare.linear_probe.test", *ALWAYS}
+        select_compare_methods("lora")  # not a list: BioTune and the table; validate_run names the problem
+        assert {n.name for n in register_pipelines()["compare"].nodes} == ALWAYS
     finally:
         select_compare_methods(list(METHODS))
 
@@ -97,7 +109,7 @@ def test_the_hook_reads_the_runs_merged_parameters():
     try:
         ComparePipelineHooks().after_context_created(context)
         table = next(n for n in register_pipelines()["compare"].nodes if n.name == "compare.table")
-        assert table.inputs[4:] == ["compare.lora.metrics", "compare.tpe.metrics"]
+        assert table.inputs[1:] == ["compare.biotune.metrics", "compare.lora.metrics", "compare.tpe.metrics"]
     finally:
         select_compare_methods(list(METHODS))
 
@@ -105,18 +117,21 @@ def test_the_hook_reads_the_runs_merged_parameters():
 def test_catalog_factories_version_every_compare_output():
     conf = OmegaConfigLoader("conf", env="local", **settings.CONFIG_LOADER_ARGS)
     catalog = DataCatalog.from_config(conf["catalog"])
-    for name in ("compare.lora.metrics", "compare.deft.search_trials", "compare.deft.best_genome",
+    for name in ("compare.lora.metrics", "compare.deft.search_trials", "compare.deft.best_genomes", "compare_resamplings",
+                 "compare.biotune.metrics",
                  "compare.surgical.metrics_per_seed", "compare_table", "compare_table_markdown", "compare_figure"):
         ds = catalog.get(name)
         assert ds._version is not None, name
         assert "compare" in str(ds._filepath)
+    assert isinstance(catalog.get("compare.biotune.best_genomes"), TypedJSONDataset)
     assert type(catalog.get("compare.lora.trained")).__name__ == "MemoryDataset"
     for name in ("compare_table", "compare.lora.metrics_per_seed"):
         assert type(catalog.get(name)).__name__ == "ParquetDataset", name
     assert isinstance(catalog.get("compare.lora.metrics"), TypedJSONDataset)
     params = conf["parameters"]
     assert params["compare"]["seeds"] == params["retrain"]["seeds"]
-    assert set(params["compare"]) == {"methods", "seeds", *METHODS}
+    assert set(params["compare"]) == {"methods", "seeds", "resamplings", *METHODS}
+    assert params["compare"]["resamplings"] == 3
 
 
 def _feed(catalog: DataCatalog, params: dict, prefix: str = "params:") -> None:
@@ -133,29 +148,30 @@ class KeptMemoryDataset(MemoryDataset):
         pass
 
 
+def _index(*splits) -> pd.DataFrame:
+    """A target_index as the data stage writes it (no official splits)."""
+    return pd.DataFrame([{"item": it, "label": int(y), "class_name": sp.classes[int(y)], "official_split": "",
+                          "split": name} for name, sp in zip(("train", "val", "test"), splits)
+                         for it, y in zip(sp.items, sp.labels.tolist())])
+
+
 @pytest.fixture(scope="module")
 def tiny_run(base_parameters, backbone_checkpoint, make_split, method_params, training, search):
+    """The compare pipeline on the tiny splits, R = 2 resamplings, 2 seeds, BioTune and four baselines."""
     torch.manual_seed(0)
     backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
     train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
-    # BioTune's own outputs, as the default pipeline makes them (a stand-in for its search's best genome)
-    genes = [0.1, 0.2, 0.3, 0.4, 0.8, 0.9, 0.5]
-    best = genome_record(genes, fitness=0.5, key="g0/init/0", backbone=backbone,
-                         block_names=["stem", "layer1", "layer2", "layer3", "layer4", "fc"], base_lr=1e-3,
-                         force_head=True, study_name="t", storage=None, evaluations=9, trainings=9, device="cpu",
-                         search_seconds=1.0, created="2026-01-01T00:00:00Z")
-    retrained = retrain_best_genome(backbone, train, val, best, RETRAIN, training)
-    test_metrics, per_seed = evaluate_on_test(backbone, retrained, test, training)
-    compare = {**base_parameters()["compare"], "methods": ["linear_probe", "surgical", "lora", "deft"], "seeds": [1, 2]}
+    compare = {**base_parameters()["compare"], "methods": ["linear_probe", "surgical", "lora", "deft"], "seeds": [1, 2],
+               "resamplings": 2}
     compare["surgical"] = method_params("surgical", blocks=[1, "layer4"])
     compare["lora"] = method_params("lora", rank=2, alpha=2.0)
     compare["deft"] = method_params("deft", F=0.6, CR=0.8)
     catalog = DataCatalog()
     for name, value in {"backbone": backbone, "target_train": train, "target_val": val, "target_test": test,
-                        "search_study_store": StudyStore(None),
-                        "test_metrics": test_metrics, "test_metrics_per_seed": per_seed, "best_genome": best}.items():
+                        "target_index": _index(train, val, test), "search_study_store": StudyStore(None)}.items():
         catalog[name] = value
-    _feed(catalog, {"compare": compare, "search": search, "training": training, "retrain": RETRAIN})
+    _feed(catalog, {"compare": compare, "search": search, "training": training, "retrain": RETRAIN,
+                    "data": base_parameters()["data"]})
     pipe = create_pipeline(compare["methods"])
     for name in pipe.all_outputs():
         catalog[name] = KeptMemoryDataset(copy_mode="assign")
@@ -167,39 +183,71 @@ def test_tiny_comparison_end_to_end(tiny_run):
     catalog = tiny_run
     table = catalog.load("compare_table")
     assert list(table["method"][table["kind"] == "method"]) == ["biotune", "linear_probe", "surgical", "lora", "deft"]
-    rows = table.set_index("variant")
     assert list(table["variant"][table["kind"] == "variant"]) == ["surgical[layer1]", "surgical[layer4]"]
     by_method = table[table["kind"] == "method"].set_index("method")
     assert by_method.loc["linear_probe", "trainable_pct"] < by_method.loc["lora", "trainable_pct"] < 100
-    assert by_method.loc["linear_probe", "trainings"] == 2 and by_method.loc["surgical", "trainings"] == 4
-    assert all(0 <= a <= 1 for a in by_method["accuracy_mean"])
-    assert rows.loc["linear_probe", "test_accuracy"].count("±") == 1
-    assert "| biotune |" in catalog.load("compare_table_markdown")
+    # R = 2 resamplings x 2 seeds (x 2 blocks for surgical)
+    assert by_method.loc["linear_probe", "trainings"] == 4 and by_method.loc["surgical", "trainings"] == 8
+    assert set(by_method["n_resamplings"]) == {2} and set(by_method["n_seeds"]) == {2}
+    assert all(0 <= a <= 1 for a in by_method["macro_accuracy_mean"])
+    assert by_method.loc["linear_probe", "test_accuracy"].count("±") == 1
+    assert (by_method["macro_accuracy_ci_low"] <= by_method["macro_accuracy_mean"] + 1e-12).all()
+    assert by_method.loc["biotune", "verdict"] == "" and np.isnan(by_method.loc["biotune", "diff_mean"])
+    assert set(by_method["verdict"].iloc[1:]) <= {"better", "worse", "no significant difference"}
+    md = catalog.load("compare_table_markdown")
+    assert "| biotune |" in md and "paired diff to BioTune" in md and "ddof = 0" in md and "R = 2" in md
     fig = catalog.load("compare_figure")
-    assert fig.axes[0].get_xscale() == "log"
-    # the reported surgical variant is the best by validation
+    assert fig.axes[0].get_xscale() == "log" and "macro accuracy" in fig.axes[0].get_ylabel()
+    # the reported surgical variant is the best by validation, on each resampling
     surgical = catalog.load("compare.surgical.metrics")
-    assert isinstance(surgical, MethodMetrics)
-    best = max(surgical.variants, key=lambda v: v.val_macro_acc_mean)
-    assert surgical.variant == best.variant and surgical.selected_by
-    assert len(catalog.load("compare.surgical.metrics_per_seed")) == 4
-    assert isinstance(catalog.load("compare.surgical.trained"), TrainedMethod)
+    assert isinstance(surgical, MethodMetrics) and surgical.selected_by
+    per_seed = catalog.load("compare.surgical.metrics_per_seed")
+    assert len(per_seed) == 8 and sorted(set(per_seed["resampling"])) == [0, 1]
+    for rs in surgical.resamplings:
+        rows = per_seed[per_seed["resampling"] == rs.resampling]
+        val = rows.groupby("variant")["best_val_acc"].mean()
+        assert rs.variant == val.idxmax() and rs.macro_accuracy == pytest.approx(
+            rows[rows["variant"] == rs.variant]["macro_accuracy"].tolist())
+    trained = catalog.load("compare.surgical.trained")
+    assert len(trained) == 2 and all(isinstance(t, TrainedMethod) for t in trained)
+    # each resampling is its own dataset; resampling 0 is the run's split
+    resamplings = catalog.load("compare_resamplings")
+    assert [r.dataset for r in resamplings.resamplings][0] == "tiny"
+    assert [rs.dataset for rs in surgical.resamplings] == [r.dataset for r in resamplings.resamplings]
+    assert trained[1].dataset == resamplings.resamplings[1].dataset != "tiny"
+    # the row is the mean over resamplings of the mean over seeds
+    lp = catalog.load("compare.linear_probe.metrics")
+    assert by_method.loc["linear_probe", "macro_accuracy_mean"] == pytest.approx(
+        np.mean([r.macro_accuracy_mean for r in lp.resamplings]))
     # methods not chosen are not in the run, nor in the table
     assert "compare.tpe.metrics" not in catalog.keys()
     assert "tpe" not in set(table["method"])
 
 
+def test_biotune_runs_its_own_search_on_each_resampling(tiny_run):
+    catalog = tiny_run
+    trials = catalog.load("compare.biotune.search_trials")
+    best = catalog.load("compare.biotune.best_genomes")
+    assert best.resamplings == [0, 1] and sorted(set(trials["resampling"])) == [0, 1]
+    assert best.genomes[0].study_name != best.genomes[1].study_name  # one study per resampling
+    assert all(g.study_name.startswith("t-") for g in best.genomes)  # BioTune's own study naming
+    resamplings = catalog.load("compare_resamplings").resamplings
+    assert [g.dataset for g in best.genomes] == [r.dataset for r in resamplings]
+    metrics = catalog.load("compare.biotune.metrics")
+    assert metrics.method == "biotune" and len(metrics.resamplings) == 2
+    assert metrics.trainings == sum(g.trainings for g in best.genomes) + 2 * 2
+
+
 def test_the_table_refuses_metrics_of_other_methods_than_chosen(tiny_run):
     catalog = tiny_run
-    args = [catalog.load(n) for n in ("params:compare", "test_metrics", "test_metrics_per_seed", "best_genome")]
-    lora = catalog.load("compare.lora.metrics")
+    biotune, lora = catalog.load("compare.biotune.metrics"), catalog.load("compare.lora.metrics")
     with pytest.raises(ParameterError, match=r"built for \['lora'\]"):
-        comparison_table(*args, lora)
+        comparison_table(catalog.load("params:compare"), biotune, lora)
 
 
 def test_typed_metrics_round_trip_through_the_catalog_datasets(tiny_run, tmp_path):
     catalog = tiny_run
-    for name, cls in (("compare.surgical.metrics", MethodMetrics), ("test_metrics", TestMetrics)):
+    for name, cls in (("compare.surgical.metrics", MethodMetrics), ("compare.deft.best_genomes", BestGenomes)):
         ds = TypedJSONDataset(artifact=f"{cls.__module__}.{cls.__name__}", filepath=str(tmp_path / f"{name}.json"))
         ds.save(catalog.load(name))
         assert ds.load() == catalog.load(name)
@@ -207,19 +255,51 @@ def test_typed_metrics_round_trip_through_the_catalog_datasets(tiny_run, tmp_pat
 
 def test_search_baseline_in_the_pipeline_uses_biotunes_budget(tiny_run, search_config):
     catalog = tiny_run
-    trials = catalog.load("compare.deft.search_trials")
-    best = catalog.load("compare.deft.best_genome")
+    all_trials = catalog.load("compare.deft.search_trials")
+    genomes = catalog.load("compare.deft.best_genomes")
     evo = search_config(population=4, elite=1, generations=1)
-    assert len(trials) == best.evaluations == evo.evaluations == 9
-    assert trials["chunk"].tolist() == [evaluation_chunk(j, evo, 2) for j in range(9)]
-    assert "genotype" in trials and trials["key"].is_unique
-    d = decode(best.genes, 1e-3, force_head=True)
-    assert d.valid and all(lr == pytest.approx(1e-3) for lr in d.block_lrs if lr is not None)
-    assert best.mask == d.mask and len(best.genotype) == 6 and best.method == "deft"
+    assert len(all_trials) == 2 * 9 and genomes.resamplings == [0, 1]
+    for r, best in zip(genomes.resamplings, genomes.genomes):
+        trials = all_trials[all_trials["resampling"] == r]
+        assert len(trials) == best.evaluations == evo.evaluations == 9
+        assert trials["chunk"].tolist() == [evaluation_chunk(j, evo, 2) for j in range(9)]
+        assert "genotype" in trials and trials["key"].is_unique
+        d = decode(best.genes, 1e-3, force_head=True)
+        assert d.valid and all(lr == pytest.approx(1e-3) for lr in d.block_lrs if lr is not None)
+        assert best.mask == d.mask and len(best.genotype) == 6 and best.method == "deft"
     metrics = catalog.load("compare.deft.metrics")
-    valid = int(sum(bool(v) for v in trials["valid"]))
-    assert metrics.trainings == valid * 1 + 2 and metrics.evaluations == 9
-    assert metrics.block_lrs == best.block_lrs and metrics.search.evaluations == 9
+    valid = int(sum(bool(v) for v in all_trials["valid"]))
+    assert metrics.trainings == valid * 1 + 2 * 2 and metrics.evaluations == 2 * 9
+    assert metrics.block_lrs == genomes.genomes[0].block_lrs and metrics.search.evaluations == 9
+    assert [r.search.evaluations for r in metrics.resamplings] == [9, 9]
     assert isinstance(catalog.load("compare.lora.metrics_per_seed"), pd.DataFrame)
     assert np.isclose(catalog.load("compare.lora.metrics").trainable_share,
                       catalog.load("compare_table").set_index("method").loc["lora", "trainable_pct"] / 100)
+
+
+def test_biotune_on_resampling_0_resumes_the_default_runs_study(tmp_path, base_parameters, backbone_checkpoint,
+                                                                   make_split, training, search):
+    """After a tiny default search, BioTune's compare run on resampling 0 trains no new evaluation, and its
+    test numbers are the default run's test_metrics."""
+    torch.manual_seed(0)
+    backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
+    train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
+    store = StudyStore(f"sqlite:///{tmp_path / 'studies.db'}")
+    _, _, best = run_search(backbone, train, val, store, search, training)
+    test_metrics, _ = evaluate_on_test(backbone, retrain_best_genome(backbone, train, val, best, RETRAIN, training),
+                                       test, training)
+    n_trials = len(store.open(best.study_name).trials)
+
+    compare = {**base_parameters()["compare"], "methods": ["linear_probe"], "seeds": RETRAIN["seeds"], "resamplings": 1}
+    resamplings = resample_splits(train, val, test, _index(train, val, test), base_parameters()["data"], compare)
+    splits = (train, val, test, resamplings)
+    _, genomes = search_biotune(backbone, *splits, store, compare, search, training)
+    assert genomes.genomes[0].study_name == best.study_name
+    assert len(store.open(best.study_name).trials) == n_trials  # nothing trained again
+    assert genomes.genomes[0].genes == best.genes
+    trained = retrain_searched_genome(backbone, *splits, genomes, compare, training, RETRAIN, method="biotune")
+    metrics, per_seed = evaluate_method(backbone, trained, *splits, training)
+    assert metrics.resamplings[0].seeds == RETRAIN["seeds"]
+    for key in ("accuracy_mean", "macro_accuracy_mean", "macro_f1_mean"):
+        assert getattr(metrics, key) == pytest.approx(getattr(test_metrics, key)), key
+    assert metrics.confusion_matrix == test_metrics.confusion_matrix

@@ -14,7 +14,8 @@ split is used only here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from collections import Counter
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -81,8 +82,37 @@ class VariantSummary(Artifact):
 
 
 @dataclass
+class ResamplingMetrics(Artifact):
+    """A compared method's test on one resampling of the split (:mod:`evotune.data.resampling`):
+    the variant chosen by validation on it, its per-seed test metrics and what the resampling cost."""
+
+    resampling: int  # r; 0 = the run's own split
+    dataset: str  # the resampled split's fingerprint
+    variant: str
+    seeds: list[int]
+    accuracy: list[float]  # per seed, in the order of ``seeds``
+    macro_accuracy: list[float]
+    macro_f1: list[float]
+    accuracy_mean: float
+    macro_accuracy_mean: float
+    macro_f1_mean: float
+    trainable_params: int
+    trainable_share: float
+    evaluations: int | None
+    trainings: int
+    compute_seconds: float
+    search: SearchSummary | None
+
+
+@dataclass
 class MethodMetrics(TestMetrics):
-    """A compared method's test: the metrics of its variant chosen by validation, and its cost."""
+    """A compared method's test: the metrics of its variant chosen by validation, and its cost.
+
+    Over several resamplings (:func:`combine_resamplings`): each ``*_mean`` is the mean over the
+    resamplings of the mean over seeds, each ``*_std`` the mean over the resamplings of the std over
+    seeds (ddof=0), the counts and seconds are summed, ``trainable_*`` averaged, ``variants`` averaged
+    per variant, ``search`` is resampling 0's; ``resamplings`` holds each resampling's own numbers.
+    """
 
     kind: str
     selected_by: str | None  # how the reported variant was chosen (None: the method has one)
@@ -94,6 +124,7 @@ class MethodMetrics(TestMetrics):
     wall_seconds: float
     compute_seconds: float  # train_seconds + search_seconds
     search: SearchSummary | None
+    resamplings: list[ResamplingMetrics] = field(default_factory=list)
 
 
 def evaluate_variant(
@@ -168,3 +199,72 @@ def evaluate_variants(backbone: dict, trained: TrainedMethod, target_test: dict,
         search=search,
     )
     return metrics, pd.concat(tables, ignore_index=True)
+
+
+def resampling_metrics(r: int, dataset: str, metrics: MethodMetrics, per_seed: pd.DataFrame) -> ResamplingMetrics:
+    """One resampling's line: the reported variant's per-seed test metrics (from ``per_seed``)."""
+    rows = per_seed[per_seed["variant"] == metrics.variant]
+    return ResamplingMetrics(
+        resampling=int(r), dataset=dataset, variant=metrics.variant, seeds=[int(s) for s in rows["seed"]],
+        **{k: [float(v) for v in rows[k]] for k in ("accuracy", "macro_accuracy", "macro_f1")},
+        accuracy_mean=metrics.accuracy_mean, macro_accuracy_mean=metrics.macro_accuracy_mean,
+        macro_f1_mean=metrics.macro_f1_mean, trainable_params=metrics.trainable_params,
+        trainable_share=metrics.trainable_share, evaluations=metrics.evaluations, trainings=metrics.trainings,
+        compute_seconds=metrics.compute_seconds, search=metrics.search,
+    )
+
+
+def combine_resamplings(tested: list[tuple[int, str, MethodMetrics, pd.DataFrame]], dataset: str
+                        ) -> tuple[MethodMetrics, pd.DataFrame]:
+    """A method's metrics over its resamplings (``(r, resampled dataset, metrics, per-seed table)`` each,
+    :func:`evaluate_variants` on resampling r) for the run's split ``dataset``; the per-seed tables
+    concatenated with a ``resampling`` column. See :class:`MethodMetrics` for how each field combines."""
+    if not tested:
+        raise ValueError("combine_resamplings needs at least one resampling")
+    per_r = [resampling_metrics(r, ds, m, t) for r, ds, m, t in tested]
+    ms = [m for _, _, m, _ in tested]
+    first = ms[0]
+
+    def mean(xs) -> float:
+        return float(np.mean([float(x) for x in xs]))
+
+    def seed_std(key: str) -> float:
+        return mean(np.std(getattr(p, key), ddof=0) if getattr(p, key) else 0.0 for p in per_r)
+
+    def total(xs):
+        xs = list(xs)
+        return None if any(x is None for x in xs) else sum(xs)
+
+    values = {f.name: getattr(first, f.name) for f in fields(MethodMetrics)}
+    for k in METRICS:
+        values[f"{k}_mean"] = mean(getattr(m, f"{k}_mean") for m in ms)
+    for k in ("accuracy", "macro_accuracy", "macro_f1"):
+        values[f"{k}_std"] = seed_std(k)
+    values["cohen_kappa_std"] = mean(m.cohen_kappa_std for m in ms)
+    counts = Counter(m.variant for m in ms)
+    variant = max(counts, key=lambda v: counts[v])  # the most often chosen, the first on ties
+    variants = []
+    for v in first.variants:
+        same = [s for m in ms for s in m.variants if s.variant == v.variant]
+        variants.append(VariantSummary(
+            variant=v.variant, **{k: mean(getattr(s, k) for s in same) for k in (
+                "val_macro_acc_mean", "accuracy_mean", "accuracy_std", "macro_accuracy_mean", "macro_f1_mean")},
+            trainable_params=int(round(mean(s.trainable_params for s in same))),
+            trainable_share=mean(s.trainable_share for s in same)))
+    values.update(
+        variant=variant,
+        val_macro_acc_mean=mean(m.val_macro_acc_mean for m in ms),
+        trainable_params=int(round(mean(m.trainable_params for m in ms))),
+        trainable_share=mean(m.trainable_share for m in ms),
+        confusion_matrix=np.sum([m.confusion_matrix for m in ms], axis=0).astype(int).tolist(),
+        dataset=dataset,
+        variants=variants,
+        evaluations=total(m.evaluations for m in ms),
+        trainings=int(sum(m.trainings for m in ms)),
+        **{k: float(sum(getattr(m, k) for m in ms)) for k in (
+            "train_seconds", "search_seconds", "wall_seconds", "compute_seconds")},
+        resamplings=per_r,
+        created=now(),
+    )
+    table = pd.concat([t.assign(resampling=int(r)) for r, _, _, t in tested], ignore_index=True)
+    return MethodMetrics(**values), table

@@ -83,6 +83,16 @@ class SearchSummary(Artifact):
 
 
 @dataclass
+class BestGenomes(Artifact):
+    """A search's best genome on each resampling of the split (the compare pipeline's ``best_genomes``),
+    in the order of the resamplings (``resamplings[i]`` is the index of ``genomes[i]``'s)."""
+
+    method: str
+    resamplings: list[int]
+    genomes: list[GenomeRecord]
+
+
+@dataclass
 class TrainedMethod(Artifact):
     """A compared method's trained variants (``kind``: ``plan`` or ``search``)."""
 

@@ -55,6 +55,9 @@ METHODS: dict[str, Method] = {
     )
 }
 
+#: BioTune itself: always compared (the first row), by its own search (evotune.search.runner.run_biotune)
+BIOTUNE = "biotune"
+
 PLAN_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, PlanMethod))
 SEARCH_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, SearchMethod))
 
@@ -66,7 +69,7 @@ def get_method(name: str, parameter: str = "compare.methods") -> Method:
     except (KeyError, TypeError):
         raise ParameterError(
             f"Unknown method {name!r} in `{parameter}`; valid methods are {', '.join(METHODS)} "
-            "(conf/base/parameters_compare.yml)."
+            f"(conf/base/parameters_compare.yml); {BIOTUNE} is always compared, not listed."
         ) from None
 
 
@@ -95,11 +98,15 @@ def check_compare_params(compare: dict[str, Any], population: int | None = None)
     seeds = check(lambda: check_type(require(compare, "seeds", "compare"), list[int], "compare.seeds"))
     if seeds is not None and not seeds:
         problems.append("compare.seeds must list at least one seed")
+    resamplings = check(lambda: check_type(require(compare, "resamplings", "compare"), int, "compare.resamplings"))
+    if resamplings is not None and resamplings < 1:
+        problems.append(f"compare.resamplings must be at least 1 (1 = the run's split only), got {resamplings}")
     if problems:
         raise ParameterError("Invalid compare parameters:\n  - " + "\n  - ".join(problems))
 
 
 __all__ = [
+    "BIOTUNE",
     "METHODS",
     "PLAN_METHODS",
     "SEARCH_METHODS",

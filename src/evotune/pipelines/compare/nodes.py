@@ -1,51 +1,63 @@
-"""Nodes of the comparison (SPEC section 6): baselines trained and tested like BioTune.
+"""Nodes of the comparison (SPEC section 6): BioTune and the baselines, trained and tested alike
+on ``compare.resamplings`` resamplings of the data split.
 
 Thin adapters over the domain modules:
 
-* Plan methods (full fine-tuning, linear probe, surgical, Auto-RGN, L2-SP,
-  L1-SP, LoRA): :func:`train_plan_method` trains every variant of the method
-  once per seed on the whole training pool with early stopping on validation
-  (the training config of BioTune's retrain: ``training`` updated with
-  ``retrain.training``), keeping each seed's best state
+* :func:`resample_splits` (node ``compare.resample``): the ``R`` resamplings of the run's split
+  (:mod:`evotune.data.resampling`; resampling 0 is the run's own split), one artifact every
+  method node reads. Each method node loops over them internally, the backbone recorded as used
+  with each resampling (:func:`evotune.data.resampling.on_resampling`).
+* BioTune (:func:`search_biotune`): its own search on each resampling
+  (:func:`evotune.search.runner.run_biotune`, same study store and study naming: on resampling 0
+  the study is the default run's, so its trials are reused, not trained again), then its best
+  genome retrained and tested like the search baselines'.
+* Plan methods (full fine-tuning, linear probe, surgical, Auto-RGN, L2-SP, L1-SP, LoRA):
+  :func:`train_plan_method` trains every variant of the method once per seed on the whole
+  training pool with early stopping on validation (the training config of BioTune's retrain:
+  ``training`` updated with ``retrain.training``), keeping each seed's best state
   (:func:`evotune.retraining.train_plan_method`).
-* Search baselines (DEFT, random search, TPE): :func:`search_baseline` runs
-  the search with BioTune's settings (``search``, ``training``) and budget
-  through the same runner (:func:`evotune.search.runner.run_baseline`), each evaluation
-  recorded in its own Optuna study (resumable like BioTune's);
-  :func:`retrain_searched_genome` then retrains the best genome exactly as
-  BioTune's retrain does (:func:`evotune.retraining.retrain_genome`).
-* :func:`evaluate_method` tests every trained variant once as BioTune's test
-  does (:func:`evotune.evaluation.evaluate_variants`); the reported variant is
-  the best by validation (surgical: the best block).
-* :func:`comparison_table` / :func:`comparison_markdown` / :func:`comparison_figure`:
-  the paper-style table (BioTune's row from ``test_metrics``,
-  ``test_metrics_per_seed`` and ``best_genome``) and accuracy vs trainable-parameter
-  share (:mod:`evotune.report.comparison`).
+* Search baselines (DEFT, random search, TPE): :func:`search_baseline` runs the search with
+  BioTune's settings (``search``, ``training``) and budget through the same runner
+  (:func:`evotune.search.runner.run_baseline`), each evaluation recorded in its own Optuna study
+  (resumable like BioTune's); :func:`retrain_searched_genome` then retrains the best genome
+  exactly as BioTune's retrain does (:func:`evotune.retraining.retrain_genome`).
+* :func:`evaluate_method` tests every trained variant once per resampling as BioTune's test does
+  (:func:`evotune.evaluation.evaluate_variants`, the reported variant the best by validation on
+  that resampling) and combines the resamplings (:func:`evotune.evaluation.combine_resamplings`).
+* :func:`comparison_table` / :func:`comparison_markdown` / :func:`comparison_figure`: the table
+  with its confidence intervals and verdicts (:mod:`evotune.report.comparison`,
+  :mod:`evotune.report.significance`) and macro accuracy vs trainable-parameter share.
 
-The pipeline holds only the methods of ``compare.methods`` (see
+The pipeline holds only the methods of ``compare.methods``, and BioTune (see
 :mod:`evotune.pipelines.compare.pipeline`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pandas as pd
 
-from ...evaluation import MethodMetrics, TestMetrics, evaluate_variants
-from ...lineage import check_same_lineage
-from ...methods import SearchMethod, check_compare_params, get_method
+from ...data.resampling import SplitResamplings, has_official_test, make_resamplings, on_resampling
+from ...data.split import Split
+from ...errors import InputMismatchError
+from ...evaluation import MethodMetrics, combine_resamplings, evaluate_variants
+from ...lineage import check_same_lineage, now
+from ...methods import BIOTUNE, SearchMethod, check_compare_params, get_method
+from ...params import check_type, require
 from ...report import comparison as report
-from ...retraining import TrainedMethod, retrain_config, retrain_search_method, retrain_seeds
+from ...retraining import BestGenomes, TrainedMethod, retrain_config, retrain_search_method, retrain_seeds
 from ...retraining import train_plan_method as train_plan
-from ...search.records import GenomeRecord
-from ...search.runner import run_baseline
+from ...search.runner import run_baseline, run_biotune
 from ...search.store import StudyStore
 from ...training import TrainConfig
+from ..data_processing.nodes import split_options
 
 log = logging.getLogger(__name__)
 
 RERUN_DATA = "kedro run --from-nodes split_dataset (or the whole kedro run), then the compare pipeline"
+RERUN_RESAMPLE = "kedro run --pipelines compare (its resample node and the methods together)"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -55,35 +67,112 @@ def _seeds(compare_params: dict) -> list[int]:
     return retrain_seeds(compare_params, "compare")
 
 
+def _resamplings(compare_params: dict) -> int:
+    return check_type(require(compare_params, "resamplings", "compare"), int, "compare.resamplings")
+
+
+def _each_resampling(stage: str, backbone, target_train: Split, target_val: Split, target_test: Split,
+                     resamplings: SplitResamplings, compare_params: dict | None = None) -> Iterator[tuple]:
+    """``(r, backbone_r, train_r, val_r, test_r)`` for each resampling, after checking that the inputs belong
+    together (and, with ``compare_params``, that there are ``compare.resamplings`` of them)."""
+    check_same_lineage(stage, "dataset", {"backbone": backbone, "target_train": target_train, "target_val": target_val,
+                                          "target_test": target_test, "compare_resamplings": resamplings}, RERUN_DATA)
+    if compare_params is not None and len(resamplings) != _resamplings(compare_params):
+        raise InputMismatchError(
+            f"{stage}: compare_resamplings holds {len(resamplings)} resampling(s) but compare.resamplings is "
+            f"{_resamplings(compare_params)}; nothing was run. Make them again together: {RERUN_RESAMPLE}."
+        )
+    for r, train, val, test in resamplings.each(target_train, target_val, target_test):
+        log.info("%s: resampling %d/%d (dataset %s)", stage, r + 1, len(resamplings), train.dataset)
+        yield r, on_resampling(backbone, train), train, val, test
+
+
+# --------------------------------------------------------------------------- resamplings
+
+
+def resample_splits(target_train: Split, target_val: Split, target_test: Split, target_index: pd.DataFrame,
+                    data_params: dict, compare_params: dict) -> SplitResamplings:
+    """The ``compare.resamplings`` resamplings of the run's split (:mod:`evotune.data.resampling`)."""
+    check_compare_params(compare_params)
+    opts = split_options(data_params)
+    check_same_lineage("compare.resample", "dataset", {"target_train": target_train, "target_val": target_val,
+                                                       "target_test": target_test}, RERUN_DATA)
+    fixed = has_official_test(target_index, opts["respect_official_splits"])
+    out = make_resamplings(target_train, target_val, target_test, _resamplings(compare_params),
+                           split_seed=opts["seed"], fixed_test=fixed, created=now())
+    log.info("%d resampling(s) of the split (data.split.seed %d%s): %s", len(out), opts["seed"],
+             ", the official test split fixed" if fixed else "", ", ".join(r.dataset for r in out.resamplings))
+    return out
+
+
 # --------------------------------------------------------------------------- plan methods
 
 
 def train_plan_method(
     backbone: dict,
-    target_train: dict,
-    target_val: dict,
+    target_train: Split,
+    target_val: Split,
+    target_test: Split,
+    compare_resamplings: SplitResamplings,
     compare_params: dict,
     method_params: dict | None,
     training_params: dict,
     retrain_params: dict,
     *,
     method: str,
-) -> TrainedMethod:
-    """Train every variant of a plan method once per seed on the whole training pool."""
+) -> list[TrainedMethod]:
+    """On each resampling, every variant of a plan method trained once per seed on the whole training pool."""
     check_compare_params(compare_params)
     cfg = retrain_config(training_params, retrain_params)
-    check_same_lineage(f"compare.{method}", "dataset",
-                       {"backbone": backbone, "target_train": target_train, "target_val": target_val}, RERUN_DATA)
-    return train_plan(backbone, target_train, target_val, method, method_params, _seeds(compare_params), cfg)
+    return [train_plan(bb, train, val, method, method_params, _seeds(compare_params), cfg)
+            for _, bb, train, val, _ in _each_resampling(f"compare.{method}", backbone, target_train, target_val,
+                                                         target_test, compare_resamplings, compare_params)]
 
 
-# --------------------------------------------------------------------------- search baselines
+# --------------------------------------------------------------------------- searches
+
+
+def _searches(stage: str, run, backbone, target_train, target_val, target_test, resamplings, compare_params,
+              method: str) -> tuple[pd.DataFrame, BestGenomes]:
+    trials, genomes, rs = [], [], []
+    for r, bb, train, val, _ in _each_resampling(stage, backbone, target_train, target_val, target_test,
+                                                 resamplings, compare_params):
+        table, best = run(bb, train, val)
+        trials.append(table.assign(resampling=r))
+        genomes.append(best)
+        rs.append(r)
+    return pd.concat(trials, ignore_index=True), BestGenomes(method=method, resamplings=rs, genomes=genomes)
+
+
+def search_biotune(
+    backbone: dict,
+    target_train: Split,
+    target_val: Split,
+    target_test: Split,
+    compare_resamplings: SplitResamplings,
+    search_study_store: StudyStore,
+    compare_params: dict,
+    search_params: dict,
+    training_params: dict,
+) -> tuple[pd.DataFrame, BestGenomes]:
+    """BioTune's own search on each resampling (:func:`evotune.search.runner.run_biotune`); returns the
+    trials (with a ``resampling`` column) and the best genomes. Resampling 0 is the default run's study."""
+    check_compare_params(compare_params)
+
+    def run(bb, train, val):
+        trials, _, best = run_biotune(bb, train, val, search_study_store, search_params, training_params)
+        return trials, best
+
+    return _searches(f"compare.{BIOTUNE}", run, backbone, target_train, target_val, target_test,
+                     compare_resamplings, compare_params, BIOTUNE)
 
 
 def search_baseline(
     backbone: dict,
-    target_train: dict,
-    target_val: dict,
+    target_train: Split,
+    target_val: Split,
+    target_test: Split,
+    compare_resamplings: SplitResamplings,
     search_study_store: StudyStore,
     compare_params: dict,
     method_params: dict | None,
@@ -91,65 +180,87 @@ def search_baseline(
     training_params: dict,
     *,
     method: str,
-) -> tuple[pd.DataFrame, GenomeRecord]:
-    """Run a search baseline with BioTune's settings and evaluation budget; returns (trials, best genome)
-    (:func:`evotune.search.runner.run_baseline`)."""
+) -> tuple[pd.DataFrame, BestGenomes]:
+    """A search baseline with BioTune's settings and evaluation budget on each resampling; returns the trials
+    (with a ``resampling`` column) and the best genomes (:func:`evotune.search.runner.run_baseline`)."""
     check_compare_params(compare_params)
     m = get_method(method)
     if not isinstance(m, SearchMethod):
         raise ValueError(f"{method} is not a search method")
-    return run_baseline(m, m.resolve_params(method_params or {}), backbone, target_train, target_val,
-                        search_study_store, search_params, training_params)
+    params = m.resolve_params(method_params or {})
+
+    def run(bb, train, val):
+        return run_baseline(m, params, bb, train, val, search_study_store, search_params, training_params)
+
+    return _searches(f"compare.{method}", run, backbone, target_train, target_val, target_test,
+                     compare_resamplings, compare_params, method)
 
 
 def retrain_searched_genome(
     backbone: dict,
-    target_train: dict,
-    target_val: dict,
-    best_genome: GenomeRecord,
+    target_train: Split,
+    target_val: Split,
+    target_test: Split,
+    compare_resamplings: SplitResamplings,
+    best_genomes: BestGenomes,
     compare_params: dict,
     training_params: dict,
     retrain_params: dict,
     *,
     method: str,
-) -> TrainedMethod:
-    """Retrain a search baseline's best genome exactly as BioTune's."""
+) -> list[TrainedMethod]:
+    """On each resampling, the search's best genome there retrained exactly as BioTune's."""
     check_compare_params(compare_params)
     cfg = retrain_config(training_params, retrain_params)
     rerun = f"kedro run --pipelines compare (its {method} search and retrain together)"
-    check_same_lineage(f"compare.{method}.retrain", "dataset", {"backbone": backbone, "target_train": target_train,
-                                                                 "target_val": target_val, "best_genome": best_genome},
-                       rerun)
-    check_same_lineage(f"compare.{method}.retrain", "backbone_id", {"backbone": backbone, "best_genome": best_genome},
-                       rerun)
-    return retrain_search_method(backbone, target_train, target_val, best_genome, method, _seeds(compare_params), cfg)
+    stage = f"compare.{method}.retrain"
+    by_r = dict(zip(best_genomes.resamplings, best_genomes.genomes))
+    out = []
+    for r, bb, train, val, _ in _each_resampling(stage, backbone, target_train, target_val, target_test,
+                                                 compare_resamplings, compare_params):
+        if r not in by_r:
+            raise InputMismatchError(f"{stage}: best_genomes has no genome for resampling {r}; nothing was run. "
+                                     f"Make them again together: {rerun}.")
+        best = by_r[r]
+        check_same_lineage(stage, "dataset", {"target_train": train, "best_genome": best}, rerun)
+        check_same_lineage(stage, "backbone_id", {"backbone": bb, "best_genome": best}, rerun)
+        out.append(retrain_search_method(bb, train, val, best, method, _seeds(compare_params), cfg))
+    return out
 
 
 # --------------------------------------------------------------------------- test
 
 
-def evaluate_method(backbone: dict, trained: TrainedMethod, target_test: dict, training_params: dict
+def evaluate_method(backbone: dict, trained: list[TrainedMethod], target_train: Split, target_val: Split,
+                    target_test: Split, compare_resamplings: SplitResamplings, training_params: dict
                     ) -> tuple[MethodMetrics, pd.DataFrame]:
-    """Test every trained variant once; the reported one is the best by mean validation accuracy."""
+    """Test every trained variant once on each resampling's test split (the reported variant there: the best
+    by mean validation accuracy), then combine the resamplings; the per-seed table gets a ``resampling`` column."""
     cfg = TrainConfig.from_params(training_params)
-    rerun = f"kedro run --pipelines compare (its {trained.method} training and test together)"
-    check_same_lineage(f"compare.{trained.method}.test", "dataset",
-                       {"backbone": backbone, "trained": trained, "target_test": target_test}, rerun)
-    check_same_lineage(f"compare.{trained.method}.test", "backbone_id", {"backbone": backbone, "trained": trained},
-                       rerun)
-    return evaluate_variants(backbone, trained, target_test, cfg)
+    method = trained[0].method if trained else "?"
+    rerun = f"kedro run --pipelines compare (its {method} training and test together)"
+    stage = f"compare.{method}.test"
+    if len(trained) != len(compare_resamplings):
+        raise InputMismatchError(f"{stage}: {len(trained)} trained resampling(s) for {len(compare_resamplings)} "
+                                 f"resampling(s); nothing was run. Make them again together: {rerun}.")
+    tested = []
+    for (r, bb, _, _, test), t in zip(_each_resampling(stage, backbone, target_train, target_val, target_test,
+                                                       compare_resamplings), trained):
+        check_same_lineage(stage, "dataset", {"backbone": bb, "trained": t, "target_test": test}, rerun)
+        check_same_lineage(stage, "backbone_id", {"backbone": bb, "trained": t}, rerun)
+        metrics, per_seed = evaluate_variants(bb, t, test, cfg)
+        tested.append((r, test.dataset, metrics, per_seed))
+    return combine_resamplings(tested, compare_resamplings.dataset)
 
 
 # --------------------------------------------------------------------------- table and figure
 
 
-def comparison_table(compare_params: dict, test_metrics: TestMetrics, test_metrics_per_seed: pd.DataFrame,
-                     best_genome: GenomeRecord, *method_metrics: MethodMetrics) -> pd.DataFrame:
-    """One row per method of ``compare.methods`` (BioTune first), then one ``variant`` row per surgical block
-    (:func:`evotune.report.comparison.comparison_table`)."""
+def comparison_table(compare_params: dict, *method_metrics: MethodMetrics) -> pd.DataFrame:
+    """One row per method (BioTune first, then ``compare.methods``), then one ``variant`` row per surgical
+    block, with the confidence intervals and verdicts (:func:`evotune.report.comparison.comparison_table`)."""
     check_compare_params(compare_params)
-    return report.comparison_table(compare_params["methods"], test_metrics, test_metrics_per_seed, best_genome,
-                                   method_metrics)
+    return report.comparison_table(compare_params["methods"], method_metrics)
 
 
 def comparison_markdown(table: pd.DataFrame) -> str:
@@ -158,5 +269,5 @@ def comparison_markdown(table: pd.DataFrame) -> str:
 
 
 def comparison_figure(table: pd.DataFrame):
-    """Test accuracy vs trainable-parameter share (log x), one point per method, error bars = std."""
+    """Test macro accuracy vs trainable-parameter share (log x), one point per method, error bars = 95 % CI."""
     return report.comparison_figure(table)

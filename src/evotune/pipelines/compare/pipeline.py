@@ -1,22 +1,28 @@
-"""The comparison pipeline: one modular pipeline per method, namespaced ``compare.<method>``.
+"""The comparison pipeline: the resamplings, then one modular pipeline per method, namespaced
+``compare.<method>``, BioTune (``compare.biotune``) first.
 
-Templates (datasets below are named inside the namespace, e.g. ``compare.lora.metrics``):
+* ``compare.resample`` -> ``compare_resamplings``: the ``compare.resamplings`` resamplings of the
+  run's split (resampling 0: the split itself), read by every method node, so a single method can
+  be rerun on the same resamplings.
+
+Templates (datasets below are named inside the namespace, e.g. ``compare.lora.metrics``); every
+node loops over the resamplings:
 
 * plan methods:   ``train`` -> ``trained`` ; ``test`` -> ``metrics``, ``metrics_per_seed``
-* search methods: ``search`` -> ``search_trials``, ``best_genome`` ; ``retrain`` -> ``trained`` ;
+* search methods and BioTune: ``search`` -> ``search_trials``, ``best_genomes`` ; ``retrain`` -> ``trained`` ;
   ``test`` -> ``metrics``, ``metrics_per_seed``
 
-Each namespace reads its own parameters ``params:compare.<method>`` (mapped to the
-template's ``params:method``) and the shared ``params:compare`` (``methods``,
-``seeds``), ``params:search``, ``params:training``, ``params:retrain``. The free
-inputs ``backbone``, ``target_train``, ``target_val``, ``target_test``, ``search_study_store`` are shared.
-Then the nodes ``compare.table`` -> ``compare_table`` (with BioTune's ``test_metrics``, ``test_metrics_per_seed``
-and ``best_genome``), ``compare.table_markdown`` -> ``compare_table_markdown`` and
+Each namespace reads its own parameters ``params:compare.<method>`` (mapped to the template's
+``params:method``; BioTune has none: its search is ``search``) and the shared ``params:compare``
+(``methods``, ``seeds``, ``resamplings``), ``params:search``, ``params:training``, ``params:retrain``.
+The free inputs ``backbone``, ``target_train``, ``target_val``, ``target_test``, ``target_index``,
+``search_study_store`` are shared. Then the nodes ``compare.table`` -> ``compare_table`` (every
+method's ``metrics``), ``compare.table_markdown`` -> ``compare_table_markdown`` and
 ``compare.figure`` -> ``compare_figure``.
 
-The pipeline holds only the methods it is built for: the registry builds it from the
-run's ``compare.methods`` (see :mod:`evotune.pipeline_registry`), so a run trains and
-writes exactly the chosen methods, and the table reads exactly their metrics.
+The pipeline holds only the methods it is built for (and BioTune): the registry builds it from
+the run's ``compare.methods`` (see :mod:`evotune.pipeline_registry`), so a run trains and writes
+exactly the chosen methods, and the table reads exactly their metrics.
 """
 
 from __future__ import annotations
@@ -26,48 +32,79 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from ...methods import METHODS, PLAN_METHODS, SEARCH_METHODS
+from ...methods import BIOTUNE, METHODS, PLAN_METHODS, SEARCH_METHODS
 from .nodes import (
     comparison_figure,
     comparison_markdown,
     comparison_table,
     evaluate_method,
+    resample_splits,
     retrain_searched_genome,
     search_baseline,
+    search_biotune,
     train_plan_method,
 )
 
-SHARED_INPUTS = {"backbone", "target_train", "target_val", "target_test", "search_study_store"}
+SPLITS = ["target_train", "target_val", "target_test", "compare_resamplings"]
+SHARED_INPUTS = {"backbone", "target_train", "target_val", "target_test", "search_study_store",
+                 "compare_resamplings"}
 
 
 def _bind(func, method: str):
     return update_wrapper(partial(func, method=method), func)
 
 
+def _test_node() -> Node:
+    return Node(evaluate_method, inputs=["backbone", "trained", *SPLITS, "params:training"],
+                outputs=["metrics", "metrics_per_seed"], name="test")
+
+
+def _retrain_node(method: str) -> Node:
+    return Node(_bind(retrain_searched_genome, method),
+                inputs=["backbone", *SPLITS, "best_genomes", "params:compare", "params:training", "params:retrain"],
+                outputs="trained", name="retrain")
+
+
 def plan_template(method: str) -> Pipeline:
     return Pipeline([
         Node(_bind(train_plan_method, method),
-             inputs=["backbone", "target_train", "target_val", "params:compare", "params:method", "params:training",
-                     "params:retrain"],
+             inputs=["backbone", *SPLITS, "params:compare", "params:method", "params:training", "params:retrain"],
              outputs="trained", name="train"),
-        Node(evaluate_method, inputs=["backbone", "trained", "target_test", "params:training"],
-             outputs=["metrics", "metrics_per_seed"], name="test"),
+        _test_node(),
     ])
 
 
 def search_template(method: str) -> Pipeline:
     return Pipeline([
         Node(_bind(search_baseline, method),
-             inputs=["backbone", "target_train", "target_val", "search_study_store", "params:compare", "params:method",
+             inputs=["backbone", *SPLITS, "search_study_store", "params:compare", "params:method",
                      "params:search", "params:training"],
-             outputs=["search_trials", "best_genome"], name="search"),
-        Node(_bind(retrain_searched_genome, method),
-             inputs=["backbone", "target_train", "target_val", "best_genome", "params:compare", "params:training",
-                     "params:retrain"],
-             outputs="trained", name="retrain"),
-        Node(evaluate_method, inputs=["backbone", "trained", "target_test", "params:training"],
-             outputs=["metrics", "metrics_per_seed"], name="test"),
+             outputs=["search_trials", "best_genomes"], name="search"),
+        _retrain_node(method),
+        _test_node(),
     ])
+
+
+def biotune_template() -> Pipeline:
+    return Pipeline([
+        Node(search_biotune,
+             inputs=["backbone", *SPLITS, "search_study_store", "params:compare", "params:search", "params:training"],
+             outputs=["search_trials", "best_genomes"], name="search"),
+        _retrain_node(BIOTUNE),
+        _test_node(),
+    ])
+
+
+def biotune_pipeline() -> Pipeline:
+    """BioTune's modular pipeline (``compare.biotune``): its own search on each resampling."""
+    template = biotune_template()
+    return Pipeline(
+        template,
+        namespace=f"compare.{BIOTUNE}",
+        inputs=SHARED_INPUTS & set(template.inputs()),
+        parameters={f"params:{p}": f"params:{p}" for p in ("compare", "training", "retrain", "search")},
+        tags=["compare"],
+    )
 
 
 def method_pipeline(method: str) -> Pipeline:
@@ -86,17 +123,22 @@ def method_pipeline(method: str) -> Pipeline:
 
 
 def create_pipeline(methods: Iterable[str] | None = None, **kwargs) -> Pipeline:
-    """The modular pipelines of ``methods`` (default: every method) and the table nodes; the methods
-    in the order of :data:`evotune.methods.METHODS`, which is the table's."""
+    """The resampling node, BioTune's and ``methods``' modular pipelines (default: every method) and the
+    table nodes; the methods in the order of :data:`evotune.methods.METHODS` after BioTune, which is the table's."""
     chosen = list(METHODS) if methods is None else list(dict.fromkeys(methods))
     per_method = {m: method_pipeline(m) for m in chosen}  # an unknown method: ValueError naming it
     methods = [m for m in METHODS if m in per_method]
-    # the report nodes sit in the `compare` namespace too (kedro-viz groups them with the methods)
+    # the resampling and report nodes sit in the `compare` namespace too (kedro-viz groups them with the methods)
+    resample = Pipeline(
+        [Node(resample_splits, inputs=["target_train", "target_val", "target_test", "target_index", "params:data",
+                                       "params:compare"],
+              outputs="compare_resamplings", name="resample", namespace="compare")],
+        tags=["compare"],
+    )
     report = Pipeline(
         [
             Node(comparison_table,
-                 inputs=["params:compare", "test_metrics", "test_metrics_per_seed", "best_genome",
-                         *[f"compare.{m}.metrics" for m in methods]],
+                 inputs=["params:compare", *[f"compare.{m}.metrics" for m in (BIOTUNE, *methods)]],
                  outputs="compare_table", name="table", namespace="compare"),
             Node(comparison_markdown, inputs="compare_table", outputs="compare_table_markdown",
                  name="table_markdown", namespace="compare"),
@@ -105,4 +147,4 @@ def create_pipeline(methods: Iterable[str] | None = None, **kwargs) -> Pipeline:
         ],
         tags=["compare"],
     )
-    return Pipeline([*(per_method[m] for m in methods), report])
+    return Pipeline([resample, biotune_pipeline(), *(per_method[m] for m in methods), report])
