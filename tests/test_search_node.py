@@ -204,3 +204,141 @@ def test_search_outputs_round_trip_through_the_catalog(backbone, splits, tmp_pat
     assert catalog.load("search_population")["mask"].tolist() == population["mask"].tolist()
     again = catalog.load("best_genome")
     assert isinstance(again, GenomeRecord) and again == best
+
+
+def _studies(url):
+    """Every study in the storage at ``url``, by name (as the Optuna dashboard lists them)."""
+    import optuna
+
+    from evotune.search.store import make_storage
+
+    storage = make_storage(url)
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def _assert_readable(study, names, metric, description):
+    """What the dashboard shows of a study: parameters named after the blocks, a named objective,
+    a description, and a start and end for every finished trial (its timeline)."""
+    import optuna
+
+    assert study.metric_names == [metric]
+    assert study.user_attrs["description"] == description
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert done
+    for t in done:
+        assert list(t.params) == names, t.params
+        assert t.datetime_start is not None and t.datetime_start <= t.datetime_complete
+    return done
+
+
+def test_the_studies_read_well_in_the_dashboard(backbone, splits, tmp_path, training, search_params):
+    """The search study and its units study, loaded through Optuna's API as optuna-dashboard loads them."""
+    from evotune.genome import gene_names
+    from evotune.search.queue import UNIT_METRIC, UNITS_DESCRIPTION, UNITS_SUFFIX
+    from evotune.search.store import SEARCH_DESCRIPTION, SEARCH_METRIC
+
+    train, val, _ = splits
+    url = f"sqlite:///{tmp_path}/study.db"
+    trials, _, best = run_search(backbone, train, val, StudyStore(url), search_params(generations=1), training)
+    names = gene_names(best.block_names)
+    assert names == [f"gene_{b}" for b in best.block_names] + ["gene_threshold"]
+    assert [c for c in trials.columns if c.startswith("gene_")] == names  # the trials table's columns
+    studies = _studies(url)
+    assert set(studies) == {best.study_name, best.study_name + UNITS_SUFFIX}
+    search = studies[best.study_name]
+    done = _assert_readable(search, names, SEARCH_METRIC, SEARCH_DESCRIPTION)
+    assert len(done) == len(trials)
+    assert search.user_attrs["units_study"] == best.study_name + UNITS_SUFFIX
+    units = _assert_readable(studies[best.study_name + UNITS_SUFFIX], names, UNIT_METRIC, UNITS_DESCRIPTION)
+    # an evaluation's start and end are its trainings': within the span of its units (claimed, then told)
+    for t in done:
+        own = [u for u in units if u.user_attrs["key"] == t.user_attrs["key"]]
+        assert len(own) == (1 if t.user_attrs["valid"] else 0)
+        if own:
+            assert min(u.datetime_start for u in own) <= t.datetime_start
+            assert t.datetime_complete <= max(u.datetime_complete for u in own)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random_search", "deft"])
+def test_a_search_baselines_study_reads_well_and_resumes(name, backbone, splits, tmp_path, training, search_params,
+                                                         method_params):
+    """DEFT, random search and TPE record their evaluations under the same parameter names (TPE's
+    sampler keeps its own index names inside, so a rerun replays its proposals from the study)."""
+    from evotune.genome import gene_names
+    from evotune.methods import METHODS
+    from evotune.search.runner import run_baseline
+    from evotune.search.store import SEARCH_DESCRIPTION, SEARCH_METRIC
+
+    train, val, _ = splits
+    store = StudyStore(f"sqlite:///{tmp_path}/study.db")
+    method = METHODS[name]
+    params = method.resolve_params(method_params(name))
+    first, best = run_baseline(method, params, backbone, train, val, store, search_params(generations=0), training)
+    studies = _studies(store.url)
+    assert set(studies) == {best.study_name} and best.study_name.startswith(f"t-{name}-")
+    done = _assert_readable(studies[best.study_name], gene_names(best.block_names), SEARCH_METRIC, SEARCH_DESCRIPTION)
+    assert len(done) == len(first) == 4
+    again, best_again = run_baseline(method, params, backbone, train, val, store, search_params(generations=0),
+                                     training)
+    assert again["cached"].all() and again["fitness"].tolist() == first["fitness"].tolist()
+    assert best_again.genes == best.genes
+
+
+def test_a_study_recorded_under_the_old_gene_names_resumes(backbone, splits, tmp_path, training, search_params,
+                                                          monkeypatch):
+    """A study written before the genes were named after their blocks (parameters g00..g06), by a search
+    that stopped half-way, is read and resumed: its evaluations are reused (matched by key and genes),
+    the rest are recorded under the new names, and the search ends as an uninterrupted one."""
+    import evotune.search.queue as queue_mod
+    import evotune.search.store as store_mod
+    from evotune.genome import gene_names
+
+    train, val, _ = splits
+    store = StudyStore(f"sqlite:///{tmp_path}/study.db")
+    record = store_mod.TrialRecorder.record
+
+    def stop_after_five(self, *args, **kw):
+        if self.completed == 5:
+            raise RuntimeError("stopped")
+        return record(self, *args, **kw)
+
+    with monkeypatch.context() as m:
+        old = lambda block_names: store_mod.index_gene_names(len(block_names) + 1)  # noqa: E731
+        m.setattr(store_mod, "gene_param_names", old)
+        m.setattr(queue_mod, "gene_param_names", old)
+        m.setattr(store_mod.TrialRecorder, "record", stop_after_five)
+        with pytest.raises(RuntimeError, match="stopped"):
+            run_search(backbone, train, val, store, search_params(generations=1), training)
+    trials, _, best = run_search(backbone, train, val, store, search_params(generations=1), training)
+    assert trials["cached"].tolist() == [True] * 5 + [False] * (len(trials) - 5)
+    uninterrupted = run_search(backbone, train, val, MEMORY, search_params(generations=1), training)
+    assert trials["fitness"].tolist() == uninterrupted[0]["fitness"].tolist()
+    assert best.genes == uninterrupted[2].genes
+    study = _studies(store.url)[best.study_name]
+    assert [list(t.params) for t in study.trials] == ([[f"g{i:02d}" for i in range(7)]] * 5
+                                                      + [gene_names(best.block_names)] * (len(trials) - 5))
+
+
+def test_a_unit_queued_under_the_old_gene_names_is_queued_again(monkeypatch):
+    """A unit left waiting by an earlier version (genes under g00..) is not trained with genes Optuna
+    would sample for the new names: it is failed and the search queues it again under the new ones."""
+    import evotune.search.queue as queue_mod
+    import evotune.search.store as store_mod
+    from evotune.search.queue import Unit, UnitQueue
+
+    blocks = ["stem", "layer1", "fc"]
+    unit = Unit("g0/init/0", 1, 0, (0.9, 0.2, 0.7, 0.5))
+    with monkeypatch.context() as m:
+        old = lambda block_names: store_mod.index_gene_names(len(block_names) + 1)  # noqa: E731
+        m.setattr(queue_mod, "gene_param_names", old)
+        legacy = UnitQueue(None, "s", blocks)
+        legacy.enqueue_missing([unit])
+    queue = UnitQueue(None, "s", blocks, study=legacy.study)
+    assert queue.claim() is None  # the old unit is failed, not trained
+    assert queue.enqueue_missing([unit]) == 1
+    trial, claimed = queue.claim()
+    assert claimed == unit and list(trial.params) == ["gene_stem", "gene_layer1", "gene_fc", "gene_threshold"]
+    assert store_mod.genes_from_params({"g00": 0.9, "g01": 0.2, "g02": 0.7, "g03": 0.5}, queue.names) == unit.genes
+    with pytest.raises(RuntimeError, match="another backbone"):
+        store_mod.genes_from_params({"gene_x": 0.1}, queue.names)

@@ -73,6 +73,17 @@ def random_genome(rng: np.random.Generator, num_blocks: int) -> np.ndarray:
             return g
 
 
+def gene_names(block_names) -> list[str]:
+    """The name of every gene: ``gene_<block>`` per block, ``gene_threshold`` last.
+
+    The columns of the trials and population tables and the parameter names of the
+    Optuna trials of a search (:mod:`evotune.search.store`)."""
+    names = [f"gene_{b}" for b in block_names]
+    if "gene_threshold" in names:
+        raise ValueError(f"A block may not be named 'threshold' (blocks {list(block_names)}).")
+    return [*names, "gene_threshold"]
+
+
 def genome_key(genes) -> str:
     """Stable text form of a genome (used to match recorded trials)."""
     return ",".join(f"{float(x):.12g}" for x in genes)

@@ -1,14 +1,16 @@
 """A model-based search baseline: Optuna's TPE sampler over BioTune's genome.
 
-Each gene is a ``FloatDistribution(0, 1)`` parameter ``g00..gNN`` of an
-in-memory Optuna study whose sampler is ``TPESampler(seed, n_startup_trials,
-multivariate)``; TPE proposes one genome at a time (ask), it is evaluated
-through the same evaluator as BioTune's (which records it in the persistent
-search study), and its fitness is told back. The first ``n_startup_trials``
-(default: BioTune's N) are TPE's random start-up. A proposed genome that
-selects no block is not trained and gets the worst fitness (SPEC section 2),
-and counts against the budget. Because the sampler is seeded and a rerun gets
-the recorded fitness values back, a rerun replays the same proposals.
+Each gene is a ``FloatDistribution(0, 1)`` parameter ``g00..gNN`` (gene index order)
+of an in-memory Optuna study (the sampler's own, never stored: the persistent
+search study records the genes under their block names) whose sampler is
+``TPESampler(seed, n_startup_trials, multivariate)``; TPE proposes one genome
+at a time (ask), it is evaluated through the same evaluator as BioTune's (which
+records it in the persistent search study), and its fitness is told back. The
+first ``n_startup_trials`` (default: BioTune's N) are TPE's random start-up.
+A proposed genome that selects no block is not trained and gets the worst
+fitness (SPEC section 2), and counts against the budget. Because the sampler is
+seeded and a rerun gets the recorded fitness values back, a rerun replays the
+same proposals.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import warnings
 import numpy as np
 import optuna
 
-from ..search.store import gene_param_names
+from ..search.store import index_gene_names
 from .base import Budget, SearchMethod
 
 
 def run(budget: Budget, num_blocks: int, seed: int, n_startup_trials: int | None = None,
         multivariate: bool = True) -> dict:
-    names = gene_param_names(num_blocks + 1)
+    names = index_gene_names(num_blocks + 1)  # kept: renamed, the seeded sampler would propose other genomes
     dists = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in names}
     startup = budget.evo.population if n_startup_trials is None else int(n_startup_trials)
     level = optuna.logging.get_verbosity()

@@ -91,14 +91,17 @@ class Progress:
 
 def train_unit(trainer: Trainer, chunks: dict[int, ChunkData], unit: Unit, *, base_lr: float, force_head: bool,
                heartbeat: Callable[[], None] | None = None) -> dict[str, Any]:
-    """One training of one genome on its chunk with one seed."""
+    """One training of one genome on its chunk with one seed (``started_at`` / ``finished_at``:
+    its ``time.time()`` span, what the search study's trial start and end are made of)."""
     data = chunks[unit.chunk]
     plan = genome_plan(unit.genes, base_lr, force_head=force_head, name=unit.key)
+    started = time.time()
     res = trainer.train(plan, data.train, data.val, seed=unit.seed, data_key=("chunk", unit.chunk),
                         progress=(lambda _r: heartbeat()) if heartbeat else None)
     return {"val_acc": res.best_val_acc, "epochs": res.epochs_run, "seconds": res.seconds,
             "diverged": res.diverged, "device": str(trainer.device),
-            "val_history": [round(float(h["val_macro_acc"]), 6) for h in res.history]}
+            "val_history": [round(float(h["val_macro_acc"]), 6) for h in res.history],
+            "started_at": started, "finished_at": time.time()}
 
 
 class GenomeEvaluator:
@@ -147,6 +150,7 @@ class GenomeEvaluator:
         while self.queue.pending(units):
             if run_claimed(self.queue, self.train) is None:
                 self.queue.requeue_stale()  # a worker may have died holding one of ours
+                self.queue.enqueue_missing(units)  # one failed meanwhile (e.g. queued under old gene names)
                 time.sleep(self.poll_s)
         return {uid: {"val_acc": float(t.value), **t.user_attrs} for uid, t in self.queue.results(units).items()}
 
@@ -160,10 +164,14 @@ class GenomeEvaluator:
                 continue
             fitness[r.key] = float(cached.value)
             self._row(r, fitness[r.key], dict(cached.user_attrs), cached=True)
+        asked = time.time()
         results = self._train_units(self._units(todo)) if todo else {}
         for r in todo:
             d = decode(r.genes, self.base_lr, force_head=self.force_head)
             runs = [results[(r.key, s)] for s in self.seeds] if d.valid else []
+            # the span of its trainings (units of an earlier version carry no times: this batch's span)
+            started = min((float(x.get("started_at", asked)) for x in runs), default=time.time())
+            finished = max((float(x.get("finished_at", time.time())) for x in runs), default=started)
             diverged = any(bool(x.get("diverged")) for x in runs)
             accs = [float(x["val_acc"]) for x in runs]
             fit = WORST_FITNESS if (not d.valid or diverged) else 1.0 - float(np.mean(accs))
@@ -177,7 +185,7 @@ class GenomeEvaluator:
                 **self.extra_attrs,
             }
             if self.recorder:
-                self.recorder.record(r.key, r.genes, fit, attrs)
+                self.recorder.record(r.key, r.genes, fit, attrs, started=started, finished=finished)
             fitness[r.key] = fit
             self._row(r, fit, attrs, cached=False)
         return [fitness[r.key] for r in reqs]

@@ -2,9 +2,11 @@
 
 A genome evaluation is one training per seed. Each such training is a *unit*:
 an Optuna trial in the study ``<search study>-units`` whose parameters are the
-genes and whose user attributes say which evaluation (``key``), ``seed`` and
-data ``chunk`` it is. Units are queued with ``Study.enqueue_trial`` (WAITING),
-claimed with ``Study.ask`` (Optuna moves one WAITING trial to RUNNING
+genes (named as in the search study: ``gene_<block>``, ``gene_threshold``), whose
+value is that training's best validation macro accuracy (:data:`UNIT_METRIC`) and
+whose user attributes say which evaluation (``key``), ``seed`` and data ``chunk``
+it is; the study says so in its user attribute ``description`` (:data:`UNITS_DESCRIPTION`).
+Units are queued with ``Study.enqueue_trial`` (WAITING), claimed with ``Study.ask`` (Optuna moves one WAITING trial to RUNNING
 atomically in its storage, so two processes never claim the same unit) and
 finished with ``Study.tell``. Optuna is the coordinator; there is no other.
 
@@ -26,7 +28,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +36,7 @@ import numpy as np
 import optuna
 
 from ..genome import genome_key
-from .store import gene_param_names, open_study
+from .store import gene_param_names, genes_from_params, open_study
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,19 @@ WAITING = optuna.trial.TrialState.WAITING
 RUNNING = optuna.trial.TrialState.RUNNING
 COMPLETE = optuna.trial.TrialState.COMPLETE
 FAIL = optuna.trial.TrialState.FAIL
+
+#: the objective of a units study (one training's value)
+UNIT_METRIC = "best val macro acc of one training (higher is better)"
+
+#: what a units study holds (its user attribute ``description``)
+UNITS_DESCRIPTION = (
+    "The work queue of a BioTune search, shared by the search and its worker processes: one trial per "
+    "training of one genome with one seed on one search chunk (user attributes key, seed, chunk, genome; "
+    "worker and alive_at while it runs). WAITING: queued; RUNNING: being trained; COMPLETE: value = that "
+    "training's best validation macro accuracy; FAIL: given back or left by a dead process (queued again). "
+    "The genome's fitness (1 - mean over its seeds) is recorded in the search study, the study of the same "
+    "name without '-units'."
+)
 
 
 def worker_id() -> str:
@@ -74,10 +89,11 @@ class Unit:
 class UnitQueue:
     """The queue of per-seed trainings of one search."""
 
-    def __init__(self, storage: str | None, search_study: str, num_genes: int, *,
+    def __init__(self, storage: str | None, search_study: str, block_names: Sequence[str], *,
                  study: optuna.Study | None = None, stale_after_s: float = 900.0) -> None:
-        self.study = study or open_study(storage, search_study + UNITS_SUFFIX, direction="maximize")
-        self.names = gene_param_names(num_genes)
+        self.study = study or open_study(storage, search_study + UNITS_SUFFIX, direction="maximize",
+                                         metric=UNIT_METRIC, description=UNITS_DESCRIPTION)
+        self.names = gene_param_names(block_names)
         self.distributions = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self.names}
         self.stale_after_s = stale_after_s
         self.me = worker_id()
@@ -128,9 +144,16 @@ class UnitQueue:
             if "key" not in attrs:  # another process took the last waiting unit first
                 self.study.tell(trial, state=FAIL)
                 continue
+            genes = tuple(float(trial.params[n]) for n in self.names)
+            if genome_key(genes) != attrs.get("genome"):
+                # queued under other parameter names (g00..gNN, by an earlier version): Optuna did not
+                # fix these genes but sampled them. Fail it; the search queues the unit again.
+                log.warning("unit %s seed %s was queued under other gene names: failed, to be queued again",
+                            attrs["key"], attrs.get("seed"))
+                self.study.tell(trial, state=FAIL)
+                continue
             trial.set_user_attr("worker", self.me)
             trial.set_user_attr("alive_at", time.time())
-            genes = tuple(float(trial.params[n]) for n in self.names)
             return trial, Unit(attrs["key"], int(attrs["seed"]), int(attrs["chunk"]), genes)
         return None
 
@@ -167,7 +190,7 @@ class UnitQueue:
                 self.study._storage.set_trial_state_values(t._trial_id, FAIL)
             except Exception:  # finished meanwhile
                 continue
-            genes = tuple(float(t.params[n]) for n in self.names)
+            genes = genes_from_params(t.params, self.names)
             units.append(Unit(t.user_attrs["key"], int(t.user_attrs["seed"]), int(t.user_attrs["chunk"]), genes))
             log.warning("unit %s seed %s was left running by %s: queued again",
                         t.user_attrs["key"], t.user_attrs["seed"], t.user_attrs.get("worker"))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..artifacts import Artifact
-from ..genome import decode
+from ..genome import decode, gene_names
 from .evolution import Individual
 
 
@@ -103,9 +103,8 @@ def trials_table(rows: list[dict[str, Any]], block_names: list[str]) -> pd.DataF
     if trials.empty:
         return trials
     genes = np.array([r["genes"] for r in rows])
-    for i, b in enumerate(block_names):
-        trials[f"gene_{b}"] = genes[:, i]
-    trials["gene_threshold"] = genes[:, -1]
+    for i, name in enumerate(gene_names(block_names)):
+        trials[name] = genes[:, i]
     return trials.drop(columns=["genes", "genome"], errors="ignore")
 
 
@@ -118,7 +117,6 @@ def population_rows(generation: int, population: list[Individual], block_names: 
         d = decode(ind.genes, base_lr, force_head=force_head)
         row = {"generation": generation, "rank": rank, "key": ind.key, "fitness": ind.fitness,
                "extinction": ind.extinction, "mask": d.mask}
-        row.update({f"gene_{b}": float(g) for b, g in zip(block_names, ind.genes[:-1])})
-        row["gene_threshold"] = float(ind.genes[-1])
+        row.update({name: float(g) for name, g in zip(gene_names(block_names), ind.genes)})
         rows.append(row)
     return rows

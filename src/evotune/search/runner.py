@@ -107,12 +107,12 @@ def prepare(stage: str, backbone: dict, train: dict, val: dict, store: StudyStor
 
 
 def _queue(s: SearchSetup) -> UnitQueue:
-    return UnitQueue(s.store.url, s.study.study_name, s.num_genes, stale_after_s=s.cfg.stale_after_s)
+    return UnitQueue(s.store.url, s.study.study_name, s.block_names, stale_after_s=s.cfg.stale_after_s)
 
 
 def _evaluator(s: SearchSetup, backbone: dict, **kw: Any) -> GenomeEvaluator:
     return GenomeEvaluator(s.trainer, s.chunks, seeds=s.cfg.seeds, base_lr=s.training.base_lr,
-                           force_head=s.cfg.force_head_trainable, recorder=TrialRecorder(s.study, s.num_genes),
+                           force_head=s.cfg.force_head_trainable, recorder=TrialRecorder(s.study, s.block_names),
                            progress=Progress(s.cfg.evaluations), **kw)
 
 
@@ -135,6 +135,7 @@ def run_biotune(backbone: dict, train: dict, val: dict, store: StudyStore, searc
         cfg.generations, len(cfg.seeds), cfg.n_chunks, cfg.evaluations, study.study_name,
     )
     queue = _queue(s)
+    study.set_user_attr("units_study", queue.study.study_name)
     study.set_user_attr("finished", False)
     evaluator = _evaluator(s, backbone, queue=queue, extra_attrs={"arch": backbone.arch}, poll_s=cfg.worker_poll_s)
     if evaluator.recorder.completed:
