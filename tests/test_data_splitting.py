@@ -124,9 +124,9 @@ def test_too_many_chunks_names_train_split_pct():
         chunks_of(df, "val", 4)
 
 
-#: the search chunks of the embedded digits with conf/base's data parameters, as the data stage cut them
-#: before the search cut them itself: (train + val images, sha1 of the sorted (split, item, chunk) rows)
-#: (conf/base's data.split.seed is 42)
+#: the search chunks of the embedded digits with conf/base's data parameters of that time (10 training
+#: and 10 validation images per class), as the data stage cut them before the search cut them itself:
+#: (train + val images, sha1 of the sorted (split, item, chunk) rows) (conf/base's data.split.seed is 42)
 CHUNKS_BEFORE = {(0.5, 42): (200, "b8daddc4ee33ddea"), (0.3, 42): (200, "bacf28f4e6462e33"),
                  (0.5, 7): (200, "50f27b2ce84a4ad2")}
 
@@ -140,6 +140,8 @@ def test_the_search_cuts_the_same_chunks_as_the_data_stage_did(pct, seed, base_p
 
     params = base_parameters()
     params["data"]["split"]["seed"] = seed
+    # the sizes the reference was recorded with (the default is 20 / 30 since issue 11)
+    params["data"]["split"].update(train_per_class=10, val_per_class=10)
     assert params["search"]["chunk_seed"] == 42  # ${data.split.seed}
     cfg = SearchConfig.from_params({**params["search"], "train_split_pct": pct, "chunk_seed": seed})
     df = split_dataset(ingest_index(params["data"]), params["data"])
