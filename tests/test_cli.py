@@ -91,7 +91,10 @@ COMMANDS: dict[str, Expect] = {
                                *(f"data/08_reporting/latest/figures/{f}.png" for f in
                                  ("fitness", "block_selection", "lr_multipliers", "confusion_matrix",
                                   "search_fidelity")), "data/08_reporting/search_fidelity_summary.json"),
-                        says=("Pipeline execution completed", "search fidelity: Spearman rho")),
+                        says=("Pipeline execution completed", "search fidelity: Spearman rho",
+                              "source pretraining done: 1 epochs", "decoding train done:",
+                              "BioTune search done: 9 trainings", "retrain ", "search fidelity: retrain and test done")),
+    "kedro run --nodes evolutionary_search --params progress.every_s=5": Expect(says=("BioTune search done: 9 trainings",)),
     "kedro run --params fidelity.enabled=false": Expect(
         files=("data/08_reporting/latest/report.md",),
         says=("search fidelity: switched off (fidelity.enabled: false), nothing trained",
@@ -359,6 +362,7 @@ def _mtime(path: Path) -> float:
     ("search.generations=abc", "search.generations must be an integer, got 'abc'"),
     ("retrain.seeds=684", "retrain.seeds must be a list of integers, got 684"),
     ('"compare.methods=[linear_probe,nope]"', "Unknown method 'nope'"),
+    ("progress.display=fancy", "progress.display must be one of auto, bar, lines, off, got 'fancy'"),
 ])
 def test_bad_parameters_stop_the_run_with_one_message(project, params, says):
     pipeline = "compare" if "compare." in params else "__default__"

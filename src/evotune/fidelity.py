@@ -37,9 +37,10 @@ from .evaluation import evaluate_variant
 from .genome import decode, genome_key, random_genome
 from .lineage import now
 from .params import from_params, where
+from .progress import track
 from .retraining import retrain_genome
 from .search.config import SearchConfig
-from .search.evaluator import GenomeEvaluator
+from .search.evaluator import GenomeEvaluator, Progress
 from .search.evolution import EvalRequest
 from .search.records import GenomeRecord, genome_record
 from .search.runner import evaluation_setup
@@ -206,10 +207,13 @@ def score_like_the_search(genomes: list[np.ndarray], backbone: Any, train: Any, 
     if not genomes:
         return []
     trainer, _, _, chunks = evaluation_setup(backbone, train, val, search, training)
-    evaluator = GenomeEvaluator(trainer, chunks, seeds=search.seeds, base_lr=training.base_lr,
-                                force_head=search.force_head_trainable, recorder=None)
     chunk = generation % max(search.n_chunks, 1)
-    evaluator([EvalRequest(f"fidelity/random/{i}", g, generation, "random", chunk) for i, g in enumerate(genomes)])
+    with track("search fidelity: random genomes scored as the search does", len(genomes) * len(search.seeds)) as stage:
+        evaluator = GenomeEvaluator(trainer, chunks, seeds=search.seeds, base_lr=training.base_lr,
+                                    force_head=search.force_head_trainable, recorder=None,
+                                    progress=Progress(len(genomes), stage, name="fidelity"))
+        evaluator([EvalRequest(f"fidelity/random/{i}", g, generation, "random", chunk)
+                   for i, g in enumerate(genomes)])
     return evaluator.rows
 
 
@@ -242,6 +246,29 @@ def _none_if_nan(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _retrain_row(g: dict[str, Any], stage: Any, backbone: Any, train: Any, val: Any, test: Any,
+                 best_genome: GenomeRecord, block_names: list[str], best_key: str, seeds: list[int],
+                 search: SearchConfig, retrain: TrainConfig, test_cfg: TrainConfig) -> dict[str, Any]:
+    """One genome of the measurement retrained and tested (``_trained``: its trainings)."""
+    decoded = decode(g["genes"], retrain.base_lr, force_head=search.force_head_trainable)
+    accs, seconds, n_trained = [math.nan] * len(seeds), 0.0, 0
+    stage.start(f"{g['key']} ({decoded.mask})")
+    if decoded.valid:
+        record = genome_record(
+            g["genes"], fitness=g["fitness"], key=g["key"], backbone=backbone, block_names=block_names,
+            base_lr=retrain.base_lr, force_head=search.force_head_trainable, study_name=best_genome.study_name,
+            storage=best_genome.storage, evaluations=1, trainings=len(g["val_accs"]), device=best_genome.device,
+            search_seconds=0.0, created=now())
+        accs, seconds, n_trained = retrain_and_test(record, backbone, train, val, test, seeds, retrain, test_cfg)
+    finite = [a for a in accs if math.isfinite(a)]
+    mean = float(np.mean(finite)) if finite else math.nan
+    stage.advance(1, timed=decoded.valid, note=f"{g['key']}: test {mean:.3f}" if finite else g["key"])
+    return {**g, "is_best": genome_key(g["genes"]) == best_key, "mask": decoded.mask,
+            "valid": decoded.valid, "val_score": 1.0 - float(g["fitness"]), "test_seeds": seeds,
+            "test_macro_accs": accs, "test_macro_acc_mean": mean, "retrain_seconds": seconds,
+            "included": bool(decoded.valid and finite), "_trained": n_trained}
+
+
 def measure_fidelity(
     backbone: Any, train: Any, val: Any, test: Any, search_population: pd.DataFrame, search_trials: pd.DataFrame,
     best_genome: GenomeRecord, cfg: FidelityConfig, search: SearchConfig, search_training: TrainConfig,
@@ -265,24 +292,11 @@ def measure_fidelity(
     best_key = genome_key(best_genome.genes)
     seeds = list(cfg.seeds)
     rows = []
-    for g in genomes.to_dict("records"):
-        decoded = decode(g["genes"], retrain.base_lr, force_head=search.force_head_trainable)
-        accs, seconds = [math.nan] * len(seeds), 0.0
-        if decoded.valid:
-            record = genome_record(
-                g["genes"], fitness=g["fitness"], key=g["key"], backbone=backbone, block_names=block_names,
-                base_lr=retrain.base_lr, force_head=search.force_head_trainable, study_name=best_genome.study_name,
-                storage=best_genome.storage, evaluations=1, trainings=len(g["val_accs"]), device=best_genome.device,
-                search_seconds=0.0, created=now())
-            accs, seconds, n_trained = retrain_and_test(record, backbone, train, val, test, seeds, retrain,
-                                                             test_cfg)
-            trainings += n_trained
-        finite = [a for a in accs if math.isfinite(a)]
-        mean = float(np.mean(finite)) if finite else math.nan
-        rows.append({**g, "is_best": genome_key(g["genes"]) == best_key, "mask": decoded.mask,
-                     "valid": decoded.valid, "val_score": 1.0 - float(g["fitness"]), "test_seeds": seeds,
-                     "test_macro_accs": accs, "test_macro_acc_mean": mean, "retrain_seconds": seconds,
-                     "included": bool(decoded.valid and finite)})
+    with track("search fidelity: retrain and test", len(genomes), unit="genomes") as stage:
+        for g in genomes.to_dict("records"):
+            rows.append(_retrain_row(g, stage, backbone, train, val, test, best_genome, block_names, best_key, seeds,
+                                     search, retrain, test_cfg))
+    trainings += int(sum(r.pop("_trained") for r in rows))
     table = pd.DataFrame(rows)[COLUMNS]
     table["chunk"] = pd.to_numeric(table["chunk"]).astype("Int64")
     inc = table[table["included"]]

@@ -118,6 +118,28 @@ class ValidationHooks:
         log.info("parameters and inputs checked for %d nodes", len(names))
 
 
+class ProgressHooks:
+    """The run's ``progress`` parameters choose how long stages show progress (:mod:`evotune.progress`)."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        from .progress import ProgressConfig, configure
+
+        configure(ProgressConfig.from_params(catalog.load("parameters").get("progress")))
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        from .progress import stop_all
+
+        stop_all()
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        from .progress import stop_all
+
+        stop_all()
+
+
 class ComparePipelineHooks:
     @hook_impl
     def after_context_created(self, context) -> None:

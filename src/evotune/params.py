@@ -35,6 +35,7 @@ PARAMETER_FILES = {
     "compare": "parameters_compare.yml",
     "export": "parameters_export.yml",
     "predict": "parameters_predict.yml",
+    "progress": "parameters.yml",
     "paper": "conf/paper/parameters.yml",
 }
 

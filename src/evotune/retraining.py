@@ -29,6 +29,7 @@ from .errors import InputMismatchError, ParameterError
 from .lineage import now
 from .methods import PlanMethod, get_method, trainable_parameters
 from .params import check_type, require, where
+from .progress import StageProgress, track
 from .search.evaluator import genome_plan
 from .search.records import GenomeRecord
 from .training import DeviceData, TrainConfig, Trainer, TrainingPlan
@@ -130,12 +131,19 @@ def train_seeds(
     label: str,
     data_key: tuple,
     export_state: Callable[[Any], Any] | None = None,
+    stage: StageProgress | None = None,
 ) -> list[TrainedRun]:
     """``plan`` trained once per seed, each seed's best state kept (``export_state`` turns it into
-    the state to store, e.g. LoRA's merged weights)."""
+    the state to store, e.g. LoRA's merged weights); each training shows on ``stage``."""
     runs = []
     for seed in seeds:
-        res = trainer.train(plan, train, val, seed=seed, keep_best_state=True, data_key=data_key)
+        name = f"{label} seed {seed}"
+        if stage is not None:
+            stage.start(name)
+        res = trainer.train(plan, train, val, seed=seed, keep_best_state=True, data_key=data_key,
+                            progress=(lambda r, name=name: stage.epoch(name, r, trainer.cfg.epochs)) if stage else None)
+        if stage is not None:
+            stage.advance(1, note=f"{name}: val {res.best_val_acc:.3f}")
         log.info("%s seed %d: best val macro acc %.4f at epoch %d (%d epochs, %.1fs)",
                  label, seed, res.best_val_acc, res.best_epoch, res.epochs_run, res.seconds)
         state = export_state(res.best_state) if export_state is not None else res.best_state
@@ -160,7 +168,9 @@ def retrain_genome(
     train = DeviceData.from_split(target_train, trainer.device)
     val = DeviceData.from_split(target_val, trainer.device)
     plan = genome_plan(genome.genes, cfg.base_lr, force_head=genome.force_head_trainable, name="best_genome")
-    runs = train_seeds(trainer, plan, train, val, seeds, label="retrain", data_key=("retrain",))
+    what = "retrain" if method == "biotune" else f"{method} retrain"
+    with track(f"{what} {genome.mask}", len(seeds)) as stage:
+        runs = train_seeds(trainer, plan, train, val, seeds, label=what, data_key=("retrain",), stage=stage)
     trainable = count_parameters(model, plan.trained_blocks)
     return TrainedVariant(
         method=method, variant=method, params=dict(params or {}), genome=genome, block_lrs=list(plan.block_lrs),
@@ -183,16 +193,18 @@ def train_plan_method(
     val = DeviceData.from_split(target_val, trainer.device)
     total = int(count_parameters(trainer.model))
     variants = []
-    for label, params in m.variants(trainer.model, **(method_params or {})):
-        plan = m.plan(trainer.model, cfg.base_lr, **params)
-        n_trainable = trainable_parameters(trainer.model, plan)
-        runs = train_seeds(trainer, plan, train, val, seeds, label=label, data_key=("compare",),
-                           export_state=m.export_state)
-        variants.append(TrainedVariant(
-            method=method, variant=label, params=params, genome=None, block_lrs=list(plan.block_lrs),
-            trainable_params=int(n_trainable), total_params=total, device=str(trainer.device), runs=runs,
-            dataset=backbone.dataset, backbone_id=backbone.backbone_id, created=now(),
-        ))
+    todo = m.variants(trainer.model, **(method_params or {}))
+    with track(f"compare {method}", len(todo) * len(seeds)) as stage:
+        for label, params in todo:
+            plan = m.plan(trainer.model, cfg.base_lr, **params)
+            n_trainable = trainable_parameters(trainer.model, plan)
+            runs = train_seeds(trainer, plan, train, val, seeds, label=label, data_key=("compare",),
+                               export_state=m.export_state, stage=stage)
+            variants.append(TrainedVariant(
+                method=method, variant=label, params=params, genome=None, block_lrs=list(plan.block_lrs),
+                trainable_params=int(n_trainable), total_params=total, device=str(trainer.device), runs=runs,
+                dataset=backbone.dataset, backbone_id=backbone.backbone_id, created=now(),
+            ))
     return TrainedMethod(method=method, kind="plan", variants=variants, search=None,
                          wall_seconds=time.perf_counter() - t0, dataset=backbone.dataset,
                          backbone_id=backbone.backbone_id, created=now())

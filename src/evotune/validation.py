@@ -123,6 +123,9 @@ def validate_run(params: dict[str, Any], node_names) -> None:
         from .pipelines.data_processing.nodes import check_data_params
 
         check(check_data_params, params.get("data"))
+    from .progress import ProgressConfig
+
+    check(ProgressConfig.from_params, params.get("progress"))  # every run shows progress
     if problems:
         problems = list(dict.fromkeys(problems))  # a group read by two stages is reported once
         raise ParameterError("Invalid parameters, nothing was run:\n  - " + "\n  - ".join(problems))

@@ -4,7 +4,6 @@ that defines the preprocessing (training splits, the exported model's metadata, 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from ..progress import track
 from .errors import DataSourceError
 from .sources import ImageSource, open_image_file, to_rgb
 from .split import Split
@@ -101,7 +101,7 @@ def decode_split(
     resize_size: int,
     crop_size: int,
     batch: int = 256,
-    log_every_s: float = 30.0,
+    name: str = "images",
 ) -> Split:
     """Decode each image of ``index_rows`` once into a :class:`Split` (without lineage).
 
@@ -117,19 +117,16 @@ def decode_split(
     labels = torch.from_numpy(np.array(rows["label"], dtype=np.int64))
     images = torch.empty((n, 3, c, c), dtype=torch.uint8)
     out = images.numpy()  # shares memory
-    t0 = last = time.perf_counter()
-    for start in range(0, n, batch):
-        part = items[start:start + batch]
-        k = start
-        for img in source.load_images(part, min_side=r):
-            out[k] = image_to_uint8(img, r, c)
-            k += 1
-        if k != start + len(part):
-            raise DataSourceError(f"{source.describe()}: returned {k - start} images for {len(part)} items.")
-        now = time.perf_counter()
-        if now - last > log_every_s:
-            last = now
-            log.info("decoded %d/%d images (%.0f/s)", k, n, k / (now - t0))
+    with track(f"decoding {name}", n, unit="images") as stage:
+        for start in range(0, n, batch):
+            part = items[start:start + batch]
+            k = start
+            for img in source.load_images(part, min_side=r):
+                out[k] = image_to_uint8(img, r, c)
+                k += 1
+            if k != start + len(part):
+                raise DataSourceError(f"{source.describe()}: returned {k - start} images for {len(part)} items.")
+            stage.advance(len(part))
     classes = list(source.classes)
     if n and int(labels.max()) >= len(classes):
         raise DataSourceError(

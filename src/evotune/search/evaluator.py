@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..genome import WORST_FITNESS, decode
+from ..progress import StageProgress, format_seconds
 from ..training import DeviceData, Trainer, TrainingPlan
 from .evolution import EvalRequest
 from .queue import Unit, UnitQueue, run_claimed
@@ -65,39 +66,61 @@ def _chunk(split: dict, chunks: torch.Tensor, c: int, device: torch.device, n_cl
 
 
 class Progress:
-    """Logs 'evaluation i/n, generation g, ETA' lines."""
+    """The search's progress: a log line per evaluation ('search i/n, gen g, role, fitness, ETA') and
+    the trainings on the stage's view (:mod:`evotune.progress`: a live bar or periodic lines)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, stage: StageProgress | None = None, generations: int | None = None,
+                 name: str = "search") -> None:
         self.total = total
+        self.name = name
+        self.stage = stage
+        self.generations = generations
         self.done = 0
         self.trained = 0
         self.train_seconds = 0.0
-        self.t0 = time.perf_counter()
+
+    def batch(self, reqs: list[EvalRequest]) -> None:
+        """A batch of evaluations is asked for (a generation's offspring, its elites' exploitation)."""
+        if self.stage is not None and reqs:
+            of = f"/{self.generations}" if self.generations is not None else ""
+            self.stage.set_status(f"generation {reqs[0].generation}{of} ({reqs[0].role})")
 
     def step(self, req: EvalRequest, fitness: float, seconds: float, cached: bool) -> None:
         self.done += 1
         if not cached:
             self.trained += 1
             self.train_seconds += seconds
-        left = self.total - self.done
-        per = self.train_seconds / self.trained if self.trained else 0.0
-        eta = left * per
+        if self.stage is not None and self.stage.eta() is not None:
+            eta = self.stage.eta()
+        else:
+            eta = (self.total - self.done) * (self.train_seconds / self.trained if self.trained else 0.0)
         log.info(
-            "search %d/%d  gen %d  %-12s fitness %.4f%s  (%.1fs)  ETA %dm%02ds",
+            "%s %d/%d  gen %d  %-12s fitness %.4f%s  (%.1fs)  ETA %s", self.name,
             self.done, self.total, req.generation, req.role, fitness,
-            "  [from study]" if cached else "", seconds, eta // 60, eta % 60,
+            "  [from study]" if cached else "", seconds, format_seconds(eta),
         )
 
 
 def train_unit(trainer: Trainer, chunks: dict[int, ChunkData], unit: Unit, *, base_lr: float, force_head: bool,
-               heartbeat: Callable[[], None] | None = None) -> dict[str, Any]:
+               heartbeat: Callable[[], None] | None = None, stage: StageProgress | None = None) -> dict[str, Any]:
     """One training of one genome on its chunk with one seed (``started_at`` / ``finished_at``:
-    its ``time.time()`` span, what the search study's trial start and end are made of)."""
+    its ``time.time()`` span, what the search study's trial start and end are made of). Each epoch
+    calls ``heartbeat`` and shows on ``stage``."""
     data = chunks[unit.chunk]
     plan = genome_plan(unit.genes, base_lr, force_head=force_head, name=unit.key)
+    label = f"{unit.key} seed {unit.seed}"
+    if stage is not None:
+        stage.start(label)
+
+    def on_epoch(record: dict) -> None:
+        if heartbeat is not None:
+            heartbeat()
+        if stage is not None:
+            stage.epoch(label, record, trainer.cfg.epochs)
+
     started = time.time()
     res = trainer.train(plan, data.train, data.val, seed=unit.seed, data_key=("chunk", unit.chunk),
-                        progress=(lambda _r: heartbeat()) if heartbeat else None)
+                        progress=on_epoch)
     return {"val_acc": res.best_val_acc, "epochs": res.epochs_run, "seconds": res.seconds,
             "diverged": res.diverged, "device": str(trainer.device),
             "val_history": [round(float(h["val_macro_acc"]), 6) for h in res.history],
@@ -133,10 +156,18 @@ class GenomeEvaluator:
         self.poll_s = poll_s
         self.rows: list[dict[str, Any]] = []
 
+    @property
+    def stage(self) -> StageProgress | None:
+        return self.progress.stage if self.progress is not None else None
+
     def train(self, unit: Unit, heartbeat: Callable[[], None] | None = None) -> dict[str, Any]:
         """One unit's training (what a worker runs, see :func:`evotune.search.queue.work`)."""
         return train_unit(self.trainer, self.chunks, unit, base_lr=self.base_lr, force_head=self.force_head,
-                          heartbeat=heartbeat)
+                          heartbeat=heartbeat, stage=self.stage)
+
+    def _advance(self, n: int, *, timed: bool = True, note: str = "") -> None:
+        if self.stage is not None:
+            self.stage.advance(n, timed=timed, note=note)
 
     def _units(self, reqs: list[EvalRequest]) -> list[Unit]:
         return [Unit(r.key, s, r.chunk, tuple(float(g) for g in r.genes))
@@ -144,10 +175,19 @@ class GenomeEvaluator:
 
     def _train_units(self, units: list[Unit]) -> dict[tuple[str, int], dict[str, Any]]:
         if self.queue is None:
-            return {u.uid: train_unit(self.trainer, self.chunks, u, base_lr=self.base_lr, force_head=self.force_head)
-                    for u in units}
+            out = {}
+            for u in units:
+                out[u.uid] = self.train(u)
+                self._advance(1, note=f"{u.key} seed {u.seed}: val {out[u.uid]['val_acc']:.3f}")
+            return out
         self.queue.enqueue_missing(units)
-        while self.queue.pending(units):
+        reported = 0
+        while True:
+            pending = self.queue.pending(units)
+            self._advance(len(units) - len(pending) - reported)  # ours and the workers'
+            reported = len(units) - len(pending)
+            if not pending:
+                break
             if run_claimed(self.queue, self.train) is None:
                 self.queue.requeue_stale()  # a worker may have died holding one of ours
                 self.queue.enqueue_missing(units)  # one failed meanwhile (e.g. queued under old gene names)
@@ -157,11 +197,16 @@ class GenomeEvaluator:
     def __call__(self, reqs: list[EvalRequest]) -> list[float]:
         fitness: dict[str, float] = {}
         todo = []
+        if self.progress is not None:
+            self.progress.batch(reqs)
         for r in reqs:
             cached = self.recorder.lookup(r.key, r.genes) if self.recorder else None
             if cached is None:
                 todo.append(r)
+                if not decode(r.genes, self.base_lr).valid:
+                    self._advance(len(self.seeds), timed=False)  # trains nothing
                 continue
+            self._advance(len(self.seeds), timed=False, note=f"{r.key} from the study")
             fitness[r.key] = float(cached.value)
             self._row(r, fitness[r.key], dict(cached.user_attrs), cached=True)
         asked = time.time()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +31,12 @@ from ..backbones import model_from_checkpoint
 from ..data.splitting import chunk_ids
 from ..errors import ParameterError
 from ..lineage import check_same_lineage, now
+from ..progress import StageProgress, track
 from ..training import TrainConfig, Trainer
 from .config import STORAGE_KEY, SearchConfig
 from .evaluator import ChunkData, GenomeEvaluator, Progress, chunk_data
 from .evolution import Individual, biotune_search
-from .queue import UnitQueue, work
+from .queue import Unit, UnitQueue, work
 from .records import GenomeRecord, genome_record, population_rows, trials_table
 from .store import StudyStore, TrialRecorder, config_fingerprint, study_name_for
 
@@ -110,10 +112,11 @@ def _queue(s: SearchSetup) -> UnitQueue:
     return UnitQueue(s.store.url, s.study.study_name, s.block_names, stale_after_s=s.cfg.stale_after_s)
 
 
-def _evaluator(s: SearchSetup, backbone: dict, **kw: Any) -> GenomeEvaluator:
+def _evaluator(s: SearchSetup, backbone: dict, stage: StageProgress, generations: int | None = None,
+               **kw: Any) -> GenomeEvaluator:
     return GenomeEvaluator(s.trainer, s.chunks, seeds=s.cfg.seeds, base_lr=s.training.base_lr,
                            force_head=s.cfg.force_head_trainable, recorder=TrialRecorder(s.study, s.block_names),
-                           progress=Progress(s.cfg.evaluations), **kw)
+                           progress=Progress(s.cfg.evaluations, stage, generations), **kw)
 
 
 BIOTUNE_RERUN = "kedro run --from-nodes split_dataset (or the whole kedro run)"
@@ -137,9 +140,6 @@ def run_biotune(backbone: dict, train: dict, val: dict, store: StudyStore, searc
     queue = _queue(s)
     study.set_user_attr("units_study", queue.study.study_name)
     study.set_user_attr("finished", False)
-    evaluator = _evaluator(s, backbone, queue=queue, extra_attrs={"arch": backbone.arch}, poll_s=cfg.worker_poll_s)
-    if evaluator.recorder.completed:
-        log.info("the study already holds %d finished evaluations: they are reused", evaluator.recorder.completed)
     pop_rows: list[dict] = []
 
     def on_generation(gen: int, pop: list[Individual]) -> None:
@@ -147,7 +147,13 @@ def run_biotune(backbone: dict, train: dict, val: dict, store: StudyStore, searc
         log.info("generation %d/%d: best fitness %.4f, mean %.4f", gen, cfg.generations,
                  pop[0].fitness, float(np.mean([p.fitness for p in pop])))
 
-    result = biotune_search(len(s.block_names), cfg, evaluator, n_chunks=cfg.n_chunks, on_generation=on_generation)
+    with track("BioTune search", cfg.evaluations * len(cfg.seeds)) as stage:
+        evaluator = _evaluator(s, backbone, stage, cfg.generations, queue=queue, extra_attrs={"arch": backbone.arch},
+                               poll_s=cfg.worker_poll_s)
+        if evaluator.recorder.completed:
+            log.info("the study already holds %d finished evaluations: they are reused", evaluator.recorder.completed)
+        result = biotune_search(len(s.block_names), cfg, evaluator, n_chunks=cfg.n_chunks,
+                                on_generation=on_generation)
     study.set_user_attr("finished", True)  # tells worker processes to stop
 
     trials = trials_table(evaluator.rows, s.block_names)
@@ -177,14 +183,21 @@ def run_worker(backbone: dict, train: dict, val: dict, store: StudyStore, search
                              "'journal:///data/07_model_output/optuna.log' or a PostgreSQL URL "
                              "(--params search.storage=..., the catalog entry search_study_store).")
     log.info("search worker %s on %s for study %s", queue.me, s.trainer.device, s.study.study_name)
-    evaluator = GenomeEvaluator(s.trainer, s.chunks, seeds=s.cfg.seeds, base_lr=s.training.base_lr,
-                                force_head=s.cfg.force_head_trainable, recorder=None)
-
     def finished() -> bool:
         return bool(s.study.user_attrs.get("finished", False))
 
-    done = work(queue, evaluator.train, finished=finished, idle_timeout_s=s.cfg.worker_idle_timeout_s,
-                poll_s=s.cfg.worker_poll_s)
+    with track(f"search worker {queue.me}", None) as stage:
+        evaluator = GenomeEvaluator(s.trainer, s.chunks, seeds=s.cfg.seeds, base_lr=s.training.base_lr,
+                                    force_head=s.cfg.force_head_trainable, recorder=None,
+                                    progress=Progress(0, stage))
+
+        def train(unit: Unit, heartbeat: Callable[[], None]) -> dict[str, Any]:
+            out = evaluator.train(unit, heartbeat)
+            stage.advance(1, note=f"{unit.key} seed {unit.seed}: val {out['val_acc']:.3f}")
+            return out
+
+        done = work(queue, train, finished=finished, idle_timeout_s=s.cfg.worker_idle_timeout_s,
+                    poll_s=s.cfg.worker_poll_s)
     log.info("worker %s trained %d unit(s)", queue.me, len(done))
     return pd.DataFrame(done, columns=WORKER_LOG_COLUMNS)
 
@@ -200,11 +213,12 @@ def run_baseline(method: Any, params: dict[str, Any], backbone: dict, train: dic
                 rerun="kedro run --from-nodes split_dataset (or the whole kedro run), then the compare pipeline",
                 study_prefix=f"{base.study_name}-{name}-{config_fingerprint(params)}")
     cfg = s.cfg
-    evaluator = _evaluator(s, backbone, extra_attrs={"arch": backbone.arch, "method": name})
     log.info("%s search on %s: %d evaluations (BioTune's N=%d E=%d G=%d), %d seed(s), %d chunk(s), study %s",
              name, s.trainer.device, cfg.evaluations, cfg.population, cfg.elite, cfg.generations, len(cfg.seeds),
              cfg.n_chunks, s.study.study_name)
-    outcome = method.search(evaluator, len(s.block_names), cfg, n_chunks=cfg.n_chunks, **params)
+    with track(f"{name} search", cfg.evaluations * len(cfg.seeds)) as stage:
+        evaluator = _evaluator(s, backbone, stage, extra_attrs={"arch": backbone.arch, "method": name})
+        outcome = method.search(evaluator, len(s.block_names), cfg, n_chunks=cfg.n_chunks, **params)
     # the evaluator's rows carry the training facts, the budget's rows the method's own (e.g. DEFT's genotype)
     by_key = {r["key"]: r for r in outcome.rows}
     rows = [{**by_key[erow["key"]], **erow} for erow in evaluator.rows]

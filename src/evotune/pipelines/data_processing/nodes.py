@@ -118,7 +118,7 @@ def preprocess_splits(target_index: pd.DataFrame, data_params: dict) -> tuple[Sp
         rows = target_index[target_index["split"] == name]
         if rows.empty:
             raise DataSourceError(f"target_index has no {name} rows; rerun split_dataset.")
-        split = replace(decode_split(source, rows, resize_size=resize, crop_size=crop), **lineage)
+        split = replace(decode_split(source, rows, resize_size=resize, crop_size=crop, name=name), **lineage)
         log.info("%s: %d images of %dpx", name, len(split.labels), crop)
         out.append(split)
     return tuple(out)

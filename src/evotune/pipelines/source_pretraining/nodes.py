@@ -16,6 +16,7 @@ from ...data.embedded import render_printed_characters
 from ...data.split import Split
 from ...data.splitting import assign_splits
 from ...params import check_type, from_params, require
+from ...progress import format_seconds, track
 from ...training import DeviceData, TrainConfig, Trainer, TrainingPlan
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,14 @@ def pretrain_source_model(source_train: Split, source_val: Split, source_test: S
     plan = TrainingPlan(block_lrs=[cfg.base_lr] * model.num_blocks, name="source_pretraining")
     log.info("pretraining %s on the source task (%d images, %d classes) on %s",
              arch, len(train), n_cls, trainer.device)
-    res = trainer.train(plan, train, val, seed=seed, keep_best_state=True,
-                        progress=lambda r: log.info("source epoch %d: loss %.4f, val macro acc %.4f",
-                                                     r["epoch"], r["train_loss"], r["val_macro_acc"]))
+    with track("source pretraining", cfg.epochs, unit="epochs") as stage:
+        def on_epoch(r: dict) -> None:
+            stage.advance(1, note=f"epoch {r['epoch']}: val {r['val_macro_acc']:.3f}")
+            log.info("source epoch %d/%d: loss %.4f, val macro acc %.4f, ETA %s (at most: early stopping may end "
+                     "it sooner)", r["epoch"], cfg.epochs, r["train_loss"], r["val_macro_acc"],
+                     format_seconds(stage.eta()))
+
+        res = trainer.train(plan, train, val, seed=seed, keep_best_state=True, progress=on_epoch)
     trainer.model.load_state_dict(res.best_state)
     test_acc, _ = trainer.evaluate(test)
     size = int(source_train.images.shape[-1])
