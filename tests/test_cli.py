@@ -89,8 +89,9 @@ COMMANDS: dict[str, Expect] = {
     "kedro run": Expect(files=("data/08_reporting/latest/report.md", "data/06_models/source_model.pt",
                                "data/07_model_output/best_genome.json", "data/08_reporting/test_metrics.json",
                                *(f"data/08_reporting/latest/figures/{f}.png" for f in
-                                 ("fitness", "block_selection", "lr_multipliers", "confusion_matrix",
-                                  "search_fidelity")), "data/08_reporting/search_fidelity_summary.json"),
+                                 ("fitness", "block_selection", "gene_trajectories", "lr_multipliers",
+                                  "training_curves", "confusion_matrix", "search_fidelity")),
+                               "data/08_reporting/search_fidelity_summary.json"),
                         says=("Pipeline execution completed", "search fidelity: Spearman rho",
                               "source pretraining done: 1 epochs", "decoding train done:",
                               "BioTune search done: 9 trainings", "retrain ", "search fidelity: retrain and test done")),

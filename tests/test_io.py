@@ -6,7 +6,7 @@ import pytest
 import torch
 from kedro.io.core import DatasetError, Version
 
-from evotune.io import SafetensorsDataset, TorchDataset, TorchExportDataset
+from evotune.io import NewestVersionLinksDataset, SafetensorsDataset, TorchDataset, TorchExportDataset
 
 
 def test_torch_and_safetensors_round_trip_versioned(tmp_path):
@@ -42,3 +42,26 @@ def test_torch_export_round_trip_and_corrupt_file(tmp_path):
     (tmp_path / "m.pt2").write_bytes(b"not an archive")
     with pytest.raises(DatasetError, match="Could not read the torch.export archive"):
         ds.load()
+
+
+def test_newest_version_links_point_at_the_newest_saved_version(tmp_path):
+    """What the report links of the comparison: per file, the newest version Kedro saved, relative to the
+    report's folder; None for a file with no version (a version folder without the file does not count)."""
+    from kedro_datasets.text import TextDataset
+
+    table = tmp_path / "data/08_reporting/compare/comparison.md"
+    for v in ("2026-01-01T00.00.00.000Z", "2026-02-01T00.00.00.000Z"):
+        TextDataset(filepath=str(table), version=Version(None, v)).save(f"table {v}")
+    (table / "2026-03-01T00.00.00.000Z").mkdir()  # a run that stopped before saving
+    ds = NewestVersionLinksDataset(
+        filepaths={"table": str(table), "figure": str(tmp_path / "data/08_reporting/compare/figure.png")},
+        relative_to=str(tmp_path / "data/08_reporting/latest"))
+    links = ds.load()
+    assert links == {"table": {"link": "../compare/comparison.md/2026-02-01T00.00.00.000Z/comparison.md",
+                               "version": "2026-02-01T00.00.00.000Z"}, "figure": None}
+    (tmp_path / "data/08_reporting/latest").mkdir()  # where the report is written
+    assert (tmp_path / "data/08_reporting/latest" / links["table"]["link"]).read_text() == \
+        "table 2026-02-01T00.00.00.000Z"
+    assert ds.exists()
+    with pytest.raises(DatasetError, match="not saved"):
+        ds.save({})

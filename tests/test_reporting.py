@@ -31,6 +31,7 @@ from evotune.report import figures as F  # noqa: E402
 from evotune.report import labels  # noqa: E402
 from evotune.report import markdown as M  # noqa: E402
 from evotune.report import summary as S  # noqa: E402
+from evotune.retraining import TrainedRun, TrainedVariant  # noqa: E402
 from evotune.search.records import GenomeRecord  # noqa: E402
 
 BLOCKS = ["stem", "layer1", "layer2", "layer3", "layer4", "fc"]
@@ -131,6 +132,32 @@ def per_seed() -> pd.DataFrame:
     })
 
 
+def _run(seed: int, losses: list[float], accs: list[float], best_epoch: int, diverged: bool = False) -> TrainedRun:
+    history = [{"epoch": e + 1, "train_loss": lo, "val_macro_acc": a} for e, (lo, a) in enumerate(zip(losses, accs))]
+    return TrainedRun(seed=seed, state_dict=None, best_val_acc=max(accs), best_epoch=best_epoch,
+                      epochs_run=len(history), history=history, seconds=1.0, diverged=diverged)
+
+
+@pytest.fixture
+def retrained(best_genome) -> TrainedVariant:
+    """The retrained best genome as the retrain stage stores it (no weights needed here): seed 684 ran 4 epochs,
+    its best the 3rd; seed 559 diverged in its 3rd epoch, its best the 1st."""
+    runs = [_run(684, [1.1, 0.8, 0.6, 0.5], [0.5, 0.75, 0.875, 0.8125], 3),
+            _run(559, [1.2, 0.9], [0.625, 0.5], 1, diverged=True)]
+    return TrainedVariant(method="biotune", variant="biotune", params={}, genome=best_genome,
+                          block_lrs=list(best_genome.block_lrs), trainable_params=11_170_000, total_params=11_180_000,
+                          device="cuda", runs=runs, dataset=best_genome.dataset, backbone_id=best_genome.backbone_id,
+                          created="2026-11-27T11:00:00Z")
+
+
+#: compare_links when `kedro run --pipelines compare` has not run
+NO_COMPARE = {"table": None, "figure": None}
+V_COMPARE = "2026-11-28T08.00.00.000Z"
+COMPARE = {"table": {"link": f"../compare/comparison.md/{V_COMPARE}/comparison.md", "version": V_COMPARE},
+           "figure": {"link": f"../compare/accuracy_vs_trainable.png/{V_COMPARE}/accuracy_vs_trainable.png",
+                      "version": V_COMPARE}}
+
+
 # ----------------------------------------------------------------------------------------
 # summary
 # ----------------------------------------------------------------------------------------
@@ -185,6 +212,48 @@ def test_summary_survives_a_parquet_round_trip(population, trials, tmp_path):
     # a mask stored as a list of 0/1 reads the same
     pop["mask"] = [[int(c) for c in m] for m in pop["mask"]]
     assert S.generation_summary(pop, trials)["best_mask"].tolist() == ["001111", "011111", "011111"]
+
+
+def test_gene_trajectories_is_the_population_long_by_gene():
+    """One row per gene of every individual, named after its block, the threshold last; by gene, generation and
+    rank (the population's rank, whatever the row order), the best of each generation flagged."""
+    pop = pd.DataFrame([
+        {"generation": 0, "rank": 1, "key": "g0/init/1", "fitness": 0.5, "mask": "01", "gene_stem": 0.2,
+         "gene_fc": 0.9, "gene_threshold": 0.5},
+        {"generation": 0, "rank": 0, "key": "g0/init/0", "fitness": 0.3, "mask": "11", "gene_stem": 0.7,
+         "gene_fc": 0.6, "gene_threshold": 0.4},
+        {"generation": 1, "rank": 0, "key": "g1/child/0", "fitness": 0.25, "mask": "10", "gene_stem": 0.8,
+         "gene_fc": 0.1, "gene_threshold": 0.3},
+        {"generation": 1, "rank": 1, "key": "g0/init/0", "fitness": 0.3, "mask": "11", "gene_stem": 0.7,
+         "gene_fc": 0.6, "gene_threshold": 0.4},
+    ])
+    expected = pd.DataFrame({
+        "gene": ["stem"] * 4 + ["fc"] * 4 + ["threshold"] * 4,
+        "generation": [0, 0, 1, 1] * 3,
+        "rank": [0, 1, 0, 1] * 3,
+        "key": ["g0/init/0", "g0/init/1", "g1/child/0", "g0/init/0"] * 3,
+        "value": [0.7, 0.2, 0.8, 0.7, 0.6, 0.9, 0.1, 0.6, 0.4, 0.5, 0.3, 0.4],
+        "is_best": [True, False, True, False] * 3,
+    })
+    out = S.gene_trajectories(pop)
+    assert list(out.columns) == S.GENE_TRAJECTORY_COLUMNS
+    pd.testing.assert_frame_equal(out, expected)
+    # without a rank column the population is ranked by fitness
+    pd.testing.assert_frame_equal(S.gene_trajectories(pop.drop(columns="rank")), expected)
+    assert S.gene_trajectories(pop.iloc[0:0]).empty
+
+
+def test_training_history_is_one_row_per_seed_and_epoch(retrained):
+    expected = pd.DataFrame({
+        "seed": [684, 684, 684, 684, 559, 559],
+        "epoch": [1, 2, 3, 4, 1, 2],
+        "train_loss": [1.1, 0.8, 0.6, 0.5, 1.2, 0.9],
+        "val_macro_acc": [0.5, 0.75, 0.875, 0.8125, 0.625, 0.5],
+        "is_best": [False, False, True, False, True, False],
+        "diverged": [False] * 4 + [True] * 2,
+    })
+    pd.testing.assert_frame_equal(S.training_history(retrained.runs), expected)
+    assert list(S.training_history([]).columns) == S.TRAINING_HISTORY_COLUMNS
 
 
 def test_every_method_has_a_label():
@@ -258,6 +327,48 @@ def test_plot_lr_multipliers(best_genome):
     assert texts.count("frozen") == 1
     assert "3.98x" in texts  # gene 0.8 -> 10 ** 0.6
     assert [t.get_text() for t in ax.get_xticklabels()] == BLOCKS
+
+
+def test_plot_gene_trajectories(population, best_genome):
+    fig = F.plot_gene_trajectories(population, best_genome)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == BLOCKS + ["threshold"]  # one panel per gene, named after its block
+    table = S.gene_trajectories(population)
+    for ax in panels:
+        gene = ax.get_title()
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        best = table[(table["gene"] == gene) & table["is_best"]]
+        np.testing.assert_allclose(lines["best of the generation"].get_xdata(), [0, 1, 2])
+        np.testing.assert_allclose(lines["best of the generation"].get_ydata(), best["value"])
+        assert ("its threshold (above: trained)" in lines) == (gene != "threshold")
+        points = {c.get_label(): c for c in ax.collections}
+        assert len(points["population"].get_offsets()) == 12  # 4 individuals x 3 generations
+        # the best genome (g1/elite_plus/0) lives in generations 1 and 2
+        star = points[f"best genome ({best_genome.key})"].get_offsets()
+        np.testing.assert_allclose(np.asarray(star)[:, 0], [1, 2])
+        assert ax.get_ylim() == pytest.approx((-0.03, 1.03))
+    assert len(fig.legends) == 1
+    empty = F.plot_gene_trajectories(population.iloc[0:0], best_genome)
+    assert "No population" in empty.axes[0].texts[0].get_text()
+
+
+def test_plot_training_curves(retrained, best_genome):
+    history = S.training_history(retrained.runs)
+    fig = F.plot_training_curves(history, best_genome)
+    loss_ax, acc_ax = fig.axes
+    assert loss_ax.get_ylabel() == "training loss" and acc_ax.get_ylabel() == "validation macro accuracy (%)"
+    acc = {ln.get_label(): ln for ln in acc_ax.get_lines()}
+    assert set(acc) == {"seed 684", "seed 559 (diverged)"}
+    np.testing.assert_allclose(acc["seed 684"].get_ydata(), [50, 75, 87.5, 81.25])
+    np.testing.assert_allclose(acc["seed 559 (diverged)"].get_xdata(), [1, 2])
+    loss = {ln.get_label(): ln for ln in loss_ax.get_lines()}
+    np.testing.assert_allclose(loss["seed 684"].get_ydata(), [1.1, 0.8, 0.6, 0.5])
+    # each seed's best epoch (the state kept) starred, on both panels
+    stars = [np.asarray(c.get_offsets()) for c in acc_ax.collections if len(c.get_offsets())]
+    assert [s.tolist() for s in stars] == [[[3.0, 87.5]], [[1.0, 62.5]]]
+    assert len([c for c in loss_ax.collections if len(c.get_offsets())]) == 2
+    assert "best epoch (kept)" in [t.get_text() for t in acc_ax.get_legend().get_texts()]
+    assert f"best genome {best_genome.key}" in fig.get_suptitle() and "2 seeds" in fig.get_suptitle()
 
 
 def test_plot_confusion(test_metrics):
@@ -366,6 +477,27 @@ def test_markdown_report_search_fidelity(population, trials, best_genome, test_m
     assert "measurement was switched off (`fidelity.enabled: false`)" in md and "search_fidelity.png" not in md
 
 
+def test_markdown_report_links_the_comparison_when_it_has_run(population, trials, best_genome, test_metrics,
+                                                               per_seed):
+    s = S.generation_summary(population, trials)
+    paths = {"fitness": "figures/fitness.png"}
+    md = M.markdown_report(best_genome, s, test_metrics, per_seed, paths, compare_links=NO_COMPARE)
+    assert ("## Comparison with the baselines\n\nNot run yet: `kedro run --pipelines compare` (then "
+            "`kedro run --pipelines reporting` links it here).") in md
+    assert md.index("## Comparison with the baselines") < md.index("## Figures")
+    md = M.markdown_report(best_genome, s, test_metrics, per_seed, paths, compare_links=COMPARE)
+    assert "Not run yet" not in md
+    assert f"version `{V_COMPARE}` when this report was written" in md
+    assert f"[the table](../compare/comparison.md/{V_COMPARE}/comparison.md)" in md
+    assert (f"![{labels.COMPARE_FIGURE_TITLE}](../compare/accuracy_vs_trainable.png/{V_COMPARE}/"
+            "accuracy_vs_trainable.png)") in md
+    # the table without its figure (a run stopped between them): the table is linked, no image
+    md = M.markdown_report(best_genome, s, test_metrics, per_seed, paths, compare_links={**COMPARE, "figure": None})
+    assert "[the table](" in md and "accuracy_vs_trainable.png" not in md
+    # no links given: no section
+    assert "Comparison with the baselines" not in M.markdown_report(best_genome, s, test_metrics, per_seed, paths)
+
+
 def test_plot_search_fidelity(fidelity_table, fidelity_summary):
     fig = F.plot_search_fidelity(fidelity_table, fidelity_summary)
     ax = fig.axes[0]
@@ -379,7 +511,7 @@ def test_plot_search_fidelity(fidelity_table, fidelity_summary):
 # nodes and pipeline
 # ----------------------------------------------------------------------------------------
 def test_nodes_callable_directly(population, trials, best_genome, test_metrics, per_seed, fidelity_summary,
-                                 fidelity_table):
+                                 fidelity_table, retrained):
     s = N.summarise_generations(population, trials)
     assert s["best_so_far"].iloc[-1] == pytest.approx(0.28)
     figs = N.plot_search_figures(s, population, best_genome)
@@ -390,28 +522,47 @@ def test_nodes_callable_directly(population, trials, best_genome, test_metrics, 
     assert isinstance(versioned, Figure) and versioned is latest_copy
     versioned, latest_copy = N.plot_search_fidelity(fidelity_table, fidelity_summary)
     assert isinstance(versioned, Figure) and versioned is latest_copy
-    report, latest = N.write_report(best_genome, s, test_metrics, per_seed, fidelity_summary)
+    versioned, latest_copy = N.plot_gene_trajectories(population, best_genome)
+    assert isinstance(versioned, Figure) and versioned is latest_copy
+    history = N.tabulate_retrain_history(retrained, best_genome)
+    pd.testing.assert_frame_equal(history, S.training_history(retrained.runs))
+    versioned, latest_copy = N.plot_training_curves(history, best_genome)
+    assert isinstance(versioned, Figure) and versioned is latest_copy
+    with pytest.raises(InputMismatchError, match="tabulate_retrain_history.*retrained_models: other"):
+        N.tabulate_retrain_history(replace(retrained, dataset="other"), best_genome)
+    report, latest = N.write_report(best_genome, s, test_metrics, per_seed, fidelity_summary, NO_COMPARE)
     assert report == latest
-    for name in ("fitness.png", "block_selection.png", "lr_multipliers.png", "confusion_matrix.png",
-                 "search_fidelity.png"):
+    for name in ("fitness.png", "block_selection.png", "gene_trajectories.png", "lr_multipliers.png",
+                 "training_curves.png", "confusion_matrix.png", "search_fidelity.png"):
         assert f"(figures/{name})" in report
+    assert "Not run yet: `kedro run --pipelines compare`" in report
     # switched off: the report says so and links no fidelity figure
-    off, _ = N.write_report(best_genome, s, test_metrics, per_seed, replace(fidelity_summary, enabled=False))
+    off, _ = N.write_report(best_genome, s, test_metrics, per_seed, replace(fidelity_summary, enabled=False),
+                            NO_COMPARE)
     assert "switched off" in off and "search_fidelity.png" not in off
     # a best genome searched on other data than the test metrics is refused
     with pytest.raises(InputMismatchError, match="write_report.*best_genome: other.*test_metrics: a1b2c3d4e5f6"):
-        N.write_report(replace(best_genome, dataset="other"), s, test_metrics, per_seed, fidelity_summary)
+        N.write_report(replace(best_genome, dataset="other"), s, test_metrics, per_seed, fidelity_summary, NO_COMPARE)
     with pytest.raises(InputMismatchError, match="search_fidelity_summary: other"):
-        N.write_report(best_genome, s, test_metrics, per_seed, replace(fidelity_summary, dataset="other"))
+        N.write_report(best_genome, s, test_metrics, per_seed, replace(fidelity_summary, dataset="other"), NO_COMPARE)
 
 
 def test_pipeline_nodes_and_datasets():
     p = create_pipeline()
-    assert {n.name for n in p.nodes} == {"summarise_generations", "plot_search_figures", "plot_confusion_matrix",
+    assert {n.name for n in p.nodes} == {"summarise_generations", "plot_search_figures", "plot_gene_trajectories",
+                                         "tabulate_retrain_history", "plot_training_curves", "plot_confusion_matrix",
                                          "plot_search_fidelity", "write_report"}
-    assert p.inputs() == {"search_population", "search_trials", "best_genome", "test_metrics",
-                          "test_metrics_per_seed", "search_fidelity", "search_fidelity_summary"}
+    assert p.inputs() == {"search_population", "search_trials", "best_genome", "retrained_models", "test_metrics",
+                          "test_metrics_per_seed", "search_fidelity", "search_fidelity_summary", "compare_links"}
     catalog = yaml.safe_load((ROOT / "conf/base/catalog_reporting.yml").read_text())
+    # the comparison's links are read from what `kedro run --pipelines compare` saved (catalog_compare.yml),
+    # relative to the latest report
+    links = catalog.pop("compare_links")
+    compare = yaml.safe_load((ROOT / "conf/base/catalog_compare.yml").read_text())
+    assert links["filepaths"] == {"table": compare["compare_table_markdown"]["filepath"],
+                                  "figure": compare["compare_figure"]["filepath"]}
+    assert compare["compare_table_markdown"]["versioned"] and compare["compare_figure"]["versioned"]
+    assert links["relative_to"] == str(Path(catalog["report_latest"]["filepath"]).parent)
     assert p.all_outputs() == set(catalog)
     for name, cfg in catalog.items():
         assert cfg["metadata"]["kedro-viz"]["layer"] == "reporting"
@@ -424,34 +575,78 @@ def test_pipeline_nodes_and_datasets():
         assert catalog[f"{name}_plot"]["filepath"] == f"data/08_reporting/figures/{fname}"
 
 
-def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test_metrics, per_seed, tmp_path,
-                                           fidelity_table, fidelity_summary):
+def _run_reporting(tmp_path: Path, version: str, inputs: dict) -> Path:
+    """The reporting pipeline through conf/base's catalog_reporting.yml, its files under ``tmp_path``."""
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.runner import SequentialRunner
 
     cfg = yaml.safe_load((ROOT / "conf/base/catalog_reporting.yml").read_text())
     for c in cfg.values():
-        c["filepath"] = str(tmp_path / c["filepath"])
+        if "filepath" in c:
+            c["filepath"] = str(tmp_path / c["filepath"])
         c.get("save_args", {}).pop("dpi", None)  # keep the test fast
-    catalog = DataCatalog.from_config(cfg, save_version="2026-01-01T00.00.00.000Z")
-    for name, data in {"search_population": population, "search_trials": trials, "best_genome": best_genome,
-                       "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
-                       "search_fidelity": fidelity_table, "search_fidelity_summary": fidelity_summary}.items():
-        catalog[name] = MemoryDataset(data)
+    links = cfg["compare_links"]
+    links["filepaths"] = {k: str(tmp_path / f) for k, f in links["filepaths"].items()}
+    links["relative_to"] = str(tmp_path / links["relative_to"])
+    catalog = DataCatalog.from_config(cfg, save_version=version)
+    for name, data in inputs.items():
+        catalog[name] = MemoryDataset(data, copy_mode="assign")
     SequentialRunner().run(create_pipeline(), catalog)
+    return tmp_path / "data/08_reporting"
 
-    rep = tmp_path / "data/08_reporting"
+
+def _images(report: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+
+
+def _save_comparison(tmp_path: Path, version: str) -> None:
+    """The comparison's table and figure, as `kedro run --pipelines compare` saves them (catalog_compare.yml)."""
+    from kedro.io import DataCatalog
+
+    cfg = yaml.safe_load((ROOT / "conf/base/catalog_compare.yml").read_text())
+    entries = {n: {**cfg[n], "filepath": str(tmp_path / cfg[n]["filepath"])}
+               for n in ("compare_table_markdown", "compare_figure")}
+    compare = DataCatalog.from_config(entries, save_version=version)
+    compare.save("compare_table_markdown", "| method | macro acc |\n")
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    compare.save("compare_figure", fig)
+
+
+def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test_metrics, per_seed, tmp_path,
+                                           fidelity_table, fidelity_summary, retrained):
+    inputs = {"search_population": population, "search_trials": trials, "best_genome": best_genome,
+              "retrained_models": retrained, "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
+              "search_fidelity": fidelity_table, "search_fidelity_summary": fidelity_summary}
     v = "2026-01-01T00.00.00.000Z"
+    rep = _run_reporting(tmp_path, v, inputs)
     summary = pd.read_parquet(rep / f"generation_summary.parquet/{v}/generation_summary.parquet")
     assert summary["best_mask"].tolist() == ["001111", "011111", "011111"]
-    for f in ("fitness", "block_selection", "lr_multipliers", "confusion_matrix", "search_fidelity"):
+    history = pd.read_parquet(rep / f"retrain_history.parquet/{v}/retrain_history.parquet")
+    pd.testing.assert_frame_equal(history, S.training_history(retrained.runs))
+    for f in ("fitness", "block_selection", "gene_trajectories", "lr_multipliers", "training_curves",
+              "confusion_matrix", "search_fidelity"):
         assert (rep / f"figures/{f}.png/{v}/{f}.png").stat().st_size > 0
         assert (rep / f"latest/figures/{f}.png").stat().st_size > 0
     latest = (rep / "latest/report.md").read_text()
     assert latest == (rep / f"report.md/{v}/report.md").read_text()
-    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", latest):
+    for link in _images(latest):
         assert (rep / "latest" / link).is_file(), link
-    assert len(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", latest)) == 5
+    assert len(_images(latest)) == 7
+    assert "Not run yet: `kedro run --pipelines compare`" in latest
+
+    # after `kedro run --pipelines compare`, the next report links its newest table and figure
+    _save_comparison(tmp_path, "2026-01-02T00.00.00.000Z")
+    _save_comparison(tmp_path, "2026-01-03T00.00.00.000Z")
+    rep = _run_reporting(tmp_path, "2026-01-04T00.00.00.000Z", inputs)
+    latest = (rep / "latest/report.md").read_text()
+    assert "Not run yet" not in latest
+    links = re.findall(r"\]\((\.\./compare/[^)]+)\)", latest)
+    assert links == ["../compare/comparison.md/2026-01-03T00.00.00.000Z/comparison.md",
+                     "../compare/accuracy_vs_trainable.png/2026-01-03T00.00.00.000Z/accuracy_vs_trainable.png"]
+    for link in links + _images(latest):
+        assert (rep / "latest" / link).is_file(), link
+    assert len(_images(latest)) == 8
 
 
 def test_std_over_seeds_is_the_population_std():
@@ -462,3 +657,53 @@ def test_std_over_seeds_is_the_population_std():
     assert out["a_mean"] == pytest.approx(0.9)
     assert out["a_std"] == pytest.approx(np.std([0.8, 0.9, 1.0], ddof=0))
     assert mean_std([{"a": 0.5}], ["a"])["a_std"] == 0.0
+
+
+def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, make_split, backbone_checkpoint,
+                                                   fidelity_summary):
+    """The new figures' data on what the stages really write: a tiny search (population 4, one generation) and
+    the retraining of its best genome (2 seeds), through the reporting pipeline and its catalog."""
+    import torch
+
+    from evotune.backbones import build_model
+    from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
+    from evotune.pipelines.search.nodes import run_search
+    from evotune.search.store import StudyStore
+
+    training = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16,
+                "eval_batch_size": 64, "device": "cpu"}
+    search = {**base_parameters()["search"], "population": 4, "elite": 1, "generations": 1, "seed": 0,
+              "seeds": [1], "train_split_pct": 0.5, "study_name": "t"}
+    torch.manual_seed(0)
+    backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
+    train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
+    trials, population, best = run_search(backbone, train, val, StudyStore(None), search, training)
+    retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2], "training": {}}, training)
+    test_metrics, per_seed = evaluate_on_test(backbone, retrained, test, training)
+    off = replace(fidelity_summary, enabled=False, rho=None, ci_low=None, ci_high=None, dataset=best.dataset,
+                  backbone_id=best.backbone_id)
+    v = "2026-01-01T00.00.00.000Z"
+    rep = _run_reporting(tmp_path, v, {
+        "search_population": population, "search_trials": trials, "best_genome": best,
+        "retrained_models": retrained, "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
+        "search_fidelity": pd.DataFrame(columns=FIDELITY_COLUMNS), "search_fidelity_summary": off})
+
+    # every gene of every individual after each generation, named after the blocks, the threshold last
+    genes = S.gene_trajectories(population)
+    assert list(dict.fromkeys(genes["gene"])) == [*best.block_names, "threshold"]
+    assert len(genes) == len(population) * (len(best.block_names) + 1)
+    assert sorted(set(genes["generation"])) == [0, 1] and genes["is_best"].sum() == 2 * 7
+    final = genes[(genes["generation"] == 1) & genes["is_best"]]
+    leader = population[(population["generation"] == 1) & (population["rank"] == 0)].iloc[0]
+    assert final["value"].tolist() == [leader[f"gene_{g}"] for g in [*best.block_names, "threshold"]]
+    # one row per seed and epoch run, each seed's best epoch flagged once
+    history = pd.read_parquet(rep / f"retrain_history.parquet/{v}/retrain_history.parquet")
+    assert history.groupby("seed").size().to_dict() == {r.seed: r.epochs_run for r in retrained.runs}
+    assert history[history["is_best"]].set_index("seed")["epoch"].to_dict() == \
+        {r.seed: r.best_epoch for r in retrained.runs}
+    latest = (rep / "latest/report.md").read_text()
+    for f in ("gene_trajectories", "training_curves"):
+        assert (rep / f"figures/{f}.png/{v}/{f}.png").stat().st_size > 0
+        assert f"![{labels.FIGURE_TITLES[f]}](figures/{f}.png)" in latest
+        assert (rep / f"latest/figures/{f}.png").stat().st_size > 0
+    assert "Not run yet: `kedro run --pipelines compare`" in latest

@@ -1,7 +1,9 @@
 """Kedro dataset classes owned by the project."""
 
+from .links import NewestVersionLinksDataset
 from .study_store import StudyStoreDataset
 from .torch_dataset import SafetensorsDataset, TorchDataset, TorchExportDataset
 from .typed import TypedJSONDataset, TypedTorchDataset
 
-__all__ = ["SafetensorsDataset", "StudyStoreDataset", "TorchDataset", "TorchExportDataset", "TypedJSONDataset", "TypedTorchDataset"]
+__all__ = ["NewestVersionLinksDataset", "SafetensorsDataset", "StudyStoreDataset", "TorchDataset", "TorchExportDataset",
+           "TypedJSONDataset", "TypedTorchDataset"]

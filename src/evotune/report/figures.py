@@ -1,5 +1,6 @@
-"""The figures of the report: fitness per generation, block selection, the best genome's
-learning rates, the test confusion matrix, the search fidelity.
+"""The figures of the report: fitness per generation, block selection, each gene over the
+generations, the best genome's learning rates, the training curves of its retraining, the
+test confusion matrix, the search fidelity.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot state,
 no GUI backend), so they can be made from any thread and need no closing.
@@ -7,6 +8,7 @@ no GUI backend), so they can be made from any thread and need no closing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +19,7 @@ from ..evaluation import TestMetrics
 from ..fidelity import FidelitySummary
 from ..search.records import GenomeRecord
 from .labels import method_label
-from .summary import block_selection_shares
+from .summary import block_selection_shares, gene_trajectories
 
 # above this many classes the confusion matrix gets no per-cell counts / tick labels
 CONFUSION_ANNOTATE_MAX = 12
@@ -66,6 +68,61 @@ def plot_block_selection(search_population: pd.DataFrame, block_names: Sequence[
     return fig
 
 
+def plot_gene_trajectories(search_population: pd.DataFrame, best_genome: GenomeRecord) -> Figure:
+    """One panel per gene (named after its block) and the threshold: the value of every individual of the
+    population after each generation (grey points), the best of each generation (blue line), its threshold
+    in the gene panels (a block is trained when its gene is above it) and the best genome (star)."""
+    table = gene_trajectories(search_population)
+    genes = list(dict.fromkeys(table["gene"]))
+    n = max(len(genes), 1)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.3 * ncols, 2.5 * nrows + 0.8), layout="constrained")
+    if table.empty:
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "No population recorded by the search", ha="center", va="center")
+        return fig
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    thr = table[table["gene"] == "threshold"]
+    best_thr = thr[thr["is_best"]].set_index("generation")["value"] if len(thr) else None
+    gens = sorted(set(int(g) for g in table["generation"]))
+    for ax, gene in zip(axes, genes):
+        part = table[table["gene"] == gene]
+        size = part.groupby("generation")["rank"].transform("max").clip(lower=1)
+        x = part["generation"] + 0.3 * (part["rank"] / size - 0.5)  # the population spread out, best left
+        ax.scatter(x, part["value"], s=12, color="0.55", alpha=0.7, lw=0, label="population")
+        best = part[part["is_best"]]
+        ax.plot(best["generation"], best["value"], marker="o", ms=4, color="tab:blue", label="best of the generation")
+        if gene != "threshold" and best_thr is not None:
+            ax.plot(best_thr.index, best_thr.to_numpy(), ls="--", lw=1, color="tab:red",
+                    label="its threshold (above: trained)")
+        star = part[part["key"] == best_genome.key]
+        if len(star):
+            ax.scatter(star["generation"], star["value"], marker="*", s=110, facecolor="none",
+                       edgecolor="black", lw=1, zorder=3, label=f"best genome ({best_genome.key})")
+        ax.set_title(gene if gene != "threshold" else "threshold", fontsize=10)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xticks(gens)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(genes):]:
+        ax.set_axis_off()
+    for ax in axes[::ncols]:
+        ax.set_ylabel("gene value")
+    for ax in axes[(nrows - 1) * ncols:]:
+        ax.set_xlabel("generation")
+    handles, names = [], []
+    for ax in axes[:len(genes)]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in names:
+                handles.append(h)
+                names.append(lab)
+    fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=8)
+    fig.suptitle("Genes per generation (population after each generation; a trained block's lr is "
+                 "base lr x 10^(2 (gene - 0.5)))", fontsize=10)
+    return fig
+
+
 def plot_lr_multipliers(best_genome: GenomeRecord) -> Figure:
     """Bar chart (log y) of lr / base lr per block of the best genome; frozen blocks marked."""
     names = list(best_genome.block_names)
@@ -93,6 +150,40 @@ def plot_lr_multipliers(best_genome: GenomeRecord) -> Figure:
     ax.set_ylabel("lr / base lr (log scale)")
     ax.set_title(f"Best genome: learning-rate multiplier per block (base lr {float(best_genome.base_lr):g})")
     ax.legend(loc="upper left")
+    return fig
+
+
+def plot_training_curves(history: pd.DataFrame, best_genome: GenomeRecord) -> Figure:
+    """The retraining of the best genome, one line per seed: training loss and validation macro accuracy
+    per epoch, each seed's best epoch (the state kept) marked."""
+    fig = Figure(figsize=(10, 4.0), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2, sharex=True)
+    seeds = list(dict.fromkeys(int(s) for s in history["seed"])) if len(history) else []
+    for i, seed in enumerate(seeds):
+        part = history[history["seed"] == seed].sort_values("epoch")
+        color = f"C{i % 10}"
+        diverged = " (diverged)" if part["diverged"].astype(bool).any() else ""
+        loss_ax.plot(part["epoch"], part["train_loss"], marker=".", color=color, label=f"seed {seed}{diverged}")
+        acc_ax.plot(part["epoch"], 100 * part["val_macro_acc"], marker=".", color=color, label=f"seed {seed}{diverged}")
+        best = part[part["is_best"].astype(bool)]
+        if len(best):
+            loss_ax.scatter(best["epoch"], best["train_loss"], marker="*", s=140, color=color, edgecolor="black",
+                            lw=0.6, zorder=3)
+            acc_ax.scatter(best["epoch"], 100 * best["val_macro_acc"], marker="*", s=140, color=color,
+                           edgecolor="black", lw=0.6, zorder=3)
+    if not seeds:
+        acc_ax.text(0.5, 0.5, "no epoch recorded", ha="center", va="center", transform=acc_ax.transAxes)
+    loss_ax.set_ylabel("training loss")
+    acc_ax.set_ylabel("validation macro accuracy (%)")
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if seeds:
+        acc_ax.scatter([], [], marker="*", s=140, color="white", edgecolor="black", lw=0.6, label="best epoch (kept)")
+        acc_ax.legend(loc="best", fontsize=8)
+    fig.suptitle(f"Retraining of the best genome {best_genome.key} (mask {best_genome.mask}), "
+                 f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}", fontsize=10)
     return fig
 
 

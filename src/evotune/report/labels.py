@@ -9,17 +9,23 @@ from typing import Any
 FIGURE_FILES: dict[str, str] = {
     "fitness": "fitness.png",
     "block_selection": "block_selection.png",
+    "gene_trajectories": "gene_trajectories.png",
     "lr_multipliers": "lr_multipliers.png",
+    "training_curves": "training_curves.png",
     "confusion_matrix": "confusion_matrix.png",
     "search_fidelity": "search_fidelity.png",
 }
 FIGURE_TITLES: dict[str, str] = {
     "fitness": "Fitness per generation",
     "block_selection": "Share of the population training each block",
+    "gene_trajectories": "Each gene and the threshold over the generations",
     "lr_multipliers": "Learning-rate multiplier per block of the best genome",
+    "training_curves": "Training curves of the retrained best genome",
     "confusion_matrix": "Test confusion matrix",
     "search_fidelity": "Search fidelity: search score vs test macro accuracy",
 }
+#: title of the comparison's figure (``compare_figure``), which the report links when ``compare`` has run
+COMPARE_FIGURE_TITLE = "Comparison: test macro accuracy vs trainable parameters"
 
 #: display name of every method id (``evotune.methods.METHODS``, and BioTune)
 METHOD_LABELS: dict[str, str] = {

@@ -11,7 +11,7 @@ import pandas as pd
 from ..evaluation import TestMetrics
 from ..fidelity import FidelitySummary
 from ..search.records import GenomeRecord
-from .labels import FIGURE_TITLES, method_label
+from .labels import COMPARE_FIGURE_TITLE, FIGURE_TITLES, method_label
 
 
 def _fmt_float(x: Any, digits: int = 4) -> str:
@@ -182,6 +182,26 @@ def fidelity_section(fidelity: FidelitySummary, figure_path: str | None) -> list
     return out
 
 
+def comparison_section(compare_links: Mapping[str, Mapping[str, str] | None]) -> list[str]:
+    """The section linking the comparison with the baselines (``compare_links``: ``table`` and ``figure``,
+    each ``{"link", "version"}`` or None when ``kedro run --pipelines compare`` has not written it)."""
+    out = ["## Comparison with the baselines", ""]
+    table, figure = compare_links.get("table"), compare_links.get("figure")
+    if not table and not figure:
+        out += ["Not run yet: `kedro run --pipelines compare` (then `kedro run --pipelines reporting` links it "
+                "here).", ""]
+        return out
+    versions = sorted({x["version"] for x in (table, figure) if x})
+    made = " and ".join(f"`{v}`" for v in versions)
+    out.append(f"The newest comparison (`kedro run --pipelines compare`, version {made} when this report was "
+               f"written; a later one is linked by `kedro run --pipelines reporting`):"
+               + (f" [the table]({table['link']})." if table else " no table saved."))
+    out.append("")
+    if figure:
+        out += [f"![{COMPARE_FIGURE_TITLE}]({figure['link']})", ""]
+    return out
+
+
 def markdown_report(
     best_genome: GenomeRecord,
     summary: pd.DataFrame,
@@ -189,12 +209,14 @@ def markdown_report(
     test_metrics_per_seed: pd.DataFrame,
     figure_paths: Mapping[str, str],
     fidelity: FidelitySummary | None = None,
+    compare_links: Mapping[str, Mapping[str, str] | None] | None = None,
 ) -> str:
     """The report a reader opens first (markdown).
 
     ``figure_paths`` maps a figure name (keys of :data:`FIGURE_FILES`, or any other
     name) to its path relative to the report; the figures are linked in that order.
     ``fidelity``: the search-fidelity measurement (its section; none without it).
+    ``compare_links``: the comparison's files (:func:`comparison_section`; no section without it).
     """
     tm = test_metrics
     arch = best_genome.arch
@@ -285,6 +307,9 @@ def markdown_report(
 
     if fidelity is not None:
         out += fidelity_section(fidelity, figure_paths.get("search_fidelity"))
+
+    if compare_links is not None:
+        out += comparison_section(compare_links)
 
     # figures
     if figure_paths:

@@ -115,3 +115,57 @@ def block_selection_shares(search_population: pd.DataFrame, block_names: Sequenc
     df = pd.DataFrame(bits.reshape(len(masks), len(names)), columns=names)
     df["generation"] = search_population["generation"].astype(int).to_numpy()
     return df.groupby("generation")[names].mean().sort_index()
+
+
+#: columns of :func:`gene_trajectories`
+GENE_TRAJECTORY_COLUMNS = ["gene", "generation", "rank", "key", "value", "is_best"]
+
+
+def gene_trajectories(search_population: pd.DataFrame) -> pd.DataFrame:
+    """The genes of the population after every generation, long: one row per gene of each individual.
+
+    ``gene``: the block the gene belongs to (``gene_<block>`` columns, in their order), then
+    ``threshold``; rows by gene, generation and rank (0 = best of that generation; from the
+    population's ``rank``, else by fitness); ``is_best``: rank 0.
+    """
+    pop = search_population if search_population is not None else pd.DataFrame()
+    names = gene_block_names(pop) + (["threshold"] if "gene_threshold" in pop.columns else [])
+    if not len(pop) or not names:
+        return pd.DataFrame({"gene": pd.Series(dtype=str), "generation": pd.Series(dtype=int),
+                             "rank": pd.Series(dtype=int), "key": pd.Series(dtype=str),
+                             "value": pd.Series(dtype=float), "is_best": pd.Series(dtype=bool)})
+    df = pop.copy()
+    df["generation"] = df["generation"].astype(int)
+    if "rank" not in df.columns:
+        df["rank"] = df.groupby("generation")["fitness"].rank(method="first").astype(int) - 1
+    if "key" not in df.columns:
+        df["key"] = ""
+    df = df.sort_values(["generation", "rank"], kind="stable")
+    long = df.melt(id_vars=["generation", "rank", "key"], value_vars=[f"gene_{n}" for n in names],
+                   var_name="gene", value_name="value")
+    long["gene"] = long["gene"].str[len("gene_"):]
+    long["rank"] = long["rank"].astype(int)
+    long["key"] = long["key"].astype(str)
+    long["value"] = long["value"].astype(float)
+    long["is_best"] = long["rank"] == 0
+    return long[GENE_TRAJECTORY_COLUMNS].reset_index(drop=True)
+
+
+#: columns of :func:`training_history` (``retrain_history``)
+TRAINING_HISTORY_COLUMNS = ["seed", "epoch", "train_loss", "val_macro_acc", "is_best", "diverged"]
+
+
+def training_history(runs: Sequence[Any]) -> pd.DataFrame:
+    """The per-epoch history of trainings (:class:`evotune.retraining.TrainedRun`), one row per seed and
+    epoch: training loss, validation macro accuracy, whether it is the seed's best epoch (the state kept)
+    and whether that seed's training diverged (stopped at a non-finite loss after its last row)."""
+    rows = []
+    for run in runs:
+        for h in run.history:
+            epoch = int(h["epoch"])
+            rows.append({"seed": int(run.seed), "epoch": epoch, "train_loss": float(h["train_loss"]),
+                         "val_macro_acc": float(h["val_macro_acc"]), "is_best": epoch == int(run.best_epoch),
+                         "diverged": bool(run.diverged)})
+    out = pd.DataFrame(rows, columns=TRAINING_HISTORY_COLUMNS)
+    return out.astype({"seed": int, "epoch": int, "train_loss": float, "val_macro_acc": float, "is_best": bool,
+                       "diverged": bool})

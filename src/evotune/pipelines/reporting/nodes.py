@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -11,6 +12,7 @@ from ...evaluation import TestMetrics
 from ...fidelity import FidelitySummary
 from ...lineage import check_same_lineage
 from ...report import figures, labels, markdown, summary
+from ...retraining import TrainedVariant
 from ...search.records import GenomeRecord
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,28 @@ def plot_search_figures(
     return fitness, blocks, lrs, fitness, blocks, lrs
 
 
+def plot_gene_trajectories(search_population: pd.DataFrame, best_genome: GenomeRecord) -> tuple[Figure, Figure]:
+    """Each gene (one panel per block) and the threshold over the generations: the population, the best of each
+    generation, the best genome; twice, like the search figures."""
+    fig = figures.plot_gene_trajectories(search_population, best_genome)
+    return fig, fig
+
+
+def tabulate_retrain_history(retrained_models: TrainedVariant, best_genome: GenomeRecord) -> pd.DataFrame:
+    """The per-epoch history of the best genome's retraining, one row per seed and epoch (``retrain_history``)."""
+    check_same_lineage("tabulate_retrain_history", "dataset",
+                       {"best_genome": best_genome, "retrained_models": retrained_models},
+                       "kedro run --from-nodes retrain_best_genome (or the whole kedro run)")
+    return summary.training_history(retrained_models.runs)
+
+
+def plot_training_curves(retrain_history: pd.DataFrame, best_genome: GenomeRecord) -> tuple[Figure, Figure]:
+    """Training loss and validation macro accuracy per epoch of the retraining, one line per seed, the best epoch
+    marked; twice, like the search figures."""
+    fig = figures.plot_training_curves(retrain_history, best_genome)
+    return fig, fig
+
+
 def plot_confusion_matrix(test_metrics: TestMetrics) -> tuple[Figure, Figure]:
     """The test confusion matrix (summed over seeds), normalised by row; twice, like the search figures."""
     fig = figures.plot_confusion(test_metrics)
@@ -62,9 +86,12 @@ def write_report(
     test_metrics: TestMetrics,
     test_metrics_per_seed: pd.DataFrame,
     search_fidelity_summary: FidelitySummary,
+    compare_links: Mapping[str, Mapping[str, str] | None],
 ) -> tuple[str, str]:
     """The markdown report, twice: the versioned archive and the ``latest`` copy, whose relative links
-    ``figures/<name>.png`` resolve to the figures saved beside it by the plotting nodes."""
+    ``figures/<name>.png`` resolve to the figures saved beside it by the plotting nodes, and whose links to
+    the comparison (``compare_links``: the newest versions ``kedro run --pipelines compare`` wrote, if any)
+    are relative to it too."""
     check_same_lineage("write_report", "dataset", {"best_genome": best_genome, "test_metrics": test_metrics},
                        "kedro run --from-nodes retrain_best_genome (or the whole kedro run)")
     fidelity = search_fidelity_summary
@@ -74,7 +101,7 @@ def write_report(
     figure_paths = {name: f"{FIGURES_DIR}/{fname}" for name, fname in labels.FIGURE_FILES.items()
                     if name != "search_fidelity" or fidelity.enabled}
     text = markdown.markdown_report(best_genome, generation_summary, test_metrics, test_metrics_per_seed,
-                                    figure_paths, fidelity)
+                                    figure_paths, fidelity, compare_links)
     log.info("report: test macro accuracy %.4f +- %.4f over %d seed(s)", test_metrics.macro_accuracy_mean,
              test_metrics.macro_accuracy_std, test_metrics.n_seeds)
     return text, text

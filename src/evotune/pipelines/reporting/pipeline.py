@@ -1,6 +1,15 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import plot_confusion_matrix, plot_search_fidelity, plot_search_figures, summarise_generations, write_report
+from .nodes import (
+    plot_confusion_matrix,
+    plot_gene_trajectories,
+    plot_search_fidelity,
+    plot_search_figures,
+    plot_training_curves,
+    summarise_generations,
+    tabulate_retrain_history,
+    write_report,
+)
 
 SEARCH_FIGURES = ("fitness", "block_selection", "lr_multipliers")
 
@@ -21,6 +30,24 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="plot_search_figures",
             ),
             Node(
+                plot_gene_trajectories,
+                inputs=["search_population", "best_genome"],
+                outputs=["gene_trajectories_plot", "gene_trajectories_plot_latest"],
+                name="plot_gene_trajectories",
+            ),
+            Node(
+                tabulate_retrain_history,
+                inputs=["retrained_models", "best_genome"],
+                outputs="retrain_history",
+                name="tabulate_retrain_history",
+            ),
+            Node(
+                plot_training_curves,
+                inputs=["retrain_history", "best_genome"],
+                outputs=["training_curves_plot", "training_curves_plot_latest"],
+                name="plot_training_curves",
+            ),
+            Node(
                 plot_confusion_matrix,
                 inputs="test_metrics",
                 outputs=["confusion_matrix_plot", "confusion_matrix_plot_latest"],
@@ -35,7 +62,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 write_report,
                 inputs=["best_genome", "generation_summary", "test_metrics", "test_metrics_per_seed",
-                        "search_fidelity_summary"],
+                        "search_fidelity_summary", "compare_links"],
                 outputs=["report", "report_latest"],
                 name="write_report",
             ),
