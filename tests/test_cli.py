@@ -18,6 +18,7 @@ command they run is tested in its own right.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -70,6 +71,7 @@ class Expect:
 
 OFFLINE = "cannot download"
 CUDA = torch.cuda.is_available()  # ImageNet weights missing: the message says where to put them
+MLFLOW = importlib.util.find_spec("kedro_mlflow") is not None  # the optional extra (tests/test_tracking.py)
 
 COMMANDS: dict[str, Expect] = {
     # --- the two commands, and their make relatives
@@ -82,6 +84,7 @@ COMMANDS: dict[str, Expect] = {
     "make benchmark": Expect(make_dry_run=True, says=("scripts/benchmark_evaluation.py",)),
     "make notebook": Expect(make_dry_run=True, says=("kedro jupyter notebook",)),
     "make test-all": Expect(make_dry_run=True, says=("pytest -m",)),
+    "make test-tracking": Expect(make_dry_run=True, says=("constraints-mlflow.txt", "pytest tests/test_tracking.py")),
     "make upgrade": Expect(make_dry_run=True, says=("pip install", "--upgrade", "pytest")),
     "make constraints": Expect(make_dry_run=True, says=("pip freeze",)),
     "kedro viz": Expect(server=4141),
@@ -120,6 +123,12 @@ COMMANDS: dict[str, Expect] = {
     "kedro run --pipelines search_worker": Expect(),
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(),
     "kedro run --params training.cpu_threads=1": Expect(),
+    # experiment tracking: with the extra, the run is recorded (tests/test_tracking.py reads it back);
+    # without it, the one message naming the install command
+    "kedro run --params tracking.mlflow=true": Expect(
+        ok=MLFLOW, files=("data/09_tracking/mlflow.db",) if MLFLOW else (),
+        says=("Pipeline execution completed", "recorded in sqlite:///data/09_tracking/mlflow.db") if MLFLOW
+        else ("tracking.mlflow is true", 'pip install -e ".[mlflow]"', "nothing was run")),
     "kedro run --pipelines search_worker --params training.cpu_threads=1": Expect(),
     "kedro run --pipelines pretrained": Expect(ok=False, local=IMAGENET_YAML, says=(OFFLINE, "resnet50-11ad3fa6.pth")),
     "kedro run --pipelines data_processing": Expect(local="""\

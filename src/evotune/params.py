@@ -36,6 +36,7 @@ PARAMETER_FILES = {
     "export": "parameters_export.yml",
     "predict": "parameters_predict.yml",
     "progress": "parameters.yml",
+    "tracking": "parameters_tracking.yml",
     "paper": "conf/paper/parameters.yml",
 }
 

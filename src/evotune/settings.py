@@ -4,6 +4,7 @@ import warnings
 
 from evotune.config import ProjectConfigLoader
 from evotune.hooks import ComparePipelineHooks, ProgressHooks, ValidationHooks
+from evotune.tracking import PLUGIN_NAMES, MlflowTrackingHooks
 
 # Kedro 1.7's config loader calls OmegaConf.register_new_resolver, which omegaconf 2.4 marks deprecated:
 # three warnings on every run that a user can do nothing about (Kedro's to change).
@@ -16,5 +17,10 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
 }
 
-# pluggy calls the hooks registered last first: the parameters are checked before progress reads its own
-HOOKS = (ComparePipelineHooks(), ProgressHooks(), ValidationHooks())
+# Kedro (pluggy) calls hooks in the reverse order of this tuple: the parameters are checked first,
+# then progress reads its own, and a run the checks stop starts no MLflow run.
+HOOKS = (MlflowTrackingHooks(), ComparePipelineHooks(), ProgressHooks(), ValidationHooks())
+
+# Installed, kedro-mlflow would record every run; tracking is off unless a run sets
+# tracking.mlflow: true, and MlflowTrackingHooks then drives kedro-mlflow's hook (evotune.tracking).
+DISABLE_HOOKS_FOR_PLUGINS = PLUGIN_NAMES
