@@ -368,6 +368,8 @@ MODE_DEPENDENT_TYPES: dict[type, tuple[str, ...] | None] = {
 
 
 def _reads_mode(m: torch.nn.Module) -> bool:
+    if type(m).__name__ == "DropPath" and hasattr(m, "drop_prob"):  # timm's stochastic depth (timm is optional)
+        return float(m.drop_prob or 0) > 0
     for kind, rates in MODE_DEPENDENT_TYPES.items():
         if isinstance(m, kind):
             return rates is None or any(float(getattr(m, r)) > 0 for r in rates)
@@ -378,7 +380,7 @@ def mode_dependent(module: torch.nn.Module) -> bool:
     """Whether ``module`` (or a module inside it) computes or changes something else in train
     mode than in eval mode, or depends on the other images of its batch: batch and instance
     norm (``_NormBase``: batch statistics, running-statistics updates), dropout (``_DropoutNd``),
-    torchvision's ``StochasticDepth``, the attention dropout of ``nn.MultiheadAttention`` and
+    torchvision's ``StochasticDepth`` and timm's ``DropPath``, the attention dropout of ``nn.MultiheadAttention`` and
     Swin's ``ShiftedWindowAttention``, and the Inception aux stage (which runs its classifier in
     train mode only): :data:`MODE_DEPENDENT_TYPES`. A dropout, stochastic depth or attention
     whose rates are all 0 computes the same in both modes and does not count (torchvision's

@@ -206,12 +206,16 @@ def get_arch(name: str) -> ArchSpec:
     Raises:
         UnknownArchitectureError: listing the valid names.
     """
+    if isinstance(name, str) and name.strip().lower().startswith("timm/"):
+        from .timm_models import timm_spec
+
+        return timm_spec(name)
     key = _ALIASES.get(_normalise_name(name)) if isinstance(name, str) else None
     if key is None:
         raise UnknownArchitectureError(
             f"Unknown backbone architecture {name!r}. Valid names: "
-            f"{', '.join(ARCHITECTURES)}. Set `backbone.arch` in {PARAMS_FILE} "
-            "to one of them."
+            f"{', '.join(ARCHITECTURES)}, or timm/<model name> for a timm model. Set `backbone.arch` in "
+            f"{PARAMS_FILE} to one of them."
         )
     return ARCHITECTURES[key]
 
@@ -474,6 +478,11 @@ def torchvision_key_map(model: StagedModel) -> dict[str, str]:
     parameter and buffer objects, each staged key is matched to the torchvision key of the
     identical tensor. Every key must match, in both directions.
     """
+    if model.arch.startswith("timm/"):
+        raise ValueError(
+            f"{model.arch} is a timm model: there is no torchvision model to export it to (its state dict "
+            "keys are timm's after the 'stages.<i>.' prefix)."
+        )
     with torch.device("meta"):
         tv = _construct_torchvision(model.arch, model.num_classes, random_init=False, arch_config=_arch_config(model))
     staged = staged_from_torchvision(model.arch, tv)

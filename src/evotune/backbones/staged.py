@@ -333,6 +333,8 @@ def _arch_config(model: StagedModel) -> dict[str, Any]:
     """Constructor options needed to rebuild ``model`` (beyond arch and num_classes)."""
     if isinstance(model.stages[0], _InceptionStem):
         return {"transform_input": model.stages[0].transform_input}
+    if hasattr(model, "timm_kwargs"):  # timm: the create_model options of a variant (e.g. img_size, depth)
+        return {"timm_kwargs": dict(model.timm_kwargs)}
     return {}
 
 
