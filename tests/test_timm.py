@@ -184,3 +184,24 @@ def test_lora_adapts_a_timm_vision_transformer():
         assert not torch.allclose(model(x), before, atol=1e-4)  # the traced stages call the wrappers
     undo()
     assert list(model.state_dict()) == keys
+
+
+def test_a_timm_run_is_checked_before_it_starts(root):
+    """Validation knows timm names: a run with export (no torchvision model to write) stops before training,
+    saying what to run instead; the stages up to the report pass."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.framework.project import configure_project
+
+    from evotune.pipeline_registry import register_pipelines
+    from evotune.validation import ParameterError, validate_run
+
+    params = OmegaConfigLoader(str(root / "conf"), base_env="base", default_run_env="local")["parameters"]
+    params["backbone"]["arch"] = params["source_pretraining"]["arch"] = "timm/resnet10t"
+    configure_project("evotune")
+    default = [n.name for n in register_pipelines()["__default__"].nodes]
+    with pytest.raises(ParameterError, match="kedro run --to-nodes write_report"):
+        validate_run(params, default)
+    validate_run(params, [n for n in default if n != "export_best_model"])
+    params["backbone"]["arch"] = "timm/vit_tiny_patch16_224"  # 224px only; the embedded task is 32px
+    with pytest.raises(ParameterError, match="takes 224x224 inputs only"):
+        validate_run(params, [n for n in default if n != "export_best_model"])
