@@ -16,10 +16,11 @@ export MPLBACKEND := Agg
 
 .PHONY: install run test test-all test-tracking viz notebook benchmark upgrade constraints
 
-# constraints.txt pins every installed version to what the tests last passed with.
+# constraints.txt pins every installed version to what the tests last passed with. timm is an optional
+# extra for users (pip install -e ".[timm]", ~40 MB); make installs it so that its tests run here and in CI.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -55,7 +56,7 @@ benchmark: $(STAMP)
 
 # Jupyter is optional (not in the test install): add it, then open the project's notebook server.
 notebook: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,notebook]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm,notebook]"
 	$(BIN)/kedro jupyter notebook $(ARGS)
 
 # Move to newer releases within pyproject.toml's ranges: a fresh resolve without the pins, then the tests;
@@ -63,7 +64,7 @@ notebook: $(STAMP)
 upgrade:
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade -e ".[test,timm]"
 	@touch $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 

@@ -14,6 +14,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
+from torchvision.models.vision_transformer import VisionTransformer
 
 from evotune import backbones as B
 from evotune.backbones.staged import _head_linear
@@ -21,6 +22,9 @@ from evotune.backbones.staged import _head_linear
 torch.set_num_threads(1)
 
 ALL_ARCHS = list(B.ARCHITECTURES)
+#: the architectures whose forward the tests run: ViT-B/16 takes 224 x 224 inputs only (35 GFLOP for
+#: two images); vit_tiny32 is cut by the same stager, and ViT-B/16's partition is checked on the meta device
+FORWARD_ARCHS = [a for a in ALL_ARCHS if a != "vit_b_16"]
 
 # SPEC section 5: the paper's four architectures.
 SPEC_BLOCKS = {
@@ -56,7 +60,7 @@ SPEC_BLOCKS = {
 }
 
 # Smallest convenient eval-mode input per architecture.
-INPUT_SIZE = {"resnet10": 32, "vgg19": 32, "vgg19_bn": 32, "inception_v3": 75}
+INPUT_SIZE = {"resnet10": 32, "vgg19": 32, "vgg19_bn": 32, "inception_v3": 75, "vit_tiny32": 32}
 
 NUM_CLASSES = 7
 
@@ -65,6 +69,9 @@ def _torchvision_model(arch: str, num_classes: int = NUM_CLASSES) -> nn.Module:
     """The plain torchvision model, built independently of evotune.backbones."""
     if arch == "resnet10":
         return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
+    if arch == "vit_tiny32":
+        return VisionTransformer(image_size=32, patch_size=4, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128,
+                                 num_classes=num_classes)
     kwargs = {}
     if arch == "inception_v3":
         kwargs = dict(aux_logits=True, transform_input=True, init_weights=False)
@@ -86,7 +93,7 @@ def _input(arch: str, batch: int = 2, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module", params=ALL_ARCHS)
+@pytest.fixture(scope="module", params=FORWARD_ARCHS)
 def wrapped(request):
     """(arch, torchvision model, StagedModel wrapping the same modules), eval mode."""
     arch = request.param
@@ -116,7 +123,7 @@ def test_registry_matches_spec_and_torchvision_transforms():
     r10 = B.get_arch("resnet10")
     assert (r10.input_size, r10.resize_size, r10.imagenet_weights) == (32, 32, None)
     for spec in B.ARCHITECTURES.values():
-        assert spec.block_names[-1] in ("fc", "classifier")
+        assert spec.block_names[-1] in ("fc", "classifier", "head")
         if spec.imagenet_weights is None:
             continue
         t = torchvision.models.get_weight(spec.imagenet_weights).transforms()
@@ -194,7 +201,7 @@ def test_torchvision_state_dict_loads_into_plain_torchvision(wrapped):
     plain = plain.to_empty(device="cpu")
     plain.load_state_dict(exported, strict=True)
     plain.eval()
-    reference = _torchvision_model(arch) if arch in ("resnet10", "resnet18") else None
+    reference = _torchvision_model(arch) if arch in ("resnet10", "resnet18", "vit_tiny32") else None
     if reference is not None:  # the description builds the very architecture of the independent builder
         assert type(plain) is type(reference) and str(plain) == str(reference)
     x = _input(arch)
@@ -202,7 +209,7 @@ def test_torchvision_state_dict_loads_into_plain_torchvision(wrapped):
         assert torch.equal(plain(x), staged(x))
 
 
-@pytest.mark.parametrize("arch", ["resnet10", "mobilenet_v3_small"])
+@pytest.mark.parametrize("arch", ["resnet10", "mobilenet_v3_small", "vit_tiny32"])
 def test_torchvision_export_after_a_new_head(arch):
     torch.manual_seed(0)
     staged = B.replace_head(B.build_model(arch, 5), 3).eval()
@@ -275,6 +282,57 @@ def test_forward_from_and_until_compose_without_touching_inputs(wrapped):
 
 
 # --------------------------------------------------------------------------------------
+# Vision transformers, Swin, ConvNeXt: blocks as timm groups the same families
+# --------------------------------------------------------------------------------------
+def test_transformer_and_convnext_blocks():
+    """ViT: patch embedding + class token + position embedding, the encoder layers in four equal groups, final
+    norm + classifier; Swin / ConvNeXt: stem, each stage with the downsampling that starts it (as timm), head."""
+    assert B.get_arch("vit_b_16").block_names == ("stem", "encoder1", "encoder2", "encoder3", "encoder4", "head")
+    assert B.get_arch("vit_tiny32").block_names == B.get_arch("vit_b_16").block_names
+    assert B.get_arch("swin_t").block_names == ("stem", "stage1", "stage2", "stage3", "stage4", "head")
+    assert B.get_arch("convnext_tiny").block_names == ("stem", "stage1", "stage2", "stage3", "stage4", "classifier")
+    with torch.device("meta"):
+        vit = torchvision.models.vit_b_16(num_classes=NUM_CLASSES)
+        swin = torchvision.models.swin_t(num_classes=NUM_CLASSES)
+        convnext = torchvision.models.convnext_tiny(num_classes=NUM_CLASSES)
+    staged = B.staged_from_torchvision("vit_b_16", vit)
+    layers = list(vit.encoder.layers)
+    for g in range(4):  # 12 layers: 3 a group, in order
+        assert list(staged.stages[1 + g].children()) == layers[3 * g:3 * g + 3]
+    stem, head = dict(staged.stages[0].named_parameters()), dict(staged.stages[-1].named_parameters())
+    assert stem["class_token"] is vit.class_token and stem["pos_embedding"] is vit.encoder.pos_embedding
+    assert head["ln.weight"] is vit.encoder.ln.weight and head["heads.head.weight"] is vit.heads.head.weight
+    for arch, model in (("vit_b_16", vit), ("swin_t", swin), ("convnext_tiny", convnext)):
+        staged = B.staged_from_torchvision(arch, model)
+        owner: dict[int, int] = {}
+        for i, stage in enumerate(staged.stages):
+            for p in stage.parameters():
+                assert id(p) not in owner, f"{arch}: parameter in blocks {owner.get(id(p))} and {i}"
+                owner[id(p)] = i
+        assert set(owner) == {id(p) for p in model.parameters()}
+        mapping = B.torchvision_key_map(staged)  # every key of a fresh torchvision model, both ways
+        assert set(mapping.values()) == set(model.state_dict())
+    f = swin.features
+    staged = B.staged_from_torchvision("swin_t", swin)
+    assert staged.stages[0] is f[0] and staged.stages[1] is f[1]
+    assert [list(staged.stages[k].children()) for k in (2, 3, 4)] == [[f[2], f[3]], [f[4], f[5]], [f[6], f[7]]]
+    with pytest.raises(ValueError, match="4 equal groups"):
+        B.staged_from_torchvision("vit_tiny32", VisionTransformer(32, 4, 3, 2, 8, 8))
+
+
+def test_imagenet_weights_file_names_of_the_new_families(tmp_path):
+    for arch, name in (("vit_b_16", "vit_b_16-c867db91.pth"), ("swin_t", "swin_t-704ceda3.pth"),
+                       ("convnext_tiny", "convnext_tiny-983f1562.pth")):
+        path = B.imagenet_weights_path(arch, tmp_path)
+        assert path == tmp_path / "hub" / "checkpoints" / name
+        problem = B.imagenet_weights_problem(arch, tmp_path)
+        assert str(path) in problem and f"https://download.pytorch.org/models/{name}" in problem
+        with pytest.raises(B.BackboneWeightsError, match=re.escape(str(path))):
+            B.build_model(arch, 3, weights="imagenet", torch_home=tmp_path)
+    assert "has no ImageNet weights" in B.imagenet_weights_problem("vit_tiny32")
+
+
+# --------------------------------------------------------------------------------------
 # Inception auxiliary classifier
 # --------------------------------------------------------------------------------------
 def test_inception_aux_logits_in_training_mode():
@@ -321,6 +379,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
         ("resnet18", ["stages.5.fc."]),
         ("mobilenet_v3_small", ["stages.7.classifier.3."]),  # classifier.0 keeps weights
         ("inception_v3", ["stages.13.fc.", "stages.9.aux.fc."]),
+        ("vit_tiny32", ["stages.5.heads.head."]),
     ],
 )
 def test_replace_head_keeps_backbone(arch, head_keys):
@@ -368,7 +427,7 @@ def _checkpoint(model: B.StagedModel, spec: B.ArchSpec, **kw) -> B.BackboneCheck
     )
 
 
-@pytest.mark.parametrize("arch", ["resnet10", "inception_v3"])
+@pytest.mark.parametrize("arch", ["resnet10", "inception_v3", "vit_tiny32"])
 def test_checkpoint_roundtrip(tmp_path, arch):
     spec = B.get_arch(arch)
     torch.manual_seed(0)

@@ -395,3 +395,21 @@ def test_bad_data_stops_the_run_before_source_pretraining(project):
     assert proc.returncode == 1 and "Traceback" not in out, out[-4000:]
     assert "2 of 16 image files cannot be read" in out and "cat/0.png" in out and "dog/3.png" in out, out[-3000:]
     assert "Running node" not in out, "a node (source pretraining) ran before the data was checked"
+
+
+def test_a_vision_transformer_end_to_end(project):
+    """Search, retrain and report with the tiny ViT of the embedded task (issue 13), then full fine-tuning and LoRA
+    on it in the comparison, through `kedro run`."""
+    vit = "backbone.arch=vit_tiny32,source_pretraining.arch=vit_tiny32"
+    files = ("data/08_reporting/latest/report.md", "data/07_model_output/best_genome.json",
+             "data/08_reporting/test_metrics.json")
+    before = {f: _mtime(project / f) for f in files}
+    proc = shell(project, f"kedro run --params {vit}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    for text in ("BioTune search done: 9 trainings", "retrain ", "Pipeline execution completed"):
+        assert text in out, out[-4000:]
+    assert all(_mtime(project / f) > before[f] for f in files)
+    proc = shell(project, f'kedro run --pipelines compare --params {vit},"compare.methods=[full_finetune,lora]"')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Pipeline execution completed" in out, out[-4000:]

@@ -207,7 +207,7 @@ def test_every_architecture_exports_and_round_trips(arch, tmp_path):
 
     torch.manual_seed(0)
     spec = get_arch(arch)
-    size = 75 if arch == "inception_v3" else 32
+    size = {"inception_v3": 75, "vit_b_16": 224}.get(arch, 32)  # a ViT takes its own input size only
     model = build_model(arch, 3).eval()
     ds = TorchExportDataset(filepath=str(tmp_path / "m.pt2"))
     ds.save(export_archive(to_torchvision(model).eval(), spec.mean, spec.std, size))

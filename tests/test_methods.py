@@ -20,7 +20,13 @@ from evotune.methods import (
 )
 from evotune.methods.auto_rgn import norm_parameter_ids, relative_gradient_norms
 from evotune.methods.deft import de_crossover, de_mutation, deft_phenotype
-from evotune.methods.lora import LoRAConv2d, add_lora, merge_lora_state_dict
+from evotune.methods.lora import (
+    LoRAConv2d,
+    LoRALinear,
+    LoRAMultiheadAttention,
+    add_lora,
+    merge_lora_state_dict,
+)
 from evotune.methods.sp_regularization import sp_penalty
 from evotune.training import DeviceData, Trainer, apply_freezing
 
@@ -361,6 +367,77 @@ def test_plan_methods_params_reach_the_plan(method_params):
     apply_freezing(model, plan)
     groups = plan.param_groups(model, plan.block_lrs)
     assert sum(not g["rgn"] for g in groups) == len(norm_parameter_ids(model))  # norm tensors at base lr
+
+
+def _perturbed_adapters(model: nn.Module) -> None:
+    """Non-zero B weights (B starts at zero), so that the adapters change the output."""
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 2)[-2] in ("lora_B", "lora_out_B"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_lora_adapts_the_attention_and_mlp_linears_of_transformers(train_cfg, make_split, method_params):
+    """ViT: every attention (input and output projection), every MLP Linear and the patch embedding carry
+    adapters, the classifier none; the adapted model starts as the original, its merged state is a plain ViT
+    computing the same, and a LoRA training moves adapters and head only."""
+    from torchvision.models.swin_transformer import ShiftedWindowAttention, SwinTransformer
+
+    from evotune.backbones import redraw_head, staged_from_torchvision
+
+    torch.manual_seed(0)
+    model = build_model("vit_tiny32", 3).eval()
+    redraw_head(model, 0)  # torchvision starts a ViT's classifier at zero
+    keys = list(model.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    wrappers, undo = add_lora(model, 2, 4.0)
+    kinds = [type(w) for w in wrappers]
+    assert kinds.count(LoRAMultiheadAttention) == 4 and kinds.count(LoRALinear) == 8 and kinds.count(LoRAConv2d) == 1
+    assert not any(isinstance(m, (LoRALinear, LoRAMultiheadAttention)) for m in model.stages[-1].modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)  # B = 0
+    _perturbed_adapters(model)
+    with torch.no_grad():
+        adapted = model(x)
+    assert not torch.allclose(adapted, before, atol=1e-4)
+    merged = merge_lora_state_dict(model.state_dict())
+    assert list(merged) == keys
+    plain = build_model("vit_tiny32", 3).eval()
+    plain.load_state_dict(merged)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), adapted, rtol=1e-4, atol=1e-5)
+    undo()
+    assert list(model.state_dict()) == keys
+
+    # Swin: the attention reads its qkv / proj weights itself; its MLP Linears get adapters
+    swin = staged_from_torchvision("swin_t", SwinTransformer([4, 4], 8, [1, 1, 1, 1], [1, 1, 1, 1], [2, 2],
+                                                            num_classes=3)).eval()
+    xs = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        before = swin(xs)
+    wrappers, undo = add_lora(swin, 2, 4.0)
+    assert sum(isinstance(w, LoRALinear) for w in wrappers) == 8 + 3  # two per MLP, the three patch mergings
+    assert not any(isinstance(c, LoRALinear) for m in swin.modules() if isinstance(m, ShiftedWindowAttention)
+                   for c in m.children())
+    with torch.no_grad():
+        torch.testing.assert_close(swin(xs), before, rtol=1e-5, atol=1e-6)
+    undo()
+
+    # a LoRA training of the ViT: adapters and head move, nothing else
+    trainer = Trainer(build_model("vit_tiny32", 3), train_cfg, mean=[0.3] * 3, std=[0.25] * 3)
+    train = DeviceData.from_split(make_split(4, 3, seed=0), trainer.device)
+    val = DeviceData.from_split(make_split(2, 3, seed=1), trainer.device)
+    plan = get_method("lora").plan(trainer.model, BASE_LR, **method_params("lora", rank=2, alpha=4.0))
+    res = trainer.train(plan, train, val, seed=1, keep_best_state=True)
+    state, head = res.best_state, f"stages.{trainer.model.head_index}."
+    assert any(state[k].abs().sum() > 0 for k in state if k.endswith(("lora_B.weight", "lora_out_B.weight")))
+    base = {k.replace(".base.", "."): v for k, v in state.items() if ".base." in k}
+    assert base and all(torch.equal(v, trainer.pristine[k].cpu()) for k, v in base.items())
+    assert list(trainer.model.state_dict()) == list(trainer.pristine)
+    assert any(not torch.equal(state[k], trainer.pristine[k].cpu()) for k in state if k.startswith(head))
 
 
 # --------------------------------------------------------------------------- plan changes belong to one training

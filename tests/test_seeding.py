@@ -33,7 +33,7 @@ N_CLS = 2
 INCEPTION_MIN_SIZE = 75
 #: the registered architectures with a random layer in training mode, and a tiny input for each
 DROPOUT_ARCHS = {"vgg19": 32, "vgg19_bn": 32, "inception_v3": INCEPTION_MIN_SIZE,
-                 "mobilenet_v3_small": 32, "efficientnet_b0": 32}
+                 "mobilenet_v3_small": 32, "efficientnet_b0": 32, "swin_t": 32, "convnext_tiny": 32}
 # one batch of 4 training images (batch norm in train mode needs > 1 image per batch), one epoch
 @pytest.fixture(scope="module")
 def cfg(train_config):
@@ -59,7 +59,7 @@ def _one_thread():
 def quick_model(arch: str) -> StagedModel:
     """``arch`` with seeded weights, built in a fraction of torchvision's random init (10 s for VGG-19
     on one thread): built on the meta device, then every weight drawn uniformly (fan-in scaled) from a
-    seeded generator, biases zero, batch norm at identity."""
+    seeded generator, biases zero, batch and layer norm at identity."""
     with torch.device("meta"):
         model = staged_from_torchvision(arch, _construct_torchvision(arch, N_CLS, random_init=False))
     model = model.to_empty(device="cpu")
@@ -70,7 +70,8 @@ def quick_model(arch: str) -> StagedModel:
                 if p.dim() > 1:
                     p.uniform_(-1.0, 1.0, generator=g).mul_(p[0].numel() ** -0.5)
                 else:
-                    p.fill_(1.0 if name == "weight" and isinstance(m, nn.modules.batchnorm._NormBase) else 0.0)
+                    norm = isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm))
+                    p.fill_(1.0 if name == "weight" and norm else 0.0)
             for name, b in m.named_buffers(recurse=False):
                 b.fill_(1 if name == "running_var" else 0)
     return model

@@ -44,6 +44,7 @@ def test_the_default_parameters_are_valid(base_params, nodes):
         (("data", "source"), {"kind": "image_folder", "path": "/nonexistent/images"}, "/nonexistent/images"),
         (("data", "source"), {"kind": "torchvision", "name": "ImageNet21k", "root": "x"}, "CIFAR10"),
         (("backbone", "weights"), "imagenet", "pretrained"),
+        (("backbone", "arch"), "vit_b_16", r"vit_b_16 takes 224x224 inputs only.*data.image.crop_size"),
     ],
 )
 def test_bad_parameters_name_the_parameter(base_params, nodes, path, value, message):
@@ -51,6 +52,13 @@ def test_bad_parameters_name_the_parameter(base_params, nodes, path, value, mess
     params[path[0]][path[1]] = value
     with pytest.raises(ParameterError, match=message):
         validate_run(params, nodes["__default__"])
+
+
+def test_a_vision_transformer_at_its_input_size_is_valid(base_params, nodes):
+    params = copy.deepcopy(base_params)
+    params["backbone"]["arch"] = params["source_pretraining"]["arch"] = "vit_tiny32"
+    assert params["data"]["image"]["crop_size"] == 32
+    validate_run(params, nodes["__default__"])
 
 
 def test_missing_imagenet_weights_fail_before_training_with_the_path(base_params, nodes, tmp_path):

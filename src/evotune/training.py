@@ -61,6 +61,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 from torchvision.ops import StochasticDepth
 
 from .backbones import StagedModel, redraw_head
@@ -354,29 +355,44 @@ class TrainingPlan:
         return k
 
 
-#: the module types :func:`mode_dependent` looks for
-MODE_DEPENDENT_TYPES: tuple[type, ...] = (
-    torch.nn.modules.batchnorm._NormBase,  # batch norm, and instance norm (with running statistics or not)
-    torch.nn.modules.dropout._DropoutNd,  # dropout of every kind
-    StochasticDepth,  # EfficientNet
-    _AuxStage,  # Inception's aux classifier: runs in train mode only
-)
+#: the module types :func:`mode_dependent` looks for, each with the attributes whose value 0
+#: makes it compute the same in both modes (None: always mode dependent)
+MODE_DEPENDENT_TYPES: dict[type, tuple[str, ...] | None] = {
+    torch.nn.modules.batchnorm._NormBase: None,  # batch norm, and instance norm (with running statistics or not)
+    torch.nn.modules.dropout._DropoutNd: ("p",),  # dropout of every kind
+    StochasticDepth: ("p",),  # EfficientNet, Swin, ConvNeXt
+    torch.nn.MultiheadAttention: ("dropout",),  # torchvision's vision transformers
+    ShiftedWindowAttention: ("dropout", "attention_dropout"),  # Swin (V1 and V2)
+    _AuxStage: None,  # Inception's aux classifier: runs in train mode only
+}
+
+
+def _reads_mode(m: torch.nn.Module) -> bool:
+    if type(m).__name__ == "DropPath" and hasattr(m, "drop_prob"):  # timm's stochastic depth (timm is optional)
+        return float(m.drop_prob or 0) > 0
+    for kind, rates in MODE_DEPENDENT_TYPES.items():
+        if isinstance(m, kind):
+            return rates is None or any(float(getattr(m, r)) > 0 for r in rates)
+    return False
 
 
 def mode_dependent(module: torch.nn.Module) -> bool:
     """Whether ``module`` (or a module inside it) computes or changes something else in train
     mode than in eval mode, or depends on the other images of its batch: batch and instance
     norm (``_NormBase``: batch statistics, running-statistics updates), dropout (``_DropoutNd``),
-    torchvision's ``StochasticDepth``, and the Inception aux stage (which runs its classifier in
-    train mode only): :data:`MODE_DEPENDENT_TYPES`. A frozen block holding none of them gives the
-    same output in both modes (``tests/test_bn_policy.py`` checks that no other module of the
-    registered architectures reads its mode).
+    torchvision's ``StochasticDepth`` and timm's ``DropPath``, the attention dropout of ``nn.MultiheadAttention`` and
+    Swin's ``ShiftedWindowAttention``, and the Inception aux stage (which runs its classifier in
+    train mode only): :data:`MODE_DEPENDENT_TYPES`. A dropout, stochastic depth or attention
+    whose rates are all 0 computes the same in both modes and does not count (torchvision's
+    ViTs have dropout 0). A frozen block holding none of them gives the same output in both
+    modes (``tests/test_bn_policy.py`` checks that no other module of the registered
+    architectures reads its mode).
 
     Under ``training.frozen_bn: train`` only blocks without such a module can be a cached
     frozen prefix (:meth:`TrainingPlan.frozen_prefix`). Norms without parameters or statistics
     of their own that work per image (``GroupNorm``, ``LayerNorm``) are not mode dependent.
     """
-    return any(isinstance(m, MODE_DEPENDENT_TYPES) for m in module.modules())
+    return any(_reads_mode(m) for m in module.modules())
 
 
 def default_param_groups(model: StagedModel, block_lrs: list[float | None]) -> list[dict]:

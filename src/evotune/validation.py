@@ -49,7 +49,14 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if nodes & {"backbone_from_source", "load_pretrained_backbone"}:
         backbone = check(BackboneParams.from_params, params.get("backbone"))
         if backbone is not None:
-            check(get_arch, backbone.arch)
+            spec = check(get_arch, backbone.arch)
+            crop = ((params.get("data") or {}).get("image") or {}).get("crop_size")
+            if spec is not None and spec.fixed_input and crop != spec.input_size:
+                problems.append(
+                    f"backbone.arch {spec.name} takes {spec.input_size}x{spec.input_size} inputs only but "
+                    f"data.image.crop_size is {crop}: set data.image.crop_size to {spec.input_size} "
+                    "(and data.image.resize_size to at least that)."
+                )
     if "backbone_from_source" in nodes and backbone is not None:
         src_arch = check(lambda: check_type(require(params.get("source_pretraining"), "arch", "source_pretraining"),
                                             str, "source_pretraining.arch"))
@@ -115,6 +122,12 @@ def validate_run(params: dict[str, Any], node_names) -> None:
         seeds = (params.get("retrain") or {}).get("seeds") or []
         if exp is not None and exp.selection == "seed" and "retrain_best_genome" in nodes and exp.seed not in seeds:
             problems.append(f"export.seed is {exp.seed}, which is not one of retrain.seeds {list(seeds)}.")
+        arch = str((params.get("backbone") or {}).get("arch", ""))
+        if arch.strip().lower().startswith("timm/"):
+            problems.append(
+                f"backbone.arch {arch}: the export stage writes a torchvision model, and a timm model has none. "
+                "Run the stages up to the report without it: `kedro run --to-nodes write_report`."
+            )
     if "predict_images" in nodes:
         from .pipelines.predict.nodes import PredictParams
 

@@ -11,6 +11,9 @@ The package, by what its modules hold:
 * :mod:`~evotune.backbones.weights` - :func:`build_model`: random init, ImageNet weights
   from the local torch hub cache (one loading path, one message when they are missing),
   or a checkpoint file.
+* :mod:`~evotune.backbones.timm_models` - ``backbone.arch: timm/<model name>`` (optional timm):
+  blocks from timm's ``group_matcher``, the traced forward cut between them, weights from the
+  Hugging Face hub cache.
 * :mod:`~evotune.backbones.checkpoint` - :class:`BackboneCheckpoint`, the typed artifact
   of the ``backbone`` and ``source_model`` catalog entries, and checkpoint files.
 

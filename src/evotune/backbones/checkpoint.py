@@ -32,6 +32,7 @@ from .registry import (
     staged_from_torchvision,
 )
 from .staged import StagedModel, _arch_config, replace_head
+from .timm_models import build_timm, is_timm
 
 __all__ = ["CHECKPOINT_FORMAT", "BackboneCheckpoint", "load_checkpoint", "make_checkpoint", "model_from_checkpoint"]
 
@@ -217,6 +218,8 @@ def model_from_checkpoint(ckpt: BackboneCheckpoint, num_classes: int | None = No
         spec = get_arch(str(ckpt.arch))
     except UnknownArchitectureError as exc:
         raise BackboneWeightsError(f"checkpoint architecture {ckpt.arch!r} is unknown: {exc}") from exc
+    if is_timm(spec.name):
+        return _timm_from_checkpoint(ckpt, num_classes)
     if list(ckpt.block_names) != list(spec.block_names):
         raise BackboneWeightsError(
             f"checkpoint block layout {list(ckpt.block_names)} does not match {spec.name}'s "
@@ -231,6 +234,24 @@ def model_from_checkpoint(ckpt: BackboneCheckpoint, num_classes: int | None = No
             f"checkpoint state_dict does not match architecture {spec.name!r} with "
             f"{ckpt.num_classes} classes: {exc}"
         ) from exc
+    model.train()
+    if num_classes is not None and int(num_classes) != int(ckpt.num_classes):
+        replace_head(model, int(num_classes))
+    return model
+
+
+def _timm_from_checkpoint(ckpt: BackboneCheckpoint, num_classes: int | None) -> StagedModel:
+    model = build_timm(str(ckpt.arch), int(ckpt.num_classes), timm_kwargs=ckpt.arch_config.get("timm_kwargs"),
+                       check=False)
+    if list(ckpt.block_names) != list(model.block_names):
+        raise BackboneWeightsError(
+            f"checkpoint block layout {list(ckpt.block_names)} does not match {ckpt.arch}'s "
+            f"{list(model.block_names)}; it was written with another timm version or model options."
+        )
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as exc:
+        raise BackboneWeightsError(f"checkpoint state_dict does not match {ckpt.arch}: {exc}") from exc
     model.train()
     if num_classes is not None and int(num_classes) != int(ckpt.num_classes):
         replace_head(model, int(num_classes))

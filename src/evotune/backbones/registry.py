@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import EvotuneError
-from .staged import StagedModel, _arch_config, _AuxStage, _InceptionStem
+from .staged import StagedModel, _arch_config, _AuxStage, _InceptionStem, _ViTHead, _ViTStem
 
 __all__ = [
     "ARCHITECTURES",
@@ -64,6 +64,9 @@ class ArchSpec:
         mean, std: input normalisation.
         interpolation: resize interpolation of the weights' transforms
             (``"bilinear"`` or ``"bicubic"``).
+        fixed_input: the model takes ``input_size`` x ``input_size`` inputs only (a vision
+            transformer's position embedding has one entry per patch); the parameter checks
+            refuse another ``data.image.crop_size``.
     """
 
     name: str
@@ -74,6 +77,7 @@ class ArchSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    fixed_input: bool = False
 
     @property
     def num_blocks(self) -> int:
@@ -131,6 +135,15 @@ _EFFICIENTNET_BLOCKS = (
     "last_conv",
     "classifier",
 )
+#: Vision transformers: the encoder layers in this many groups of equal size (timm's
+#: ``group_matcher`` puts each layer in a group of its own; four groups keep the genome of a
+#: 12-layer ViT-B/16 as short as a ResNet's: 3 layers a block).
+VIT_LAYER_GROUPS = 4
+_VIT_BLOCKS = ("stem", *(f"encoder{i}" for i in range(1, VIT_LAYER_GROUPS + 1)), "head")
+# Swin / ConvNeXt: as timm groups them, each stage after the first starts with its
+# downsampling layer (torchvision keeps it as a separate entry of ``features``).
+_SWIN_BLOCKS = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
+_CONVNEXT_BLOCKS = ("stem", "stage1", "stage2", "stage3", "stage4", "classifier")
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.name: spec
@@ -160,6 +173,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             "EfficientNet_B0_Weights.IMAGENET1K_V1",
             interpolation="bicubic",
         ),
+        # Small, fast CPU vision transformer for the embedded offline task (no ImageNet
+        # weights): 32x32 input, 4x4 patches, 4 layers of width 64 with 4 heads, MLP 128.
+        ArchSpec("vit_tiny32", _VIT_BLOCKS, 32, 32, None, fixed_input=True),
+        ArchSpec("vit_b_16", _VIT_BLOCKS, 224, 256, "ViT_B_16_Weights.IMAGENET1K_V1", fixed_input=True),
+        ArchSpec("swin_t", _SWIN_BLOCKS, 224, 232, "Swin_T_Weights.IMAGENET1K_V1", interpolation="bicubic"),
+        ArchSpec("convnext_tiny", _CONVNEXT_BLOCKS, 224, 236, "ConvNeXt_Tiny_Weights.IMAGENET1K_V1"),
     )
 }
 
@@ -187,12 +206,16 @@ def get_arch(name: str) -> ArchSpec:
     Raises:
         UnknownArchitectureError: listing the valid names.
     """
+    if isinstance(name, str) and name.strip().lower().startswith("timm/"):
+        from .timm_models import timm_spec
+
+        return timm_spec(name)
     key = _ALIASES.get(_normalise_name(name)) if isinstance(name, str) else None
     if key is None:
         raise UnknownArchitectureError(
             f"Unknown backbone architecture {name!r}. Valid names: "
-            f"{', '.join(ARCHITECTURES)}. Set `backbone.arch` in {PARAMS_FILE} "
-            "to one of them."
+            f"{', '.join(ARCHITECTURES)}, or timm/<model name> for a timm model. Set `backbone.arch` in "
+            f"{PARAMS_FILE} to one of them."
         )
     return ARCHITECTURES[key]
 
@@ -308,6 +331,25 @@ def _stage_efficientnet(m: nn.Module) -> list[nn.Module]:
     ]
 
 
+def _stage_vit(m: nn.Module) -> list[nn.Module]:
+    layers = m.encoder.layers
+    n = len(layers)
+    if n % VIT_LAYER_GROUPS:
+        raise ValueError(f"a vision transformer of {n} layers does not split into {VIT_LAYER_GROUPS} equal groups")
+    size = n // VIT_LAYER_GROUPS
+    groups = [list(range(g * size, (g + 1) * size)) for g in range(VIT_LAYER_GROUPS)]
+    return [_ViTStem(m), *[_group(layers, g) for g in groups], _ViTHead(m.encoder.ln, m.heads)]
+
+
+def _stage_swin_convnext(m: nn.Module) -> list[nn.Module]:
+    # features: stem, stage1, down2, stage2, down3, stage3, down4, stage4
+    f = m.features
+    stages = [f[0], f[1], *[_group(f, [i, i + 1]) for i in range(2, len(f), 2)]]
+    if hasattr(m, "head"):  # Swin: norm, NHWC -> NCHW, pool, flatten, head
+        return [*stages, _seq(norm=m.norm, permute=m.permute, avgpool=m.avgpool, flatten=m.flatten, head=m.head)]
+    return [*stages, _seq(avgpool=m.avgpool, classifier=m.classifier)]  # ConvNeXt
+
+
 # arch -> (how torchvision builds it: dotted callable and positional args, stager). The
 # description is what the exported model's metadata records (see torchvision_constructor),
 # so the project builds its models exactly the way a user without this package does.
@@ -322,6 +364,12 @@ _IMPLS: dict[str, tuple[tuple[str, list], Callable[[nn.Module], list[nn.Module]]
     "inception_v3": (("torchvision.models.inception_v3", []), _stage_inception),
     "mobilenet_v3_small": (("torchvision.models.mobilenet_v3_small", []), _stage_mobilenet_v3),
     "efficientnet_b0": (("torchvision.models.efficientnet_b0", []), _stage_efficientnet),
+    # vit_tiny32 has no torchvision builder: VisionTransformer(image_size, patch_size,
+    # num_layers, num_heads, hidden_dim, mlp_dim).
+    "vit_tiny32": (("torchvision.models.vision_transformer.VisionTransformer", [32, 4, 4, 4, 64, 128]), _stage_vit),
+    "vit_b_16": (("torchvision.models.vit_b_16", []), _stage_vit),
+    "swin_t": (("torchvision.models.swin_t", []), _stage_swin_convnext),
+    "convnext_tiny": (("torchvision.models.convnext_tiny", []), _stage_swin_convnext),
 }
 assert set(_IMPLS) == set(ARCHITECTURES)
 
@@ -352,7 +400,7 @@ def torchvision_constructor(
     shown += [f"{k}={v!r}" for k, v in kwargs.items()]
     return {
         "callable": dotted,
-        "args": [dict(a) if isinstance(a, dict) else list(a) for a in args],
+        "args": [dict(a) if isinstance(a, dict) else list(a) if isinstance(a, list) else a for a in args],
         "kwargs": kwargs,
         "python": f"{dotted}({', '.join(shown)})",
     }
@@ -430,6 +478,11 @@ def torchvision_key_map(model: StagedModel) -> dict[str, str]:
     parameter and buffer objects, each staged key is matched to the torchvision key of the
     identical tensor. Every key must match, in both directions.
     """
+    if model.arch.startswith("timm/"):
+        raise ValueError(
+            f"{model.arch} is a timm model: there is no torchvision model to export it to (its state dict "
+            "keys are timm's after the 'stages.<i>.' prefix)."
+        )
     with torch.device("meta"):
         tv = _construct_torchvision(model.arch, model.num_classes, random_init=False, arch_config=_arch_config(model))
     staged = staged_from_torchvision(model.arch, tv)

@@ -89,6 +89,50 @@ class _AuxStage(nn.Module):
         return x
 
 
+class _ViTStem(nn.Module):
+    """Vision transformer stem (torchvision's ``VisionTransformer``): patch embedding, class
+    token, position embedding and the encoder's input dropout, holding the model's own
+    ``conv_proj``, ``class_token``, ``encoder.pos_embedding`` and ``encoder.dropout``.
+
+    Same arithmetic as ``VisionTransformer._process_input`` + ``forward`` up to the encoder
+    layers (bit-exact): ``(n, 3, s, s) -> (n, 1 + (s / patch)^2, hidden_dim)``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.image_size = int(model.image_size)
+        self.patch_size = int(model.patch_size)
+        self.hidden_dim = int(model.hidden_dim)
+        self.conv_proj = model.conv_proj
+        self.class_token = model.class_token
+        self.pos_embedding = model.encoder.pos_embedding
+        self.dropout = model.encoder.dropout
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        n, _, h, w = x.shape
+        p = self.patch_size
+        torch._assert(h == self.image_size, f"Wrong image height! Expected {self.image_size} but got {h}!")
+        torch._assert(w == self.image_size, f"Wrong image width! Expected {self.image_size} but got {w}!")
+        x = self.conv_proj(x).reshape(n, self.hidden_dim, (h // p) * (w // p)).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
+        return self.dropout(x + self.pos_embedding)
+
+    def extra_repr(self) -> str:
+        return f"image_size={self.image_size}, patch_size={self.patch_size}"
+
+
+class _ViTHead(nn.Module):
+    """Vision transformer head: the encoder's final LayerNorm, the class token, the classifier."""
+
+    def __init__(self, ln: nn.Module, heads: nn.Module) -> None:
+        super().__init__()
+        self.ln = ln
+        self.heads = heads
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self.heads(self.ln(x)[:, 0])
+
+
 class StagedModel(nn.Module):
     """A backbone as an ordered chain of stages, one stage per fine-tuning block.
 
@@ -289,6 +333,8 @@ def _arch_config(model: StagedModel) -> dict[str, Any]:
     """Constructor options needed to rebuild ``model`` (beyond arch and num_classes)."""
     if isinstance(model.stages[0], _InceptionStem):
         return {"transform_input": model.stages[0].transform_input}
+    if hasattr(model, "timm_kwargs"):  # timm: the create_model options of a variant (e.g. img_size, depth)
+        return {"timm_kwargs": dict(model.timm_kwargs)}
     return {}
 
 

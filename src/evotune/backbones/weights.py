@@ -40,6 +40,7 @@ from .registry import (
     staged_from_torchvision,
 )
 from .staged import StagedModel, replace_head
+from .timm_models import TIMM_WEIGHT_SUFFIXES, build_timm, is_timm, timm_weights_problem
 
 __all__ = ["build_model", "imagenet_weights_path", "imagenet_weights_problem"]
 
@@ -84,6 +85,8 @@ def imagenet_weights_path(arch: str, torch_home: str | os.PathLike | None = None
 def imagenet_weights_problem(arch: str, torch_home: str | os.PathLike | None = None) -> str | None:
     """The one message saying why the ImageNet weights of ``arch`` cannot be used here, or
     ``None`` when their file is in the torch hub cache. Looks at the file system only."""
+    if is_timm(arch):
+        return timm_weights_problem(arch)
     spec = get_arch(arch)
     if spec.imagenet_weights is None:
         return _no_imagenet_weights(spec)
@@ -156,6 +159,11 @@ def build_model(
     spec = get_arch(arch)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if is_timm(spec.name) and not (
+        isinstance(weights, (str, os.PathLike)) and not os.fspath(weights).endswith(TIMM_WEIGHT_SUFFIXES)
+        and os.fspath(weights).strip().lower() not in (_RANDOM_WEIGHTS | {"imagenet"})
+    ):  # random init, the hub cache's pretrained weights or a timm weights file; a checkpoint below
+        return build_timm(spec.name, num_classes, weights=weights)
     if weights is None or (isinstance(weights, str) and weights.strip().lower() in _RANDOM_WEIGHTS):
         tv_model = _construct_torchvision(spec.name, num_classes, random_init=True)
         return staged_from_torchvision(spec.name, tv_model)
@@ -173,7 +181,8 @@ def build_model(
         return replace_head(staged_from_torchvision(spec.name, tv_model), num_classes)
     # A checkpoint path.
     ckpt = load_checkpoint(weights)
-    if _ALIASES.get(_normalise_name(str(ckpt.arch))) != spec.name:
+    same = str(ckpt.arch).strip() if is_timm(ckpt.arch) else _ALIASES.get(_normalise_name(str(ckpt.arch)))
+    if same != spec.name:
         raise BackboneWeightsError(
             f"Checkpoint {weights} holds a {ckpt.arch!r} backbone but `backbone.arch` is "
             f"{spec.name!r}: set `backbone.arch` in {PARAMS_FILE} to {ckpt.arch!r} or "
