@@ -131,6 +131,17 @@ def backbone_checkpoint():
     return _backbone_checkpoint
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module of tiny tensors: as fast, and it stays fast on a busy
+    shared CPU (several OpenMP threads on oversubscribed cores made such files 20x slower).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

@@ -60,14 +60,7 @@ def pil_images(n: int, seed: int) -> tuple[list[Image.Image], list[int]]:
     return images, labels
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and it stays fast on a busy shared CPU
-    (several OpenMP threads on oversubscribed cores made this file 20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -47,13 +47,7 @@ def random_blocks(model: StagedModel) -> list[int]:
                    if isinstance(m, (nn.modules.dropout._DropoutNd, StochasticDepth)) and m.p > 0})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and stays fast on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest)
 
 
 def quick_model(arch: str) -> StagedModel:

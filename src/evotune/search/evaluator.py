@@ -69,35 +69,25 @@ class Progress:
     """The search's progress: a log line per evaluation ('search i/n, gen g, role, fitness, ETA') and
     the trainings on the stage's view (:mod:`evotune.progress`: a live bar or periodic lines)."""
 
-    def __init__(self, total: int, stage: StageProgress | None = None, generations: int | None = None,
-                 name: str = "search") -> None:
+    def __init__(self, total: int, stage: StageProgress, generations: int | None = None, name: str = "search") -> None:
         self.total = total
         self.name = name
         self.stage = stage
         self.generations = generations
         self.done = 0
-        self.trained = 0
-        self.train_seconds = 0.0
 
     def batch(self, reqs: list[EvalRequest]) -> None:
         """A batch of evaluations is asked for (a generation's offspring, its elites' exploitation)."""
-        if self.stage is not None and reqs:
+        if reqs:
             of = f"/{self.generations}" if self.generations is not None else ""
             self.stage.set_status(f"generation {reqs[0].generation}{of} ({reqs[0].role})")
 
     def step(self, req: EvalRequest, fitness: float, seconds: float, cached: bool) -> None:
         self.done += 1
-        if not cached:
-            self.trained += 1
-            self.train_seconds += seconds
-        if self.stage is not None and self.stage.eta() is not None:
-            eta = self.stage.eta()
-        else:
-            eta = (self.total - self.done) * (self.train_seconds / self.trained if self.trained else 0.0)
         log.info(
             "%s %d/%d  gen %d  %-12s fitness %.4f%s  (%.1fs)  ETA %s", self.name,
             self.done, self.total, req.generation, req.role, fitness,
-            "  [from study]" if cached else "", seconds, format_seconds(eta),
+            "  [from study]" if cached else "", seconds, format_seconds(self.stage.eta()),
         )
 
 
