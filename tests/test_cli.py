@@ -228,7 +228,7 @@ def test_every_documented_command_is_covered(root):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, root):
     dst = tmp_path_factory.mktemp("cli-project")
-    for name in ("pyproject.toml", ".telemetry", "Makefile", "constraints.txt"):
+    for name in ("pyproject.toml", ".telemetry", "Makefile", "constraints.txt", "constraints-mlflow.txt"):
         shutil.copy2(root / name, dst / name)  # copy2: the venv's install stamp stays newer
     shutil.copytree(root / "scripts", dst / "scripts")
     (dst / "src").mkdir()  # the package is imported from the installed project
