@@ -60,7 +60,6 @@ class ProgressConfig:
 _config = ProgressConfig("auto", 30.0)
 _lock = threading.RLock()
 _live: Any = None  # the rich Progress shared by the stages of the bar view while one runs
-_open: list[StageProgress] = []
 
 
 def configure(config: ProgressConfig) -> None:
@@ -231,17 +230,12 @@ def _shared_live() -> Any:
 def track(name: str, total: int | None, unit: str = "trainings") -> Iterator[StageProgress]:
     """A long stage's progress for the duration of the ``with`` block (see the module doc)."""
     stage = StageProgress(name, total, unit, current_display(), _config.every_s)
-    with _lock:
-        _open.append(stage)
     stage._open()
     ok = False
     try:
         yield stage
         ok = True
     finally:
-        with _lock:
-            if stage in _open:
-                _open.remove(stage)
         stage._close(ok)
 
 
@@ -249,7 +243,6 @@ def stop_all() -> None:
     """Stop the live display (a run ended or failed while stages were open)."""
     global _live
     with _lock:
-        _open.clear()
         if _live is not None:
             _live.stop()
             _live = None
