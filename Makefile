@@ -34,11 +34,17 @@ test: $(STAMP)
 # The optional MLflow tracking (extra [mlflow]) in a venv of its own, so that `make` and every kedro
 # command stay free of it (mlflow adds ~40 packages, pins pyarrow < 26, and its plugin adds ~5 s to
 # each kedro command): its versions are pinned in constraints-mlflow.txt. CI runs it after `make test`.
+# It reuses the packages of $(VENV) (torch alone is ~6 GB and minutes to install): a .pth file puts
+# $(VENV)'s site-packages on its path after its own, so pip installs here only what differs (mlflow and
+# its dependencies, pyarrow and python-dateutil at mlflow's versions), and those come first on import.
 MLFLOW_VENV ?= .venv-mlflow
 MLFLOW_STAMP := $(MLFLOW_VENV)/.installed
+SITE_PACKAGES := import sysconfig; print(sysconfig.get_path("purelib"))
 
-$(MLFLOW_STAMP): pyproject.toml constraints-mlflow.txt
+$(MLFLOW_STAMP): $(STAMP) pyproject.toml constraints-mlflow.txt
+	rm -rf $(MLFLOW_VENV)
 	$(PYTHON) -m venv $(MLFLOW_VENV)
+	echo "$$($(BIN)/python -c '$(SITE_PACKAGES)')" > "$$($(MLFLOW_VENV)/bin/python -c '$(SITE_PACKAGES)')/_evotune_main_venv.pth"
 	$(MLFLOW_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints-mlflow.txt -e ".[test,mlflow]"
 	@touch $(MLFLOW_STAMP)
 

@@ -84,7 +84,8 @@ COMMANDS: dict[str, Expect] = {
     "make benchmark": Expect(make_dry_run=True, says=("scripts/benchmark_evaluation.py",)),
     "make notebook": Expect(make_dry_run=True, says=("kedro jupyter notebook",)),
     "make test-all": Expect(make_dry_run=True, says=("pytest -m",)),
-    "make test-tracking": Expect(make_dry_run=True, says=("constraints-mlflow.txt", "pytest tests/test_tracking.py")),
+    "make test-tracking": Expect(make_dry_run=True, says=(
+        "_evotune_main_venv.pth", "constraints-mlflow.txt", "pytest tests/test_tracking.py")),
     "make upgrade": Expect(make_dry_run=True, says=("pip install", "--upgrade", "pytest")),
     "make constraints": Expect(make_dry_run=True, says=("pip freeze",)),
     "kedro viz": Expect(server=4141),
