@@ -1,5 +1,6 @@
 """The compare pipeline: its namespaced structure, its catalog entries, and a tiny end-to-end run."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ from kedro.runner import SequentialRunner
 
 from evotune import settings
 from evotune.backbones import build_model
-from evotune.errors import ParameterError
+from evotune.errors import InputMismatchError, ParameterError
 from evotune.evaluation import MethodMetrics
 from evotune.genome import decode
 from evotune.io import TypedJSONDataset
@@ -243,6 +244,20 @@ def test_the_table_refuses_metrics_of_other_methods_than_chosen(tiny_run):
     biotune, lora = catalog.load("compare.biotune.metrics"), catalog.load("compare.lora.metrics")
     with pytest.raises(ParameterError, match=r"built for \['lora'\]"):
         comparison_table(catalog.load("params:compare"), biotune, lora)
+
+
+def test_the_table_refuses_metrics_of_other_data_or_resamplings(tiny_run):
+    """A table put together from methods measured in separate runs must not pair results of other data."""
+    catalog = tiny_run
+    params = {**catalog.load("params:compare"), "methods": ["lora"]}
+    biotune, lora = catalog.load("compare.biotune.metrics"), catalog.load("compare.lora.metrics")
+    assert not comparison_table(params, biotune, lora).empty
+    with pytest.raises(InputMismatchError, match=r"compare.table: .*different data .*compare.lora.metrics: other"):
+        comparison_table(params, biotune, dataclasses.replace(lora, dataset="other"))
+    with pytest.raises(InputMismatchError, match=r"different backbone"):
+        comparison_table(params, biotune, dataclasses.replace(lora, backbone_id="other"))
+    with pytest.raises(InputMismatchError, match=r"different resamplings .*compare.lora.metrics: r0 tiny\)"):
+        comparison_table(params, biotune, dataclasses.replace(lora, resamplings=lora.resamplings[:1]))
 
 
 def test_typed_metrics_round_trip_through_the_catalog_datasets(tiny_run, tmp_path):

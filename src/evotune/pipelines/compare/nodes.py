@@ -258,8 +258,24 @@ def evaluate_method(backbone: dict, trained: list[TrainedMethod], target_train: 
 
 def comparison_table(compare_params: dict, *method_metrics: MethodMetrics) -> pd.DataFrame:
     """One row per method (BioTune first, then ``compare.methods``), then one ``variant`` row per surgical
-    block, with the confidence intervals and verdicts (:func:`evotune.report.comparison.comparison_table`)."""
+    block, with the confidence intervals and verdicts (:func:`evotune.report.comparison.comparison_table`).
+
+    Every method's metrics must come from the same backbone and the same resamplings of the same split: the
+    table may be put together from methods measured in separate runs (``kedro run --pipelines compare
+    --params "compare.methods=[...]"`` one group at a time, then the table nodes), and a paired difference
+    over other data would be meaningless."""
     check_compare_params(compare_params)
+    stage, by_method = "compare.table", {f"compare.{m.method}.metrics": m for m in method_metrics}
+    rerun = "kedro run --pipelines compare (the methods whose inputs differ, or all of them)"
+    check_same_lineage(stage, "dataset", by_method, rerun)
+    check_same_lineage(stage, "backbone_id", by_method, rerun)
+    splits = {name: [(r.resampling, r.dataset) for r in m.resamplings] for name, m in by_method.items()}
+    if len({tuple(v) for v in splits.values()}) > 1:
+        listing = "; ".join(f"{name}: {', '.join(f'r{r} {d}' for r, d in v)}" for name, v in splits.items())
+        raise InputMismatchError(
+            f"{stage}: the methods' metrics were measured on different resamplings of the split ({listing}); "
+            f"nothing was written. Measure them again on the same compare.resamplings: {rerun}."
+        )
     return report.comparison_table(compare_params["methods"], method_metrics)
 
 
