@@ -121,6 +121,12 @@ COMMANDS: dict[str, Expect] = {
                                             says=("Completed 14 out of 14 tasks", "resampling 2/2")),
     'kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"': Expect(
         says=("Completed 14 out of 14 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
+    # the table made from the saved metrics of earlier compare runs (README: "In parts"), training nothing
+    'kedro run --pipelines compare --nodes compare.table,compare.table_markdown,compare.figure --params '
+    '"compare.methods=[linear_probe,lora,deft]"': Expect(
+        says=("Completed 3 out of 3 tasks",), files=("data/08_reporting/compare/comparison.md",),
+        unchanged=("data/08_reporting/compare/lora/metrics.json",),
+        after=('kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"',)),
     "kedro run --pipelines search_worker": Expect(),
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(),
     "kedro run --params training.cpu_threads=1": Expect(),
