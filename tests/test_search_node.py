@@ -1,6 +1,7 @@
 """The search node end to end on a tiny backbone and tiny data (real code paths)."""
 
 import dataclasses
+import time
 from dataclasses import replace
 
 import pandas as pd
@@ -342,3 +343,25 @@ def test_a_unit_queued_under_the_old_gene_names_is_queued_again(monkeypatch):
     assert store_mod.genes_from_params({"g00": 0.9, "g01": 0.2, "g02": 0.7, "g03": 0.5}, queue.names) == unit.genes
     with pytest.raises(RuntimeError, match="another backbone"):
         store_mod.genes_from_params({"gene_x": 0.1}, queue.names)
+
+
+def test_a_unit_claimed_by_a_process_killed_before_naming_itself_is_queued_again(monkeypatch):
+    """A process killed between `Study.ask` and naming itself on the unit leaves it RUNNING with no worker and no
+    heartbeat: it is queued again once it has been running ORPHAN_AFTER_S, not waited on forever (a resumed
+    search hung on such a unit in CI)."""
+    import evotune.search.queue as queue_mod
+    from evotune.search.queue import Unit, UnitQueue
+
+    blocks = ["stem", "layer1", "fc"]
+    unit = Unit("g0/init/0", 1, 0, (0.9, 0.2, 0.7, 0.5))
+    queue = UnitQueue(None, "s", blocks)
+    queue.enqueue_missing([unit])
+    orphan = queue.study.ask(queue.distributions)  # the killed process's claim: no `worker`, no `alive_at`
+    assert orphan.user_attrs["key"] == unit.key and "worker" not in orphan.user_attrs
+    assert queue.requeue_stale() == 0 and queue.claim() is None  # just claimed: its process may still name itself
+    later = time.time() + queue_mod.ORPHAN_AFTER_S + 1
+    monkeypatch.setattr(queue_mod.time, "time", lambda: later)
+    assert queue.requeue_stale() == 1
+    trial, claimed = queue.claim()
+    assert claimed == unit and trial.user_attrs["worker"] == queue.me
+

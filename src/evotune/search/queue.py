@@ -16,7 +16,9 @@ This gives the search its two survival properties:
   already COMPLETE and does not train them again. A unit left RUNNING by a dead
   process is failed and queued again: at once when that process ran on this
   host (its pid is gone), otherwise when its ``alive_at`` heartbeat is older
-  than ``stale_after_s``.
+  than ``stale_after_s``. A unit that a process claimed but was killed before
+  naming itself on it (between ``Study.ask`` and the ``worker`` attribute) is
+  queued again :data:`ORPHAN_AFTER_S` after it was claimed.
 * **Parallel workers.** Any number of worker processes (one per GPU, or on
   several machines with a PostgreSQL storage) claim units of the same search
   while the driver waits for a batch to finish.
@@ -58,6 +60,11 @@ UNITS_DESCRIPTION = (
     "The genome's fitness (1 - mean over its seeds) is recorded in the search study, the study of the same "
     "name without '-units'."
 )
+
+
+#: a claim names its worker at once (milliseconds after ``Study.ask``); a RUNNING unit without a worker this
+#: long after it started was claimed by a process killed in between, which no heartbeat or pid can tell
+ORPHAN_AFTER_S = 60.0
 
 
 def worker_id() -> str:
@@ -179,6 +186,11 @@ class UnitQueue:
             if "key" not in t.user_attrs:
                 continue
             w = str(t.user_attrs.get("worker", ""))
+            if not w:  # claimed by a process killed before it could name itself
+                started = t.datetime_start.timestamp() if t.datetime_start is not None else now
+                if now - started > min(self.stale_after_s, ORPHAN_AFTER_S):
+                    stale.append(t)
+                continue
             w_host, _, pid = w.rpartition(":")
             dead_here = w_host == host and pid.isdigit() and not _pid_alive(int(pid))
             silent = now - float(t.user_attrs.get("alive_at", now)) > self.stale_after_s
