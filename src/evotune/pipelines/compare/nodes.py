@@ -269,13 +269,9 @@ def comparison_table(compare_params: dict, *method_metrics: MethodMetrics) -> pd
     rerun = "kedro run --pipelines compare (the methods whose inputs differ, or all of them)"
     check_same_lineage(stage, "dataset", by_method, rerun)
     check_same_lineage(stage, "backbone_id", by_method, rerun)
-    splits = {name: [(r.resampling, r.dataset) for r in m.resamplings] for name, m in by_method.items()}
-    if len({tuple(v) for v in splits.values()}) > 1:
-        listing = "; ".join(f"{name}: {', '.join(f'r{r} {d}' for r, d in v)}" for name, v in splits.items())
-        raise InputMismatchError(
-            f"{stage}: the methods' metrics were measured on different resamplings of the split ({listing}); "
-            f"nothing was written. Measure them again on the same compare.resamplings: {rerun}."
-        )
+    resamplings = {name: {"resamplings": ", ".join(f"r{r.resampling} {r.dataset}" for r in m.resamplings)}
+                   for name, m in by_method.items()}
+    check_same_lineage(stage, "resamplings", resamplings, rerun)
     return report.comparison_table(compare_params["methods"], method_metrics)
 
 
