@@ -1,6 +1,7 @@
 """The compare pipeline: its namespaced structure, its catalog entries, and a tiny end-to-end run."""
 
 import dataclasses
+import re
 import warnings
 
 import numpy as np
@@ -197,6 +198,10 @@ def test_tiny_comparison_end_to_end(tiny_run):
     assert set(by_method["verdict"].iloc[1:]) <= {"better", "worse", "no significant difference"}
     md = catalog.load("compare_table_markdown")
     assert "| biotune |" in md and "paired diff to BioTune" in md and "ddof = 0" in md and "R = 2" in md
+    # the per-block rows have no difference or verdict: blank cells, not "nan"
+    assert not re.search(r"\bnan\b", md, re.IGNORECASE), md
+    block_row = next(line for line in md.splitlines() if line.startswith("| surgical | surgical[layer1] |"))
+    assert [c.strip() for c in block_row.split("|")[4:6]] == ["", ""], block_row
     fig = catalog.load("compare_figure")
     assert fig.axes[0].get_xscale() == "log" and "macro accuracy" in fig.axes[0].get_ylabel()
     # the reported surgical variant is the best by validation, on each resampling

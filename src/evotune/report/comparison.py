@@ -141,14 +141,14 @@ def comparison_markdown(table: pd.DataFrame) -> str:
              "test acc (%) | macro F1 (%) | trainable params | trainings | compute (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
 
-    def cell(r: dict, key: str, fmt) -> str:
+    def cell(r: dict, key: str, fmt=str) -> str:
         v = r.get(key)
         return "" if v is None or pd.isna(v) else fmt(v)
 
     for r in table.to_dict("records"):
         lines.append(
-            f"| {r['method']} | {r['variant']} | {r['test_macro_accuracy']} | {r.get('diff_to_biotune') or ''} | "
-            f"{r.get('verdict') or ''} | {r['test_accuracy']} | {cell(r, 'macro_f1_mean', _pct)} | "
+            f"| {r['method']} | {r['variant']} | {r['test_macro_accuracy']} | {cell(r, 'diff_to_biotune')} | "
+            f"{cell(r, 'verdict')} | {r['test_accuracy']} | {cell(r, 'macro_f1_mean', _pct)} | "
             f"{r['trainable_pct']:.3g} % | {cell(r, 'trainings', lambda v: str(int(v)))} | "
             f"{cell(r, 'compute_seconds', lambda v: f'{v:.0f}')} |")
     return "\n".join(lines) + "\n\n" + caption(table) + "\n"
