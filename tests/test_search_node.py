@@ -365,3 +365,22 @@ def test_a_unit_claimed_by_a_process_killed_before_naming_itself_is_queued_again
     trial, claimed = queue.claim()
     assert claimed == unit and trial.user_attrs["worker"] == queue.me
 
+
+
+def test_a_unit_claimed_by_a_process_killed_inside_ask_is_queued_again_with_its_genes(monkeypatch):
+    """Killed inside `Study.ask`, after the trial became RUNNING but before its parameters were set, the claim
+    holds no genes yet (only Optuna's fixed params of the enqueued unit): the requeue reads them there (it
+    raised 'the study was written for another backbone' in CI's SIGKILL test)."""
+    import evotune.search.queue as queue_mod
+    from evotune.search.queue import Unit, UnitQueue
+
+    unit = Unit("g0/init/1", 2, 1, (0.1, 0.8, 0.3, 0.6))
+    queue = UnitQueue(None, "s", ["stem", "layer1", "fc"])
+    queue.enqueue_missing([unit])
+    orphan = queue.study.ask()  # no distributions: the RUNNING trial has no parameters yet
+    assert orphan.params == {}
+    later = time.time() + queue_mod.ORPHAN_AFTER_S + 1
+    monkeypatch.setattr(queue_mod.time, "time", lambda: later)
+    assert queue.requeue_stale() == 1
+    trial, claimed = queue.claim()
+    assert claimed == unit

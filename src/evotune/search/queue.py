@@ -202,7 +202,8 @@ class UnitQueue:
                 self.study._storage.set_trial_state_values(t._trial_id, FAIL)
             except Exception:  # finished meanwhile
                 continue
-            genes = genes_from_params(t.params, self.names)
+            # killed between Study.ask and the first suggest: an enqueued unit's genes are still only its fixed params
+            genes = genes_from_params(t.params or t.system_attrs.get("fixed_params", {}), self.names)
             units.append(Unit(t.user_attrs["key"], int(t.user_attrs["seed"]), int(t.user_attrs["chunk"]), genes))
             log.warning("unit %s seed %s was left running by %s: queued again",
                         t.user_attrs["key"], t.user_attrs["seed"], t.user_attrs.get("worker"))
