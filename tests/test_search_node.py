@@ -366,7 +366,6 @@ def test_a_unit_claimed_by_a_process_killed_before_naming_itself_is_queued_again
     assert claimed == unit and trial.user_attrs["worker"] == queue.me
 
 
-
 def test_a_unit_claimed_by_a_process_killed_inside_ask_is_queued_again_with_its_genes(monkeypatch):
     """Killed inside `Study.ask`, after the trial became RUNNING but before its parameters were set, the claim
     holds no genes yet (only Optuna's fixed params of the enqueued unit): the requeue reads them there (it
