@@ -244,6 +244,23 @@ def test_biotune_runs_its_own_search_on_each_resampling(tiny_run):
     assert metrics.trainings == sum(g.trainings for g in best.genomes) + 2 * 2
 
 
+def test_the_method_row_names_each_resamplings_choice_when_they_differ(tiny_run):
+    catalog = tiny_run
+    params = {**catalog.load("params:compare"), "methods": ["surgical"]}
+    biotune, surgical = catalog.load("compare.biotune.metrics"), catalog.load("compare.surgical.metrics")
+    same = dataclasses.replace(surgical, variant="surgical[layer4]", resamplings=[
+        dataclasses.replace(r, variant="surgical[layer4]") for r in surgical.resamplings])
+    def method_row(table):
+        return table[(table["kind"] == "method") & (table["method"] == "surgical")].iloc[0]
+
+    assert method_row(comparison_table(params, biotune, same))["variant"] == "surgical[layer4]"
+    differ = dataclasses.replace(surgical, variant="surgical[layer1]", resamplings=[
+        dataclasses.replace(r, variant=v) for r, v in zip(surgical.resamplings, ("surgical[layer4]", "surgical[layer1]"))])
+    table = comparison_table(params, biotune, differ)
+    assert method_row(table)["variant"] == "surgical[layer4, layer1]"
+    assert table[table["method"] == "biotune"]["variant"].item() == "biotune"
+
+
 def test_the_table_refuses_metrics_of_other_methods_than_chosen(tiny_run):
     catalog = tiny_run
     biotune, lora = catalog.load("compare.biotune.metrics"), catalog.load("compare.lora.metrics")

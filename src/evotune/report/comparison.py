@@ -38,6 +38,18 @@ def _with_ci(mean: float, low: float, high: float, signed: bool = False) -> str:
     return f"{m} [{100 * low:.2f}, {100 * high:.2f}]" if not signed else f"{m} [{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
+def chosen_variants(m: MethodMetrics) -> str:
+    """The variant cell of a method's row: its variant, or, when validation chose different variants on
+    different resamplings, each resampling's choice in order (``surgical[layer4, layer3, layer3]``)."""
+    chosen = [p.variant for p in m.resamplings]
+    if len(set(chosen)) <= 1:
+        return m.variant
+    prefix = f"{m.method}["
+    if all(v.startswith(prefix) and v.endswith("]") for v in chosen):
+        return prefix + ", ".join(v[len(prefix):-1] for v in chosen) + "]"
+    return " / ".join(chosen)
+
+
 def method_rows(m: MethodMetrics, sig) -> tuple[dict, list[dict]]:
     """A method's row (with its significance ``sig``), and one ``variant`` row per variant when it has
     several (surgical: the per-block means over the resamplings)."""
@@ -45,7 +57,7 @@ def method_rows(m: MethodMetrics, sig) -> tuple[dict, list[dict]]:
     nan = math.nan
     diff = sig.diff
     row = {
-        "method": m.method, "variant": m.variant, "kind": "method",
+        "method": m.method, "variant": chosen_variants(m), "kind": "method",
         "test_macro_accuracy": _with_ci(sig.score.mean, sig.score.low, sig.score.high),
         "macro_accuracy_mean": sig.score.mean, "macro_accuracy_ci_low": sig.score.low,
         "macro_accuracy_ci_high": sig.score.high,
@@ -131,7 +143,8 @@ def caption(table: pd.DataFrame) -> str:
         "resampling (ddof = 0, the authors' convention), averaged over resamplings. Trainable params: share of the "
         "model's parameters trained (searches: averaged over their genomes). Trainings and compute: all resamplings, "
         "searches included. Surgical's block rows: per-block means over the resamplings (the method's row reports "
-        "the block chosen by validation on each resampling)."
+        "the block chosen by validation on each resampling, and names each resampling's choice in order when "
+        "they differ)."
     )
 
 
