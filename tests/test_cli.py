@@ -130,6 +130,11 @@ COMMANDS: dict[str, Expect] = {
         says=("Completed 3 out of 3 tasks",), files=("data/08_reporting/compare/comparison.md",),
         unchanged=("data/08_reporting/compare/lora/metrics.json",),
         after=('kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"',)),
+    # one group of an "In parts" comparison without BioTune: only its own nodes run, BioTune is not re-tested
+    'kedro run --pipelines compare --nodes compare.tpe.search,compare.tpe.retrain,compare.tpe.test --params '
+    '"compare.methods=[tpe]"': Expect(
+        says=("Completed 3 out of 3 tasks",), files=("data/08_reporting/compare/tpe/metrics.json",),
+        unchanged=("data/08_reporting/compare/biotune/metrics.json",), after=("kedro run --pipelines compare",)),
     "kedro run --pipelines search_worker": Expect(),
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(),
     "kedro run --params training.cpu_threads=1": Expect(),
