@@ -35,20 +35,12 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tiny_project import TINY
 
 from evotune.config import merge_parameters
 
 BIN = Path(sys.executable).parent
 
-#: conf/local of the test project: the embedded task at toy sizes
-TINY = """\
-source_pretraining: {data: {n_per_class: 6}, training: {epochs: 1, batch_size: 64}}
-data: {split: {train_per_class: 4, val_per_class: 4}}
-search: {population: 4, elite: 1, generations: 1, seeds: [1], worker_poll_s: 0.2, worker_idle_timeout_s: 5}
-training: {epochs: 1, batch_size: 32}
-retrain: {seeds: [559]}
-compare: {methods: [full_finetune, l2_sp, random_search], surgical: {blocks: [layer4]}, resamplings: 2}  # all ten: test_compare.py
-"""
 
 #: the tiny ViT of the embedded task (README "Backbones")
 VIT = "backbone.arch=vit_tiny32,source_pretraining.arch=vit_tiny32"

@@ -19,18 +19,10 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from tiny_project import TINY  # conf/local of the test project: the embedded task at toy sizes
 
 from evotune.errors import EvotuneError, ParameterError
 from evotune.tracking import EXTRA, PLUGIN_NAMES, MlflowTrackingHooks, TrackingConfig, generation_metrics, record_metrics
-
-#: conf/local of the test project: the embedded task at toy sizes (as tests/test_cli.py)
-TINY = """\
-source_pretraining: {data: {n_per_class: 6}, training: {epochs: 1, batch_size: 64}}
-data: {split: {train_per_class: 4, val_per_class: 4}}
-search: {population: 4, elite: 1, generations: 1, seeds: [1], worker_poll_s: 0.2, worker_idle_timeout_s: 5}
-training: {epochs: 1, batch_size: 32}
-retrain: {seeds: [559]}
-"""
 
 STORE = "data/09_tracking/mlflow.db"
 
