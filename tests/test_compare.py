@@ -250,6 +250,7 @@ def test_the_method_row_names_each_resamplings_choice_when_they_differ(tiny_run)
     biotune, surgical = catalog.load("compare.biotune.metrics"), catalog.load("compare.surgical.metrics")
     same = dataclasses.replace(surgical, variant="surgical[layer4]", resamplings=[
         dataclasses.replace(r, variant="surgical[layer4]") for r in surgical.resamplings])
+
     def method_row(table):
         return table[(table["kind"] == "method") & (table["method"] == "surgical")].iloc[0]
 
