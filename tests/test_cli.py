@@ -211,9 +211,9 @@ def normalise(cmd: str) -> str:
 
 
 def documented_commands(root: Path) -> set[str]:
-    """The commands README.md and the comments of conf/**/*.yml show, in the project at ``root``."""
+    """The commands README.md, the pages of docs/ and the comments of conf/**/*.yml show, in the project at ``root``."""
     found: set[str] = set()
-    readme = (root / "README.md").read_text()
+    readme = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").rglob("*.md"))])
     starts = ("kedro ", "make ", "python ", "source ", "CUDA_VISIBLE_DEVICES=")
     for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
