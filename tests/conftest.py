@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["EVOTUNE_OFFLINE"] = "1"  # tests never download (tests/test_downloads.py serves its files itself)
 
 
 ROOT = Path(__file__).resolve().parents[1]

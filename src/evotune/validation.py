@@ -8,6 +8,7 @@ not an hour into a search.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ __all__ = ["ParameterError", "validate_run"]
 
 def validate_run(params: dict[str, Any], node_names) -> None:
     """Raise :class:`ParameterError` listing every problem found in what this run will use."""
-    from .backbones import get_arch, imagenet_weights_problem
+    from .backbones import get_arch
     from .pipelines.backbone.nodes import BackboneParams
     from .retraining import retrain_config, retrain_seeds
     from .search.config import SearchConfig
@@ -35,10 +36,10 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             problems.append(str(exc).strip('"'))
             return None
 
-    if "paper" in params:
-        from .paper_setting import check_paper_setting
+    if "paper" in params:  # each problem on its own line, so that one the checks below find too is said once
+        from .paper_setting import paper_setting_problems
 
-        check(lambda: check_paper_setting(params, check_files=bool(nodes & {"ingest_index", "load_pretrained_backbone"})))
+        problems += paper_setting_problems(params, check_files=bool(nodes & {"ingest_index", "load_pretrained_backbone"}))
     if any(n.startswith("compare.") for n in nodes):
         from .methods import check_compare_params
 
@@ -72,17 +73,13 @@ def validate_run(params: dict[str, Any], node_names) -> None:
                 "set them to the same architecture."
             )
     if "load_pretrained_backbone" in nodes and backbone is not None:
-        weights = backbone.weights
-        if weights == "imagenet":
-            spec = check(get_arch, backbone.arch)
-            problem = imagenet_weights_problem(spec.name, backbone.torch_home) if spec is not None else None
-            if problem is not None:
-                problems.append(problem)
-        elif weights not in ("none", "source") and not Path(weights).is_file():
-            problems.append(f"backbone.weights: the checkpoint file '{weights}' does not exist.")
-        elif weights == "source":
+        from .paper_setting import weights_problems
+
+        if backbone.weights == "source":
             problems.append("backbone.weights: source needs the default pipeline (`kedro run`), "
                             "which pretrains the source model first.")
+        elif check(get_arch, backbone.arch) is not None:
+            problems += weights_problems(backbone.arch, dataclasses.asdict(backbone))
 
     training_nodes = {"evolutionary_search", "search_worker", "retrain_best_genome", "evaluate_on_test",
                       "measure_search_fidelity"}
