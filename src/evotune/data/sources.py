@@ -420,6 +420,12 @@ class TorchvisionSource(ImageSource):
         return ds
 
     def _missing_message(self, layout: str, cause: str) -> str:
+        if self.download and "corrupted" in cause:  # torchvision's MD5 check of a downloaded file
+            return (
+                f"torchvision {self.name}: a file downloaded into root '{self.root}' ({self.prefix}.root) is corrupt "
+                f"or truncated: its MD5 differs from torchvision's ({cause}). It is never used: run again to download "
+                f"it again, or copy the files in by hand so that torchvision finds {layout}."
+            )
         if self.download:
             return (
                 f"torchvision {self.name}: could not download or open it in root '{self.root}' "
