@@ -36,6 +36,12 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             problems.append(str(exc).strip('"'))
             return None
 
+    if params.get("default_pipeline") is not None:
+        from .pipeline_registry import DEFAULT_PIPELINE_CHOICES
+
+        if params["default_pipeline"] not in DEFAULT_PIPELINE_CHOICES:
+            problems.append(f"default_pipeline is {params['default_pipeline']!r}; it may name "
+                            f"{', '.join(DEFAULT_PIPELINE_CHOICES)} (or be removed: the embedded run).")
     if "paper" in params:  # each problem on its own line, so that one the checks below find too is said once
         from .paper_setting import paper_setting_problems
 
