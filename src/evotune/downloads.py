@@ -64,7 +64,7 @@ def unreachable(url: str, timeout: float | None = None) -> str | None:
     remembered for the rest of the process.
     """
     if offline():
-        return f"this run is switched offline ({OFFLINE_ENV} or HF_HUB_OFFLINE is set)"
+        return f"this run is switched offline: {OFFLINE_ENV} or HF_HUB_OFFLINE is set"
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https"):
         return None  # file:// and the like: nothing to probe

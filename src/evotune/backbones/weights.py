@@ -132,8 +132,8 @@ def url_weights_path(url: str, torch_home: str | os.PathLike | None = None) -> P
     return Path(_hub_dir(torch_home)) / "checkpoints" / _url_file(url.strip())
 
 
-def _cache_advice(torch_home: str | os.PathLike | None) -> str:
-    return (f" (backbone.torch_home={None if torch_home is None else os.fspath(torch_home)!r}, "
+def _cache_advice(torch_home: str | os.PathLike | None, what: str = "") -> str:
+    return (f" ({what}backbone.torch_home={None if torch_home is None else os.fspath(torch_home)!r}, "
             f"TORCH_HOME={os.environ.get('TORCH_HOME', 'unset')}), or set backbone.torch_home in {PARAMS_FILE} "
             "(or TORCH_HOME) to a folder whose hub/checkpoints/ holds it. Otherwise set `backbone.weights` in "
             f"{PARAMS_FILE} to the path of an evotune backbone checkpoint, or to none for random initialisation")
@@ -154,7 +154,7 @@ def imagenet_weights_problem(arch: str, torch_home: str | os.PathLike | None = N
     if path.is_file():
         return None
     return download_problem(f"ImageNet weights of {spec.name}", enum.url, path,
-                            f" ({type(enum).__name__}.{enum.name}){_cache_advice(torch_home)}")
+                            _cache_advice(torch_home, f"torchvision's {type(enum).__name__}.{enum.name}; "))
 
 
 def url_weights_problem(url: str, torch_home: str | os.PathLike | None = None) -> str | None:
