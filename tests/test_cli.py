@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -56,6 +57,8 @@ class Expect:
     run: str | None = None  # what is typed, when it differs from the documented text (placeholders filled)
     ok: bool = True  # exit code 0; else exit code 1 with `says` and no traceback
     says: tuple[str, ...] = ()  # text the output must contain
+    never: tuple[str, ...] = ()  # text the output must not contain
+    once: tuple[str, ...] = ()  # text the output must contain exactly once
     make_dry_run: bool = False  # a make target checked with `make -n` (long-running, tested elsewhere)
     server: int | None = None  # a server: started, answered HTTP on this port, stopped
     local: str | None = None  # conf/local parameters for this command only
@@ -65,6 +68,13 @@ class Expect:
 
 
 OFFLINE = "cannot download"
+#: what the paper's command says offline, and what it must not say (problems of another pipeline, twice the same)
+PAPER_OFFLINE = dict(
+    says=(OFFLINE, "resnet50-11ad3fa6.pth", "https://download.pytorch.org/models/resnet50-11ad3fa6.pth", "flowers-102",
+          "102flowers.tgz", "EVOTUNE_OFFLINE", "nothing was run"),
+    never=("--pipelines pretrained", "source_pretraining.arch", "Running node"),
+    once=("ImageNet weights of resnet50 missing",),
+)
 CUDA = torch.cuda.is_available()  # ImageNet weights missing: the message says where to put them
 MLFLOW = importlib.util.find_spec("kedro_mlflow") is not None  # the optional extra (tests/test_tracking.py)
 
@@ -145,14 +155,31 @@ data:
   split: {seed: 42, val_fraction: 0.2, test_fraction: 0.2, train_per_class: null, val_per_class: null,
           respect_official_splits: true}
 """, says=("image_folder data/01_raw/my_images",)),
+    # the paper's setting (docs/guides/paper.md), offline here (EVOTUNE_OFFLINE=1): it stops in the pre-run check,
+    # before anything trains, naming the weights and the data to fetch and their URLs, and only what applies
+    "kedro run --env paper --params paper.dataset=flowers102,paper.arch=resnet50": Expect(ok=False, **PAPER_OFFLINE),
+    "kedro run --env paper": Expect(ok=False, **PAPER_OFFLINE),
+    "kedro run --env paper --params paper.dataset=dtd,paper.arch=vgg19": Expect(
+        ok=False, says=(OFFLINE, "vgg19-dcbb9e9d.pth", "dtd-r1.0.1.tar.gz", "nothing was run"),
+        never=PAPER_OFFLINE["never"], once=("ImageNet weights of vgg19 missing",)),
+    "kedro run --env paper --params paper.dataset=flowers102,paper.arch=resnet50,fidelity.enabled=true": Expect(
+        ok=False, **PAPER_OFFLINE),
+    # the sweep: every setting checked before anything trains, all problems at once (a tiny sweep that trains:
+    # test_sweep_runs_two_settings_resumes_and_writes_the_table)
+    "kedro sweep": Expect(ok=False, says=("36 of 36 settings cannot run here; nothing was run", "svhn-inception_v3:",
+                                          "inception_v3_google-0cc3c7bd.pth", "train_32x32.mat"),
+                          never=("Running node",)),
+    "kedro sweep --settings flowers102:resnet50,dtd:vgg19": Expect(
+        ok=False, says=("2 of 2 settings cannot run here", "flowers102-resnet50:", "dtd-vgg19:", "102flowers.tgz",
+                        "vgg19-dcbb9e9d.pth"), never=("Running node",)),
     "kedro run --env paper --pipelines pretrained --params paper.dataset=flowers102,paper.arch=resnet50":
         Expect(ok=False, says=(OFFLINE, "resnet50-11ad3fa6.pth", "flowers-102")),
     "kedro run --env paper --pipelines compare --params paper.dataset=flowers102,paper.arch=resnet50":
-        Expect(ok=False, says=("backbone.arch resnet50", "kedro run --env paper --pipelines pretrained")),
+        Expect(ok=False, says=("backbone.arch resnet50", "`kedro run --env paper` with the same --params")),
     "kedro run --env paper --pipelines pretrained --params paper.dataset=dtd,paper.arch=vgg19":
         Expect(ok=False, says=(OFFLINE, "vgg19", "dtd")),
     "kedro run --env paper --pipelines compare --params paper.dataset=dtd,paper.arch=vgg19":
-        Expect(ok=False, says=("backbone.arch vgg19", "kedro run --env paper --pipelines pretrained")),
+        Expect(ok=False, says=("backbone.arch vgg19", "`kedro run --env paper` with the same --params")),
     "kedro ipython": Expect(run="kedro ipython -c \"print('population', catalog.load('params:search')['population'])\"",
                             says=("population 4",)),
     # --- the exported model
@@ -295,7 +322,8 @@ def make_new_images(root: Path) -> None:
 
 def environment() -> dict:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", KEDRO_DISABLE_TELEMETRY="1",
-               DO_NOT_TRACK="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1", COLUMNS="250")  # no wrapped log lines
+               DO_NOT_TRACK="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1", COLUMNS="250",  # no wrapped log lines
+               EVOTUNE_OFFLINE="1")  # nothing is downloaded (tests/test_downloads.py serves its own files)
     env.pop("VIRTUAL_ENV", None)
     return env
 
@@ -373,6 +401,10 @@ def test_documented_command(project, documented, root):
             assert "Error:" in out, out[-3000:]
         for text in spec.says:
             assert text in out, f"`{command}` did not say {text!r}:\n{out[-4000:]}"
+        for text in spec.never:
+            assert text not in out, f"`{command}` said {text!r}:\n{out[-4000:]}"
+        for text in spec.once:
+            assert out.count(text) == 1, f"`{command}` said {text!r} {out.count(text)} times:\n{out[-4000:]}"
         for f in spec.files:
             assert _mtime(project / f) > before[f], f"`{command}` did not write {f}"
         for f in spec.unchanged:
@@ -412,3 +444,53 @@ def test_bad_data_stops_the_run_before_source_pretraining(project):
     assert proc.returncode == 1 and "Traceback" not in out, out[-4000:]
     assert "2 of 16 image files cannot be read" in out and "cat/0.png" in out and "dog/3.png" in out, out[-3000:]
     assert "Running node" not in out, "a node (source pretraining) ran before the data was checked"
+
+
+def make_class_folder(root: Path, seed: int, per_class: int = 12) -> None:
+    """A small image folder of two classes (a bright band on the left or on the right)."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(("left", "right")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            a = (rng.random((36, 36, 3)) * 80).astype(np.uint8)
+            a[:, c * 18:(c + 1) * 18] += 150
+            Image.fromarray(a).save(root / name / f"{i}.png")
+
+
+#: two tiny settings of the paper's sweep: data the test makes, resnet10 from scratch, the toy sizes
+SWEEP_PARAMS = ",".join([
+    "paper.datasets.bands_a.kind=image_folder", "paper.datasets.bands_a.path=data/01_raw/bands_a",
+    "paper.datasets.bands_b.kind=image_folder", "paper.datasets.bands_b.path=data/01_raw/bands_b",
+    "paper.archs.resnet10.resize_size=32", "paper.archs.resnet10.crop_size=32", "backbone.weights=none",
+    "data.split.train_per_class=4", "data.split.val_per_class=4", "search.population=4", "search.elite=1",
+    "search.generations=1", "search.seeds=[1]", "training.epochs=1", "training.batch_size=32", "retrain.seeds=[559]",
+    "compare.methods=[full_finetune]", "compare.resamplings=1", "progress.display=lines",
+])
+
+
+def test_sweep_runs_two_settings_resumes_and_writes_the_table(project):
+    """`kedro sweep` (docs/guides/paper.md): each setting in a folder of its own, finished steps skipped (a
+    stopped sweep resumes), one table beside the paper's numbers."""
+    for name, seed in (("bands_a", 3), ("bands_b", 4)):
+        make_class_folder(project / "data" / "01_raw" / name, seed)
+    sweep = f'kedro sweep --out data/sweep_test --params "{SWEEP_PARAMS}" --settings '
+    out = project / "data" / "sweep_test"
+    first = shell(project, sweep + "bands_a:resnet10")  # stopped after its first setting
+    log = first.stdout + first.stderr
+    assert first.returncode == 0, log[-4000:]
+    assert (out / "bands_a-resnet10" / "sweep_run.json").is_file() and not (out / "bands_b-resnet10").exists()
+    assert "search fidelity: switched off (fidelity.enabled: false)" in log  # off in the paper environment
+    report = sorted((out / "bands_a-resnet10" / "08_reporting" / "test_metrics.json").glob("*/test_metrics.json"))
+    assert len(report) == 1  # the setting's own versioned outputs, not the project's data/
+    again = shell(project, sweep + "bands_a:resnet10,bands_b:resnet10")  # resumed: bands_a is not redone
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-4000:]
+    assert log.count("done before, skipped") == 2 and "bands_b-resnet10 compare: run --env paper" in log, log[-4000:]
+    assert len(sorted((out / "bands_a-resnet10" / "08_reporting" / "test_metrics.json").glob("*/*.json"))) == 1
+    table = (out / "sweep_table.md").read_text()
+    for setting in ("| bands_a | resnet10 | biotune |", "| bands_a | resnet10 | full_finetune |",
+                    "| bands_b | resnet10 | biotune |", "| bands_b | resnet10 | full_finetune |"):
+        assert setting in table, table
+    assert "paper test acc. %" in table and "difference (pp)" in table
+    rows = pd.read_csv(out / "sweep_table.csv")
+    assert len(rows) == 4 and rows["trainings"].gt(0).all() and rows["test_macro_accuracy_pct"].between(0, 100).all()

@@ -290,3 +290,18 @@ def test_an_unreachable_dataset_host_gives_the_offline_message_before_anything(s
     assert "cannot download" in problems[0] and f"{silent_host}/mnist/train-images-idx3-ubyte.gz" in problems[0]
     assert str(root / "MNIST" / "raw" / "train-images-idx3-ubyte") in problems[0]
     assert not root.exists()  # the check created nothing
+
+
+def test_timm_weights_respect_hf_hub_offline(online, monkeypatch, tmp_path):
+    """timm weights come through the Hugging Face hub: its own switch, HF_HUB_OFFLINE, stops their download."""
+    pytest.importorskip("timm")
+    from huggingface_hub import hf_hub_url
+
+    from evotune.backbones.timm_models import build_timm, timm_weights_problem
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    problem = timm_weights_problem("timm/resnet10t", tmp_path)
+    assert "switched offline" in problem and hf_hub_url("timm/resnet10t.c3_in1k", "model.safetensors") in problem
+    assert str(tmp_path / "models--timm--resnet10t.c3_in1k") in problem
+    with pytest.raises(BackboneWeightsError, match="cannot download"):
+        build_timm("timm/resnet10t", 3, weights="imagenet", hf_cache=tmp_path)

@@ -68,12 +68,12 @@ def check_saved_backbone(pipeline, catalog, params) -> None:
     wanted = params["backbone"].get("arch")
     saved = catalog.load("backbone")
     if wanted and saved.arch != wanted:
-        env = "--env paper " if "paper" in params else ""
+        how = ("`kedro run --env paper` with the same --params" if "paper" in params else
+               "`kedro run --pipelines pretrained` with the same --params (or the whole `kedro run`)")
         raise InputMismatchError(
             f"The newest saved backbone is a {saved.arch} (made {saved.created or 'by an older run'}), "
             f"but this run's parameters ask for backbone.arch {wanted}; nothing was run. Make the backbone and "
-            f"the data of this setting first: `kedro run {env}--pipelines pretrained` with the same --params "
-            "(or the whole `kedro run`)."
+            f"the data of this setting first: {how}."
         )
 
 

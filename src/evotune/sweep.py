@@ -8,9 +8,11 @@ all of ``paper.datasets`` x ``paper.archs``: 9 x 4) and, for each, runs
 2. ``kedro run --env paper --pipelines compare --params ...`` (the methods of ``compare.methods``),
 
 each in a folder of its own (``output_dir``: every catalog output lives under it), so settings never
-overwrite or mix. A step that finished leaves ``<out>/D-A/sweep_<step>.json`` (its time) and is not
-run again: a stopped sweep, run again with the same command, resumes where it stopped (inside a step, the
-search resumes from its Optuna study, as every run does). Before anything trains, every setting of the
+overwrite or mix. A step whose last output (the report; the comparison table) has a version in the
+setting's folder is done and not run again, whether the sweep or a job scheduler ran it: a stopped
+sweep, run again with the same command, resumes where it stopped (inside a step, the search resumes
+from its Optuna study, as every run does). The sweep records each step's time in
+``<out>/D-A/sweep_<step>.json``. Before anything trains, every setting of the
 list is checked (:func:`evotune.paper_setting.paper_setting_problems`: names, weights, data; offline,
 the files to fetch by hand) and all problems of all settings are reported at once.
 
@@ -48,8 +50,12 @@ PAPER_ACCURACY: dict[tuple[str, str], dict[str, float]] = {
         ("svhn", 95.85, 96.08))},
 }
 
-#: the steps of one setting: (name, the --pipelines it runs; None: the environment's default)
-STEPS: tuple[tuple[str, str | None], ...] = (("run", None), ("compare", "compare"))
+#: the steps of one setting: (name, the --pipelines it runs (None: the environment's default), the last output
+#: it writes, under the setting's folder: a step whose output has a version is done, whoever ran it)
+STEPS: tuple[tuple[str, str | None, str], ...] = (
+    ("run", None, "08_reporting/report.md"),
+    ("compare", "compare", "08_reporting/compare/comparison.parquet"),
+)
 
 
 class SweepError(EvotuneError):
@@ -133,7 +139,7 @@ def sweep_table(settings: Sequence[Setting], out: Path) -> pd.DataFrame:
             continue
         table = pd.read_parquet(path)
         seconds = {step: json.loads((out / s.name / f"sweep_{step}.json").read_text()).get("seconds")
-                   for step, _ in STEPS if (out / s.name / f"sweep_{step}.json").is_file()}
+                   for step, _, _ in STEPS if (out / s.name / f"sweep_{step}.json").is_file()}
         for r in table[table["kind"] == "method"].to_dict("records"):
             paper = PAPER_ACCURACY.get((s.dataset, s.arch), {}).get(r["method"])
             ours = 100.0 * float(r["accuracy_mean"])
@@ -190,10 +196,11 @@ def run_sweep(settings: Sequence[Setting], *, project: Path, env: str = "paper",
             + "\n".join(f"  {name}:\n    - " + "\n    - ".join(p) for name, p in problems.items()))
     for i, s in enumerate(settings, 1):
         folder = out / s.name
-        for step, pipeline in STEPS:
+        for step, pipeline, last_output in STEPS:
             marker = folder / f"sweep_{step}.json"
-            if marker.is_file():
-                echo(f"sweep {i}/{len(settings)} {s.name} {step}: done before, skipped ({marker})")
+            done = _newest(folder / last_output)
+            if done is not None:
+                echo(f"sweep {i}/{len(settings)} {s.name} {step}: done before, skipped ({done})")
                 continue
             cmd = [sys.executable, "-m", "kedro", "run", "--env", env,
                    *(["--pipelines", pipeline] if pipeline else []), "--params", _params_text(s, folder, extra)]

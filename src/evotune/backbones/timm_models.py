@@ -25,10 +25,11 @@ grouping has them; the torchvision ``vit_b_16`` entry groups them by three inste
 
 Weights
 -------
-``weights: imagenet`` reads the model's default pretrained weights from the local Hugging Face
-hub cache (``HF_HUB_CACHE``, by default ``~/.cache/huggingface/hub``), never downloading:
-:func:`timm_weights_problem` names the cache folder and the file to put there. A timm weights
-file (``.safetensors``, ``.pth``, ``.bin``) can be given as a local path instead.
+``weights: imagenet`` reads the model's default pretrained weights from the Hugging Face hub cache
+(``HF_HUB_CACHE``, by default ``~/.cache/huggingface/hub``), downloading them there through the hub
+(``hf_hub_download``) on first use. Offline (``EVOTUNE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, or a hub
+that does not answer) :func:`timm_weights_problem` names the cache folder, the file to put there and
+its URL. A timm weights file (``.safetensors``, ``.pth``, ``.bin``) can be given as a local path instead.
 """
 
 from __future__ import annotations
@@ -299,7 +300,12 @@ def timm_weights_file(arch: str, hf_cache: str | os.PathLike | None = None) -> P
 
 
 def timm_weights_problem(arch: str, hf_cache: str | os.PathLike | None = None) -> str | None:
-    """The one message saying why ``arch``'s pretrained weights cannot be used here, or None."""
+    """The one message saying why ``arch``'s pretrained weights cannot be used here, or None (cached, or
+    downloadable: the Hugging Face hub answers and the run is not switched offline)."""
+    from huggingface_hub import hf_hub_url
+
+    from ..downloads import download_problem
+
     spec = timm_spec(arch)
     if spec.imagenet_weights is None:
         return (f"timm model {arch!r} has no pretrained weights on the Hugging Face hub: set `backbone.weights` "
@@ -308,15 +314,34 @@ def timm_weights_problem(arch: str, hf_cache: str | os.PathLike | None = None) -
         return None
     repo = spec.imagenet_weights
     folder = _hf_cache(hf_cache) / ("models--" + repo.replace("/", "--"))
-    return (
-        f"Pretrained weights of {arch} missing: expected {_HF_FILES[0]} of the Hugging Face repo {repo} in the "
-        f"local hub cache {_hf_cache(hf_cache)} (as {folder}/snapshots/<revision>/{_HF_FILES[0]}; "
-        f"HF_HUB_CACHE={os.environ.get('HF_HUB_CACHE', 'unset')}). Weights are never downloaded here: on a "
-        f"machine with internet run `hf download {repo} {_HF_FILES[0]}` and copy its cache folder {folder.name} "
-        f"into {_hf_cache(hf_cache)} (or set HF_HUB_CACHE / backbone.torch_home to a cache holding it), or set "
-        f"`backbone.weights` in {PARAMS_FILE} to the path of that {_HF_FILES[0]} file, of an evotune backbone "
-        "checkpoint, or to none for random initialisation."
-    )
+    return download_problem(
+        f"Pretrained weights of {arch} (the Hugging Face repo {repo})", hf_hub_url(repo, _HF_FILES[0]),
+        f"{folder}/snapshots/<revision>/{_HF_FILES[0]} in the local hub cache",
+        f" (HF_HUB_CACHE={os.environ.get('HF_HUB_CACHE', 'unset')}): `hf download {repo} {_HF_FILES[0]}` there "
+        f"fetches it; then copy its cache folder {folder.name} into {_hf_cache(hf_cache)} (or set HF_HUB_CACHE to a "
+        f"cache holding it), or set `backbone.weights` in {PARAMS_FILE} to the path of that {_HF_FILES[0]} file, "
+        "of an evotune backbone checkpoint, or to none for random initialisation")
+
+
+def _download_timm_weights(arch: str, hf_cache: str | os.PathLike | None) -> Path:
+    """Download ``arch``'s default pretrained weights through the Hugging Face hub into its cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo = timm_spec(arch).imagenet_weights
+    last: Exception | None = None
+    for filename in _HF_FILES:
+        try:
+            return Path(hf_hub_download(repo, filename, cache_dir=_hf_cache(hf_cache)))
+        except EntryNotFoundError as exc:
+            last = exc
+        except Exception as exc:  # noqa: BLE001 - network, offline, gated repo: one message
+            raise BackboneWeightsError(
+                f"Pretrained weights of {arch}: the download of {filename} from the Hugging Face repo {repo} failed "
+                f"({type(exc).__name__}: {exc}). Run again when the hub answers, or see the offline advice of "
+                f"`kedro run` with EVOTUNE_OFFLINE=1.") from exc
+    raise BackboneWeightsError(f"Pretrained weights of {arch}: the Hugging Face repo {repo} has none of "
+                               f"{', '.join(_HF_FILES)} ({last}).")
 
 
 def _check_size(model: nn.Module) -> torch.Tensor:
@@ -338,7 +363,7 @@ def build_timm(
     """A :class:`StagedModel` of ``timm/<model_name>`` (CPU, training mode), its head for ``num_classes``.
 
     ``weights``: None / ``"none"``: timm's random init; ``"imagenet"``: the default pretrained weights
-    from the local Hugging Face hub cache (``hf_cache`` or ``HF_HUB_CACHE``); a path ending in
+    from the Hugging Face hub cache (``hf_cache`` or ``HF_HUB_CACHE``), downloaded there when missing; a path ending in
     ``.safetensors`` / ``.pth`` / ``.bin``: a timm weights file. ``timm_kwargs`` go to
     ``timm.create_model`` (e.g. ``img_size``, ``depth`` for a small variant).
     """
@@ -348,10 +373,12 @@ def build_timm(
         model = _create(arch, num_classes, timm_kwargs)
     else:
         if kind.strip().lower() == "imagenet":
-            problem = timm_weights_problem(arch, hf_cache)
-            if problem is not None:
-                raise BackboneWeightsError(problem)
             path = timm_weights_file(arch, hf_cache)
+            if path is None:
+                problem = timm_weights_problem(arch, hf_cache)
+                if problem is not None:
+                    raise BackboneWeightsError(problem)
+                path = _download_timm_weights(arch, hf_cache)
         else:
             path = Path(os.path.expanduser(kind))
             if not path.is_file():
