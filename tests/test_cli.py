@@ -176,8 +176,6 @@ data:
         Expect(ok=False, says=(OFFLINE, "resnet50-11ad3fa6.pth", "flowers-102")),
     "kedro run --env paper --pipelines compare --params paper.dataset=flowers102,paper.arch=resnet50":
         Expect(ok=False, says=("backbone.arch resnet50", "`kedro run --env paper` with the same --params")),
-    "kedro run --env paper --pipelines pretrained --params paper.dataset=dtd,paper.arch=vgg19":
-        Expect(ok=False, says=(OFFLINE, "vgg19", "dtd")),
     "kedro run --env paper --pipelines compare --params paper.dataset=dtd,paper.arch=vgg19":
         Expect(ok=False, says=("backbone.arch vgg19", "`kedro run --env paper` with the same --params")),
     "kedro ipython": Expect(run="kedro ipython -c \"print('population', catalog.load('params:search')['population'])\"",
