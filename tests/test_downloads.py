@@ -139,18 +139,21 @@ def leftovers(torch_home) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def test_weights_download_from_a_url_into_the_hub_cache(server, tmp_path, base_params):
+def test_weights_download_from_a_url_into_the_hub_cache(server, tmp_path, base_params, tiny_split):
+    from evotune.pipelines.backbone.nodes import load_pretrained_backbone
+
     data, state = weights_file()
     name = named(data)
     server.files[f"/models/{name}"] = data
     url = f"{server.url}/models/{name}"
-    validate_run(pretrained_params(base_params, url, tmp_path), ["load_pretrained_backbone"])  # the host answers
-    model = build_model("resnet10", 3, weights=url, torch_home=tmp_path)
+    params = pretrained_params(base_params, url, tmp_path)
+    validate_run(params, ["load_pretrained_backbone"])  # the pre-run check: the host answers
+    ckpt = load_pretrained_backbone(tiny_split(2, 3), params["backbone"], params["data"])  # the pipeline's node
     assert leftovers(tmp_path) == [name]  # in the torch hub cache, under its own name, no .partial file
     assert f"GET /models/{name}" in server.requests
     conv = state["conv1.weight"].float()
-    assert torch.equal(model.stages[0].conv1.weight.detach(), conv)
-    assert model.num_classes == 3
+    assert torch.equal(ckpt.state_dict["stages.0.conv1.weight"], conv) and ckpt.num_classes == 3
+    assert ckpt.source == f"torchvision resnet10 ({url})"
     server.close()  # cached: the next build reads the file and asks no one
     again = build_model("resnet10", 3, weights=url, torch_home=tmp_path)
     assert torch.equal(again.stages[0].conv1.weight.detach(), conv)
