@@ -554,11 +554,15 @@ def test_pipeline_nodes_and_datasets():
                                          "plot_search_fidelity", "write_report"}
     assert p.inputs() == {"search_population", "search_trials", "best_genome", "retrained_models", "test_metrics",
                           "test_metrics_per_seed", "search_fidelity", "search_fidelity_summary", "compare_links"}
-    catalog = yaml.safe_load((ROOT / "conf/base/catalog_reporting.yml").read_text())
+    # the entries of catalog_reporting.yml as a run sees them (output_dir resolved to its default, data/)
+    from evotune.config import ProjectConfigLoader
+
+    resolved = ProjectConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="base")["catalog"]
+    catalog = {k: resolved[k] for k in yaml.safe_load((ROOT / "conf/base/catalog_reporting.yml").read_text())}
     # the comparison's links are read from what `kedro run --pipelines compare` saved (catalog_compare.yml),
     # relative to the latest report
     links = catalog.pop("compare_links")
-    compare = yaml.safe_load((ROOT / "conf/base/catalog_compare.yml").read_text())
+    compare = {k: resolved[k] for k in yaml.safe_load((ROOT / "conf/base/catalog_compare.yml").read_text())}
     assert links["filepaths"] == {"table": compare["compare_table_markdown"]["filepath"],
                                   "figure": compare["compare_figure"]["filepath"]}
     assert compare["compare_table_markdown"]["versioned"] and compare["compare_figure"]["versioned"]

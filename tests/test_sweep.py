@@ -67,3 +67,19 @@ def test_the_table_puts_each_setting_beside_the_papers_numbers(tmp_path):
     assert "| flowers102 | resnet50 | biotune | 88.00 | 90.00 | 99.00 | 3 | 12.0 | 91.68 | -1.68 |" in md
     assert "| dtd | vgg19 | biotune | 69.00 | 70.00 | 100.00 | 3 | 12.0 | — | — |" in md
     assert "Not finished yet (no comparison): svhn-resnet50." in md
+
+
+def test_every_output_of_the_catalog_lives_under_output_dir():
+    """A setting's folder holds all its outputs: no catalog entry writes beside it (a new entry must use
+    ${runtime_params:output_dir,data} like the others)."""
+    from evotune.config import ProjectConfigLoader
+
+    for env, runtime, root in (("base", {}, "data/"), ("paper", {"output_dir": "data/sweep/dtd-vgg19"},
+                                                         "data/sweep/dtd-vgg19/")):
+        catalog = ProjectConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env=env,
+                                      runtime_params=runtime)["catalog"]
+        paths = {name: cfg.get("filepath") or cfg.get("path") for name, cfg in catalog.items()
+                 if isinstance(cfg, dict) and (cfg.get("filepath") or cfg.get("path"))}
+        assert len(paths) > 40
+        outside = {n: p for n, p in paths.items() if not str(p).startswith(root)}
+        assert not outside, f"outside {root}: {outside}"
