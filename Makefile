@@ -14,7 +14,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-all test-tracking viz notebook benchmark upgrade constraints
+.PHONY: install run test test-all test-tracking viz notebook benchmark docs upgrade constraints
 
 # constraints.txt pins every installed version to what the tests last passed with. timm is an optional
 # extra for users (pip install -e ".[timm]", ~40 MB); make installs it so that its tests run here and in CI.
@@ -64,6 +64,17 @@ benchmark: $(STAMP)
 notebook: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm,notebook]"
 	$(BIN)/kedro jupyter notebook $(ARGS)
+
+# The documentation site (mkdocs.yml, docs/) into site/, warnings as errors. The docs extra is not in the
+# test install: the first `make docs` adds it to $(VENV). NO_MKDOCS_2_WARNING silences MkDocs' banner.
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[docs]"
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict $(ARGS)
 
 # Move to newer releases within pyproject.toml's ranges: a fresh resolve without the pins, then the tests;
 # if they pass, `make constraints` records the new versions.
