@@ -14,7 +14,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-all test-tracking viz notebook benchmark docs upgrade constraints
+.PHONY: install run test test-all test-tracking viz notebook benchmark upgrade constraints
 
 # constraints.txt pins every installed version to what the tests last passed with. timm is an optional
 # extra for users (pip install -e ".[timm]", ~40 MB); make installs it so that its tests run here and in CI.
@@ -67,6 +67,7 @@ notebook: $(STAMP)
 
 # The documentation site (mkdocs.yml, docs/) into site/, warnings as errors. The docs extra is not in the
 # test install: the first `make docs` adds it to $(VENV). NO_MKDOCS_2_WARNING silences MkDocs' banner.
+.PHONY: docs
 DOCS_STAMP := $(VENV)/.installed-docs
 
 $(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
