@@ -106,6 +106,8 @@ def entries(path: Path) -> list[Entry]:
             if meaning:
                 out.append(Entry(dotted, "", meaning))
         else:
+            if not meaning and value == "{}":  # an empty mapping: a method or group without options
+                meaning = "(no options)"
             out.append(Entry(dotted, value, meaning))
     return out
 
