@@ -76,7 +76,8 @@ def test_parameters_reference_is_what_the_script_writes():
 
 def test_reference_entries_read_the_comments(tmp_path):
     """The parser of the reference: inline comments, the block above a key, a comment continued on
-    the lines below (aligned), list items, a group's comment, flow values, '#' inside quotes."""
+    the lines below (aligned), list items, a group's comment, flow values, '#' inside quotes, an empty
+    mapping without a comment."""
     f = tmp_path / "parameters_x.yml"
     f.write_text(
         "# A file comment.\n"
@@ -102,7 +103,7 @@ def test_reference_entries_read_the_comments(tmp_path):
         "x": ("", "The group."),
         "x.a": ("1", "inline continued"),
         "x.b": ("[1, 2]", "above b a list"),
-        "x.c": ("{}", ""),
+        "x.c": ("{}", "(no options)"),
         "x.mode": ("fast", "mode:<br>fast  - quick<br>slow  - careful, and slow"),
         "x.name": ("'a # b'", "quoted"),
         "x.nested.d": ("${x.a}", "interpolated"),
