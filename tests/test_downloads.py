@@ -308,3 +308,14 @@ def test_timm_weights_respect_hf_hub_offline(online, monkeypatch, tmp_path):
     assert str(tmp_path / "models--timm--resnet10t.c3_in1k") in problem
     with pytest.raises(BackboneWeightsError, match="cannot download"):
         build_timm("timm/resnet10t", 3, weights="imagenet", hf_cache=tmp_path)
+
+
+def test_the_offline_switch_keeps_torchvision_off_the_network(mnist_server, tmp_path, monkeypatch):
+    """EVOTUNE_OFFLINE=1 with download: true: the data stage asks no one and names the file to fetch."""
+    monkeypatch.setenv(downloads.OFFLINE_ENV, "1")
+    root = tmp_path / "torchvision"
+    with pytest.raises(DataSourceError) as err:
+        make_source({"kind": "torchvision", "name": "MNIST", "root": str(root), "download": True})
+    msg = str(err.value)
+    assert "switched offline" in msg and f"{mnist_server.url}/mnist/train-images-idx3-ubyte.gz" in msg
+    assert str(root / "MNIST" / "raw") in msg and mnist_server.requests == []

@@ -108,28 +108,6 @@ def weights_problems(arch: str, backbone: dict) -> list[str]:
     return [] if problem is None else [problem]
 
 
-#: where torchvision downloads each dataset from (the first file; public attributes where torchvision has them)
-_DATASET_URLS = {
-    "Flowers102": "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
-    "FGVCAircraft": "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
-    "DTD": "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
-}
-
-
-def dataset_url(name: str) -> str | None:
-    """The URL torchvision downloads the torchvision dataset ``name`` from (its first file), or None."""
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, name, None)
-    if name in ("MNIST", "FashionMNIST") and cls is not None:
-        return cls.mirrors[0] + cls.resources[0][0]
-    if name in ("USPS", "SVHN") and cls is not None:
-        return cls.split_list["train"][0]
-    if name in ("CIFAR10", "CIFAR100", "STL10") and cls is not None:
-        return cls.url
-    return _DATASET_URLS.get(name)
-
-
 def _data_problems(dataset: str, source: dict | None) -> list[str]:
     if not isinstance(source, dict):
         return [f"data.source is not set for paper dataset {dataset!r} (paper.datasets.{dataset})."]
@@ -142,7 +120,9 @@ def _data_problems(dataset: str, source: dict | None) -> list[str]:
         if not missing:
             return []
         where = (f"{missing[0]} does not exist (root '{root}', absolute '{root.resolve()}')")
-        url = dataset_url(name)
+        from .data.sources import torchvision_download_url
+
+        url = torchvision_download_url(name)
         if source.get("download"):
             why = unreachable(url) if url else None
             if why is None:
