@@ -73,7 +73,7 @@ PAPER_OFFLINE = dict(
     says=(OFFLINE, "resnet50-11ad3fa6.pth", "https://download.pytorch.org/models/resnet50-11ad3fa6.pth", "flowers-102",
           "102flowers.tgz", "EVOTUNE_OFFLINE", "nothing was run"),
     never=("--pipelines pretrained", "source_pretraining.arch", "Running node"),
-    once=("ImageNet weights of resnet50 missing",),
+    once=("ImageNet weights of resnet50 missing", "102flowers.tgz"),
 )
 CUDA = torch.cuda.is_available()  # ImageNet weights missing: the message says where to put them
 MLFLOW = importlib.util.find_spec("kedro_mlflow") is not None  # the optional extra (tests/test_tracking.py)
@@ -163,7 +163,7 @@ data:
     "kedro run --env paper": Expect(ok=False, **PAPER_OFFLINE),
     "kedro run --env paper --params paper.dataset=dtd,paper.arch=vgg19": Expect(
         ok=False, says=(OFFLINE, "vgg19-dcbb9e9d.pth", "dtd-r1.0.1.tar.gz", "nothing was run"),
-        never=PAPER_OFFLINE["never"], once=("ImageNet weights of vgg19 missing",)),
+        never=PAPER_OFFLINE["never"], once=("ImageNet weights of vgg19 missing", "dtd-r1.0.1.tar.gz")),
     "kedro run --env paper --params paper.dataset=flowers102,paper.arch=resnet50,fidelity.enabled=true": Expect(
         ok=False, **PAPER_OFFLINE),
     # the sweep: every setting checked before anything trains, all problems at once (a tiny sweep that trains:

@@ -45,7 +45,12 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if "paper" in params:  # each problem on its own line, so that one the checks below find too is said once
         from .paper_setting import paper_setting_problems
 
-        problems += paper_setting_problems(params, check_files=bool(nodes & {"ingest_index", "load_pretrained_backbone"}))
+        paper_problems = paper_setting_problems(params, check_files=bool(nodes & {"ingest_index",
+                                                                                  "load_pretrained_backbone"}))
+        problems += paper_problems
+        paper_data_missing = any(p.startswith("data of ") for p in paper_problems)
+    else:
+        paper_data_missing = False
     if any(n.startswith("compare.") for n in nodes):
         from .methods import check_compare_params
 
@@ -135,7 +140,7 @@ def validate_run(params: dict[str, Any], node_names) -> None:
         from .pipelines.predict.nodes import PredictParams
 
         check(PredictParams.from_params, params.get("predict"))
-    if "ingest_index" in nodes:
+    if "ingest_index" in nodes and not paper_data_missing:  # the paper check named the missing data (once)
         from .pipelines.data_processing.nodes import check_data_params
 
         check(check_data_params, params.get("data"))
