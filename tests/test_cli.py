@@ -45,6 +45,9 @@ BIN = Path(sys.executable).parent
 #: the tiny ViT of the embedded task (README "Backbones")
 VIT = "backbone.arch=vit_tiny32,source_pretraining.arch=vit_tiny32"
 
+#: the small timm model of docs/guides/export.md, from scratch on the embedded task
+TIMM = "backbone.arch=timm/resnet10t,source_pretraining.arch=timm/resnet10t"
+
 #: what README's "ImageNet weights" section puts in conf/local (arch kept small for the offline check)
 IMAGENET_YAML = "backbone: {arch: resnet50, weights: imagenet}\n"
 
@@ -190,6 +193,16 @@ data:
         says=("reliability",), files=("fitness_noise.json",)),
     "python scripts/benchmark_evaluation.py --preset flowers --device cuda --seeds 684 559 629 --out bench_gpu.json":
         Expect(ok=False, says=("CUDA is not available",)),
+    # --- a timm model end to end (docs/guides/export.md): source pretraining, search, retrain, export (weights
+    # keyed as timm's model, the torch.export archive) and report, then predict with that export
+    f'kedro run --params "{TIMM},fidelity.enabled=false"': Expect(
+        says=("pretraining timm/resnet10t", "BioTune search done: 9 trainings", "exported timm/resnet10t",
+              "Pipeline execution completed"),
+        files=("data/08_reporting/latest/report.md", "data/07_model_output/exported_model.safetensors",
+               "data/07_model_output/exported_model.pt2", "data/07_model_output/exported_model.json")),
+    "kedro run --pipelines predict --params predict.source=new_images,predict.top_k=2": Expect(
+        says=("with timm/resnet10t", "classified 9 of 12 files"),
+        files=("data/07_model_output/predictions.csv",)),
     # --- a vision transformer end to end (README "Backbones": the measured run; issue 13): search, retrain,
     # export and report with the tiny ViT, then its comparison with full fine-tuning. Last before LAST: the
     # newest backbone is then a ViT.
