@@ -159,18 +159,32 @@ def device_setting(value: bool | str, device: torch.device) -> bool:
     raise ValueError(f"expected auto, true or false, got {value!r}")
 
 
+#: what ``auto`` tries, in order (the first available wins; the CPU always is)
+AUTO_DEVICES = ("cuda", "mps", "cpu")
+
+
+def _available(device_type: str) -> bool:
+    """Whether torch can use ``device_type`` here (``mps``: Apple's Metal GPUs)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    if device_type == "mps":
+        return torch.backends.mps.is_available()
+    return True
+
+
 def resolve_device(name: str = "auto", param: str = "training.device") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU. An explicit missing device is an error
-    naming ``param``, the parameter that set it."""
+    """``auto`` picks CUDA when present, else Apple's MPS, else the CPU (:data:`AUTO_DEVICES`).
+    An explicit device that is not there is an error naming ``param``, the parameter that set it."""
     if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(next(d for d in AUTO_DEVICES if _available(d)))
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise ParameterError(f"{param} is '{name}', not a torch device; use 'auto', 'cpu' or 'cuda[:i]'.") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"{param} is '{name}', not a torch device; use 'auto', 'cpu', 'cuda[:i]' or 'mps'.") from exc
+    if not _available(device.type):
+        what = {"cuda": "CUDA", "mps": "MPS (Apple's Metal GPUs)"}.get(device.type, device.type)
         raise ParameterError(
-            f"{param} is '{name}' but CUDA is not available here; "
+            f"{param} is '{name}' but {what} is not available here; "
             f"set {param} to 'auto' or 'cpu'."
         )
     return device
