@@ -270,7 +270,7 @@ def build_metadata(
     block_lrs = list(retrained.block_lrs)
     return {
         "format": EXPORT_FORMAT,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "classes": [str(c) for c in classes],
         "num_classes": len(classes),
         "architecture": {
