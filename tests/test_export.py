@@ -173,8 +173,11 @@ def test_the_metadata_says_what_a_user_needs(export):
     assert meta["architecture"]["name"] == export.arch
     if export.arch.startswith("timm/"):
         assert meta["architecture"]["library"] == "timm" and "torchvision" not in meta["architecture"]
-        assert meta["architecture"]["timm"] == {"model_name": "resnet10t", "num_classes": 4, "kwargs": {},
-                                                "python": 'timm.create_model("resnet10t", num_classes=4)'}
+        timm_section = meta["architecture"]["timm"]
+        assert {k: timm_section[k] for k in ("model_name", "num_classes", "kwargs", "python")} == {
+            "model_name": "resnet10t", "num_classes": 4, "kwargs": {},
+            "python": 'timm.create_model("resnet10t", num_classes=4)'}
+        assert timm_section["pretrained_cfg"]["architecture"] == "resnet10t"  # timm's config of the architecture
         assert meta["versions"]["timm"] == importlib.metadata.version("timm")
     elif export.arch == "resnet10":
         assert meta["architecture"]["torchvision"]["python"] == (
@@ -299,3 +302,36 @@ def test_every_architecture_exports_and_round_trips(arch, tmp_path):
         expected = model(norm(x))
         torch.testing.assert_close(ds.load().module()(x), expected, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(plain.eval()(norm(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, kwargs", [("vit_tiny_patch16_224", {"img_size": 32, "depth": 2}),
+                                          ("convnext_atto", {})])
+def test_timm_models_round_trip_with_their_create_model_options(name, kwargs, tmp_path):
+    """A timm ViT variant (create_model options img_size, depth) and a ConvNeXt: the safetensors weights load into
+    the model the metadata's description builds (timm.create_model with those options), the archive is captured,
+    and both give the staged model's logits."""
+    pytest.importorskip("timm", reason="timm is not installed (pip install -e '.[timm]')")
+    from evotune.backbones.timm_models import build_timm, timm_from_description
+    from evotune.export import plain_model, try_export_archive
+    from evotune.io import SafetensorsDataset
+
+    torch.manual_seed(0)
+    model = build_timm(f"timm/{name}", 3, timm_kwargs=kwargs).eval()
+    plain = plain_model(model)
+    assert plain.library == "timm" and plain.description["kwargs"] == kwargs
+    assert plain.description["python"] == f"timm.create_model({json.dumps(name)}, num_classes=3" + "".join(
+        f", {k}={v!r}" for k, v in kwargs.items()) + ")"
+    st = SafetensorsDataset(filepath=str(tmp_path / "m.safetensors"))
+    st.save(plain.weights)
+    rebuilt = timm_from_description(json.loads(json.dumps(plain.description)))  # as read back from the JSON
+    rebuilt.load_state_dict(st.load(), strict=True)
+    program = try_export_archive(plain.module.eval(), [0.5] * 3, [0.25] * 3, 32)
+    assert isinstance(program, torch.export.ExportedProgram)
+    ds = TorchExportDataset(filepath=str(tmp_path / "m.pt2"))
+    ds.save(program)
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    norm = Normalizer([0.5] * 3, [0.25] * 3, torch.device("cpu"), channels_last=False)
+    with torch.no_grad():
+        expected = model(norm(x))
+        torch.testing.assert_close(rebuilt.eval()(norm(x)), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ds.load().module()(x), expected, rtol=1e-4, atol=1e-4)

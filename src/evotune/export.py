@@ -12,8 +12,8 @@ Three files, written by the ``export`` pipeline through the catalog (versioned):
     [1, 1, 1, 1], num_classes=K)``);
   - a timm model (``backbone.arch: timm/<name>``, :func:`evotune.backbones.timm_models.timm_state_dict`):
     ``timm.create_model(name, num_classes=K).load_state_dict(load_file(path))``;
-    ``metadata["architecture"]["timm"]`` gives the name, the classes and the create_model
-    options of a variant.
+    ``metadata["architecture"]["timm"]`` gives the name, the classes, the create_model
+    options of a variant and timm's ``pretrained_cfg`` of the architecture.
 
   Input: float32 images normalised as ``metadata["preprocessing"]`` says.
 * ``exported_model_archive`` (``torch.export``, ``.pt2``): the same network with the
@@ -46,6 +46,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import importlib.metadata
+import json
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -116,7 +117,13 @@ class PlainModel:
 def plain_model(model: StagedModel) -> PlainModel:
     """``model`` as a plain torchvision or timm model (both checked to load ``weights`` strictly)."""
     if is_timm(model.arch):
-        return PlainModel("timm", timm_description(model), timm_state_dict(model), to_timm(model))
+        module = to_timm(model)
+        config = json.loads(json.dumps(dict(getattr(module, "pretrained_cfg", None) or {}), default=str))
+        description = {**timm_description(model), "pretrained_cfg": config,
+                       "pretrained_cfg_note": "timm's config of the architecture's default pretrained weights (their "
+                                              "input size, interpolation, mean/std, 1000 classes); this model's own "
+                                              "classes and input are `classes` and `preprocessing`"}
+        return PlainModel("timm", description, timm_state_dict(model), module)
     return PlainModel("torchvision", torchvision_description(model), torchvision_state_dict(model), to_torchvision(model))
 
 
