@@ -56,3 +56,22 @@ def test_a_name_that_is_no_device_says_which_are(available):
     with pytest.raises(ParameterError, match=r"training.device is 'gpu', not a torch device; use 'auto', 'cpu', "
                                              r"'cuda\[:i\]' or 'mps'"):
         resolve_device("gpu")
+
+
+def test_on_mps_its_generator_is_seeded_from_the_seed_and_restored_after(monkeypatch):
+    """Dropout on MPS tensors draws from the MPS generator: a training's seed seeds it, and the fork puts it back.
+    (torch.mps's generator functions are stand-ins here: the test runs without an MPS device.)"""
+    from evotune.training import fork_global_rng, global_rng_seed, seed_global_rng
+
+    calls, state = [], {"v": b"before"}
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda value: (calls.append(value), state.update(v=value)))
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: state["v"])
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda value: state.update(v=value))
+    cpu_before = torch.get_rng_state()
+    with fork_global_rng(torch.device("mps")):
+        seed_global_rng(7, torch.device("mps"))
+        assert calls == [global_rng_seed(7)] and state["v"] == global_rng_seed(7)
+        torch.rand(3)
+    assert state["v"] == b"before" and torch.equal(torch.get_rng_state(), cpu_before)
+    seed_global_rng(7, torch.device("cpu"))  # on the CPU the MPS generator is left alone
+    assert calls == [global_rng_seed(7)]

@@ -210,20 +210,27 @@ def _cuda_indices(device: torch.device) -> list[int]:
 
 @contextlib.contextmanager
 def fork_global_rng(device: torch.device) -> Iterator[None]:
-    """Inside: torch's global generators (the CPU one, and ``device``'s when it is a CUDA device)
-    may be seeded and drawn from; when the block ends they are as they were before it."""
+    """Inside: torch's global generators (the CPU one, and ``device``'s when it is a CUDA device or
+    Apple's MPS) may be seeded and drawn from; when the block ends they are as they were before it."""
     with torch.random.fork_rng(devices=_cuda_indices(device)):
-        yield
+        mps_state = torch.mps.get_rng_state() if device.type == "mps" else None
+        try:
+            yield
+        finally:
+            if mps_state is not None:
+                torch.mps.set_rng_state(mps_state)
 
 
 def seed_global_rng(seed: int, device: torch.device) -> None:
-    """Seed torch's global CPU generator, and ``device``'s when it is a CUDA device, from ``seed``
-    (:func:`global_rng_seed`). Unlike ``torch.manual_seed`` it leaves other CUDA devices alone,
-    so that it changes nothing outside :func:`fork_global_rng`."""
+    """Seed torch's global CPU generator, and ``device``'s when it is a CUDA device or MPS, from
+    ``seed`` (:func:`global_rng_seed`). Unlike ``torch.manual_seed`` it leaves other CUDA devices
+    alone, so that it changes nothing outside :func:`fork_global_rng`."""
     value = global_rng_seed(seed)
     torch.default_generator.manual_seed(value)
     for index in _cuda_indices(device):
         torch.cuda.default_generators[index].manual_seed(value)
+    if device.type == "mps":  # dropout and stochastic depth on MPS tensors draw from its generator
+        torch.mps.manual_seed(value)
 
 
 # --------------------------------------------------------------------------- data
@@ -491,6 +498,7 @@ def macro_accuracy(conf: Tensor) -> float:
     present = support > 0
     if not bool(present.any()):
         return 0.0
+    conf, support, present = conf.cpu(), support.cpu(), present.cpu()  # float64 on the CPU (MPS has none)
     recall = conf.diag()[present].double() / support[present].double()
     return float(recall.mean())
 
