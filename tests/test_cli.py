@@ -46,6 +46,9 @@ BIN = Path(sys.executable).parent
 #: the tiny ViT of the embedded task (README "Backbones")
 VIT = "backbone.arch=vit_tiny32,source_pretraining.arch=vit_tiny32"
 
+#: the small timm model of docs/guides/export.md, from scratch on the embedded task
+TIMM = "backbone.arch=timm/resnet10t,source_pretraining.arch=timm/resnet10t"
+
 #: what README's "ImageNet weights" section puts in conf/local (arch kept small for the offline check)
 IMAGENET_YAML = "backbone: {arch: resnet50, weights: imagenet}\n"
 
@@ -217,6 +220,24 @@ data:
         says=("reliability",), files=("fitness_noise.json",)),
     "python scripts/benchmark_evaluation.py --preset flowers --device cuda --seeds 684 559 629 --out bench_gpu.json":
         Expect(ok=False, says=("CUDA is not available",)),
+    # --- the quick first run (docs/guides/first-run.md): 2 generations (4 + 2 x (1 + 4) = 14 evaluations at the
+    # tiny sizes) with one search seed, no fidelity
+    "make quick": Expect(make_dry_run=True, says=(
+        '.venv/bin/kedro run --params "search.generations=2,search.seeds=[684],fidelity.enabled=false"',)),
+    'kedro run --params "search.generations=2,search.seeds=[684],fidelity.enabled=false"': Expect(
+        says=("BioTune search done: 14 trainings", "search fidelity: switched off (fidelity.enabled: false), nothing trained",
+              "Pipeline execution completed"),
+        files=("data/08_reporting/latest/report.md", "data/07_model_output/exported_model.safetensors")),
+    # --- a timm model end to end (docs/guides/export.md): source pretraining, search, retrain, export (weights
+    # keyed as timm's model, the torch.export archive) and report, then predict with that export
+    f'kedro run --params "{TIMM},fidelity.enabled=false"': Expect(
+        says=("pretraining timm/resnet10t", "BioTune search done: 9 trainings", "exported timm/resnet10t",
+              "Pipeline execution completed"),
+        files=("data/08_reporting/latest/report.md", "data/07_model_output/exported_model.safetensors",
+               "data/07_model_output/exported_model.pt2", "data/07_model_output/exported_model.json")),
+    "kedro run --pipelines predict --params predict.source=new_images,predict.top_k=2": Expect(
+        says=("with timm/resnet10t", "classified 9 of 12 files"),
+        files=("data/07_model_output/predictions.csv",)),
     # --- a vision transformer end to end (README "Backbones": the measured run; issue 13): search, retrain,
     # export and report with the tiny ViT, then its comparison with full fine-tuning. Last before LAST: the
     # newest backbone is then a ViT.
@@ -334,11 +355,11 @@ def shell(project: Path, command: str, timeout: int = 900) -> subprocess.Complet
 
 
 def installed_by_make(root: Path) -> bool:
-    """`make` reinstalls unless the venv carries its stamp, newer than the project's (at ``root``)
-    pyproject.toml and constraints.txt."""
-    stamp = Path(sys.prefix) / ".installed"
-    return stamp.is_file() and all(stamp.stat().st_mtime >= (root / f).stat().st_mtime
-                                   for f in ("pyproject.toml", "constraints.txt"))
+    """`make` reinstalls unless the venv carries its stamps (`make test`'s install, which holds the runtime
+    and stamps both, and `make run`'s), newer than the project's (at ``root``) pyproject.toml and constraints.txt."""
+    stamps = [Path(sys.prefix) / name for name in (".installed", ".installed-run")]
+    return all(stamp.is_file() and all(stamp.stat().st_mtime >= (root / f).stat().st_mtime
+                                       for f in ("pyproject.toml", "constraints.txt")) for stamp in stamps)
 
 
 def wait_for_http(port: int, proc: subprocess.Popen, timeout: float = 120) -> bytes:

@@ -130,12 +130,6 @@ def validate_run(params: dict[str, Any], node_names) -> None:
         seeds = (params.get("retrain") or {}).get("seeds") or []
         if exp is not None and exp.selection == "seed" and "retrain_best_genome" in nodes and exp.seed not in seeds:
             problems.append(f"export.seed is {exp.seed}, which is not one of retrain.seeds {list(seeds)}.")
-        arch = str((params.get("backbone") or {}).get("arch", ""))
-        if arch.strip().lower().startswith("timm/"):
-            problems.append(
-                f"backbone.arch {arch}: the export stage writes a torchvision model, and a timm model has none. "
-                "Run the stages up to the report without it: `kedro run --to-nodes write_report`."
-            )
     if "predict_images" in nodes:
         from .pipelines.predict.nodes import PredictParams
 

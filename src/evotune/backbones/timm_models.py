@@ -23,6 +23,13 @@ group spans several (timm puts a ViT's final ``norm`` with its last block: ``blo
 A ViT's groups are its encoder layers one by one (14 blocks for ViT-B/16), as timm's coarse
 grouping has them; the torchvision ``vit_b_16`` entry groups them by three instead.
 
+Export
+------
+:func:`timm_state_dict` gives the weights back keyed as timm's own model (a staged key without its
+``stages.<i>.`` prefix), so that ``timm.create_model(name, num_classes=K, **kwargs)`` loads them
+strictly; :func:`timm_description` records that call and :func:`to_timm` builds the plain model
+(``evotune.export``).
+
 Weights
 -------
 ``weights: imagenet`` reads the model's default pretrained weights from the Hugging Face hub cache
@@ -36,18 +43,22 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
+import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from .registry import PARAMS_FILE, ArchSpec, BackboneWeightsError, UnknownArchitectureError
 from .staged import StagedModel
 
-__all__ = ["TIMM_PREFIX", "build_timm", "is_timm", "staged_from_timm", "timm_spec", "timm_weights_problem"]
+__all__ = ["TIMM_PREFIX", "build_timm", "is_timm", "staged_from_timm", "timm_description", "timm_from_description",
+           "timm_spec", "timm_state_dict", "timm_weights_problem", "to_timm"]
 
 TIMM_PREFIX = "timm/"
 #: weights files a ``backbone.weights`` path may name for a timm model (loaded by timm)
@@ -392,3 +403,62 @@ def build_timm(
     staged = staged_from_timm(arch, model, check_input=_check_size(model) if check else None)
     staged.timm_kwargs = dict(timm_kwargs or {})
     return staged
+
+
+# --------------------------------------------------------------------------------------
+# Export: back to a plain timm model
+# --------------------------------------------------------------------------------------
+_STAGE_KEY = re.compile(r"stages\.(\d+)\.(.+)")
+
+
+def timm_description(model: StagedModel) -> dict[str, Any]:
+    """How to build ``model``'s bare timm model, as plain JSON-ready values:
+    ``{"model_name", "num_classes", "kwargs" (the create_model options of a variant), "python"
+    (the one-line expression)}``; :func:`timm_from_description` builds it."""
+    name = _model_name(model.arch)
+    kwargs = {str(k): v for k, v in dict(getattr(model, "timm_kwargs", None) or {}).items()}
+    shown = [json.dumps(name), f"num_classes={int(model.num_classes)}"] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return {"model_name": name, "num_classes": int(model.num_classes), "kwargs": kwargs,
+            "python": f"timm.create_model({', '.join(shown)})"}
+
+
+def timm_from_description(description: Mapping[str, Any]) -> nn.Module:
+    """The timm model a :func:`timm_description` names (timm's random init, CPU, training mode;
+    on the current default device: wrap in ``torch.device("meta")`` to skip allocation)."""
+    return _create(TIMM_PREFIX + str(description["model_name"]), int(description["num_classes"]),
+                   description.get("kwargs"))
+
+
+def timm_state_dict(model: StagedModel) -> OrderedDict[str, Tensor]:
+    """``model``'s weights keyed as its timm model expects (contiguous CPU copies, in timm's key
+    order): ``timm.create_model(name, num_classes=K, **kwargs).load_state_dict(..., strict=True)``
+    accepts it. A stage holds the timm model's modules under their timm names, so a key is the
+    staged key without its ``stages.<i>.`` prefix; the keys and shapes are checked against a
+    fresh timm model of the same name, classes and options."""
+    state = model.state_dict()
+    renamed: dict[str, str] = {}
+    for key in state:
+        m = _STAGE_KEY.fullmatch(key)
+        if m is None or m.group(2) in renamed:
+            raise ValueError(f"{model.arch}: the staged key {key!r} has no unique timm counterpart")
+        renamed[m.group(2)] = key
+    with torch.device("meta"):
+        fresh = timm_from_description(timm_description(model)).state_dict()
+    differ = sorted(set(fresh) ^ set(renamed))
+    if differ:
+        raise ValueError(f"{model.arch}: the model's keys differ from a fresh timm model's (e.g. {differ[:3]}); "
+                         "was it modified (e.g. LoRA surgery)?")
+    out: OrderedDict[str, Tensor] = OrderedDict()
+    for key, ref in fresh.items():
+        t = state[renamed[key]]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ValueError(f"{model.arch}: {key} has shape {tuple(t.shape)}, a fresh timm model's {tuple(ref.shape)}")
+        out[key] = t.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def to_timm(model: StagedModel) -> nn.Module:
+    """A plain timm model (CPU) holding ``model``'s weights, in ``model``'s train/eval mode."""
+    plain = timm_from_description(timm_description(model))
+    plain.load_state_dict(timm_state_dict(model), strict=True)
+    return plain.train(model.training)
