@@ -18,6 +18,7 @@ lora                      plan     :mod:`.lora`
 deft                      search   :mod:`.deft`
 random_search             search   :mod:`.random_search`
 tpe                       search   :mod:`.tpe`
+nsga2                     search   :mod:`.nsga2` (two objectives: val accuracy, trainable share)
 ========================  =======  ==============================================
 """
 
@@ -27,15 +28,29 @@ from typing import Any
 
 from ..errors import ParameterError
 from ..params import check_type, require, section
-from . import auto_rgn, deft, full_finetune, linear_probe, lora, random_search, sp_regularization, surgical, tpe
+from . import (
+    auto_rgn,
+    deft,
+    full_finetune,
+    linear_probe,
+    lora,
+    nsga2,
+    random_search,
+    sp_regularization,
+    surgical,
+    tpe,
+)
 from .base import (
     Budget,
+    GenomeShare,
     Method,
     PlanMethod,
     SearchMethod,
     SearchOutcome,
+    block_parameter_counts,
     evaluation_chunk,
     generation_equivalent,
+    mask_share,
     trainable_parameters,
 )
 
@@ -52,6 +67,7 @@ METHODS: dict[str, Method] = {
         deft.METHOD,
         random_search.METHOD,
         tpe.METHOD,
+        nsga2.METHOD,
     )
 }
 
@@ -111,13 +127,16 @@ __all__ = [
     "PLAN_METHODS",
     "SEARCH_METHODS",
     "Budget",
+    "GenomeShare",
     "Method",
     "PlanMethod",
     "SearchMethod",
     "SearchOutcome",
+    "block_parameter_counts",
     "check_compare_params",
     "evaluation_chunk",
     "generation_equivalent",
     "get_method",
+    "mask_share",
     "trainable_parameters",
 ]

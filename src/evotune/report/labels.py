@@ -40,6 +40,7 @@ METHOD_LABELS: dict[str, str] = {
     "deft": "DEFT",
     "random_search": "Random search",
     "tpe": "TPE",
+    "nsga2": "NSGA-II",
 }
 
 
