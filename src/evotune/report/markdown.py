@@ -202,6 +202,34 @@ def comparison_section(compare_links: Mapping[str, Mapping[str, str] | None]) ->
     return out
 
 
+def pareto_section(table: pd.DataFrame, figure_path: str | None, best_genome: GenomeRecord) -> list[str]:
+    """The accuracy-versus-cost front of the search (:mod:`evotune.report.pareto`): its genomes in a table,
+    the chosen one marked, the figure, and where optuna-dashboard shows it."""
+    from .pareto import front_markdown, front_study_name
+
+    out = ["## Accuracy versus cost: the Pareto front", ""]
+    if not len(table):
+        return out + ["No valid evaluation: no front.", ""]
+    chosen = table[table["chosen"]]
+    where = ("on the share front" if len(chosen) and bool(chosen["on_share_front"].iloc[0])
+             else "not on the share front" if len(chosen) else "not among the evaluations")
+    out.append(
+        f"{len(table)} valid evaluations; {int(table['on_share_front'].sum())} on the front of validation macro "
+        f"accuracy against trainable share, {int(table['on_time_front'].sum())} on the front against training "
+        f"time. The chosen genome `{best_genome.key}` is {where}. Validation accuracies are on each evaluation's "
+        "search chunk (mean over the search seeds), so genomes judged on other chunks are not strictly comparable.")
+    out.append("")
+    if best_genome.storage:
+        out.append(f"optuna-dashboard shows the front: study `{front_study_name(best_genome.study_name)}` in "
+                   f"`{best_genome.storage}` (three objectives).")
+        out.append("")
+    out.append(front_markdown(table))
+    out.append("")
+    if figure_path:
+        out += [f"Figure: [{FIGURE_TITLES['pareto_front']}]({figure_path}) (under Figures below).", ""]
+    return out
+
+
 def markdown_report(
     best_genome: GenomeRecord,
     summary: pd.DataFrame,
@@ -210,6 +238,7 @@ def markdown_report(
     figure_paths: Mapping[str, str],
     fidelity: FidelitySummary | None = None,
     compare_links: Mapping[str, Mapping[str, str] | None] | None = None,
+    pareto: pd.DataFrame | None = None,
 ) -> str:
     """The report a reader opens first (markdown).
 
@@ -217,6 +246,7 @@ def markdown_report(
     name) to its path relative to the report; the figures are linked in that order.
     ``fidelity``: the search-fidelity measurement (its section; none without it).
     ``compare_links``: the comparison's files (:func:`comparison_section`; no section without it).
+    ``pareto``: the search's accuracy-versus-cost front (:func:`pareto_section`; no section without it).
     """
     tm = test_metrics
     arch = best_genome.arch
@@ -304,6 +334,9 @@ def markdown_report(
     out.append("")
     out.append(_per_seed_table(test_metrics_per_seed))
     out.append("")
+
+    if pareto is not None:
+        out += pareto_section(pareto, figure_paths.get("pareto_front"), best_genome)
 
     if fidelity is not None:
         out += fidelity_section(fidelity, figure_paths.get("search_fidelity"))

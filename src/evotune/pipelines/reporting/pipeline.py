@@ -3,10 +3,12 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import (
     plot_confusion_matrix,
     plot_gene_trajectories,
+    plot_pareto_front,
     plot_search_fidelity,
     plot_search_figures,
     plot_training_curves,
     summarise_generations,
+    tabulate_pareto_front,
     tabulate_retrain_history,
     write_report,
 )
@@ -60,9 +62,21 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="plot_search_fidelity",
             ),
             Node(
+                tabulate_pareto_front,
+                inputs=["search_trials", "best_genome", "backbone", "search_study_store"],
+                outputs="pareto_front",
+                name="pareto_front",
+            ),
+            Node(
+                plot_pareto_front,
+                inputs="pareto_front",
+                outputs=["pareto_front_plot", "pareto_front_plot_latest"],
+                name="plot_pareto_front",
+            ),
+            Node(
                 write_report,
                 inputs=["best_genome", "generation_summary", "test_metrics", "test_metrics_per_seed",
-                        "search_fidelity_summary", "compare_links"],
+                        "search_fidelity_summary", "compare_links", "pareto_front"],
                 outputs=["report", "report_latest"],
                 name="write_report",
             ),
