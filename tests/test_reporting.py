@@ -554,7 +554,7 @@ def test_pipeline_nodes_and_datasets():
                                          "plot_search_fidelity", "pareto_front", "plot_pareto_front", "write_report"}
     assert p.inputs() == {"search_population", "search_trials", "best_genome", "retrained_models", "test_metrics",
                           "test_metrics_per_seed", "search_fidelity", "search_fidelity_summary", "compare_links",
-                          "backbone", "search_study_store"}
+                          "backbone", "search_study_store", "picked_genome", "confirmation"}
     catalog = yaml.safe_load((ROOT / "conf/base/catalog_reporting.yml").read_text())
     # the comparison's links are read from what `kedro run --pipelines compare` saved (catalog_compare.yml),
     # relative to the latest report
@@ -624,7 +624,8 @@ def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test
     inputs = {"search_population": population, "search_trials": trials, "best_genome": best_genome,
               "retrained_models": retrained, "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
               "search_fidelity": fidelity_table, "search_fidelity_summary": fidelity_summary, "backbone": backbone,
-              "search_study_store": StudyStore(None)}
+              "search_study_store": StudyStore(None), "picked_genome": best_genome,
+              "confirmation": pd.DataFrame({"key": [best_genome.key]})}
     v = "2026-01-01T00.00.00.000Z"
     rep = _run_reporting(tmp_path, v, inputs)
     summary = pd.read_parquet(rep / f"generation_summary.parquet/{v}/generation_summary.parquet")
@@ -677,7 +678,7 @@ def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, mak
 
     from evotune.backbones import build_model
     from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
-    from evotune.pipelines.search.nodes import run_search
+    from evotune.pipelines.search.nodes import confirm_pick, run_search
     from evotune.search.store import StudyStore
 
     training = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16,
@@ -689,7 +690,11 @@ def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, mak
     train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
     store = StudyStore(f"sqlite:///{tmp_path}/study.db")
     trials, population, best = run_search(backbone, train, val, store, search, training)
-    retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2], "training": {}}, training)
+    # the confirmation stage on the search's two best genomes, one seed (4 tiny trainings): the report says how
+    confirmation, picked = confirm_pick(backbone, train, val, trials, best,
+                                        {"rule": "confirmed", "top_k": 2, "seeds": [3]}, search, training)
+    assert picked.pick_rule == "confirmed" and picked.confirm_trainings == 4 and picked.search_best_key == best.key
+    retrained = retrain_best_genome(backbone, train, val, picked, {"seeds": [1, 2], "training": {}}, training)
     test_metrics, per_seed = evaluate_on_test(backbone, retrained, test, training)
     off = replace(fidelity_summary, enabled=False, rho=None, ci_low=None, ci_high=None, dataset=best.dataset,
                   backbone_id=best.backbone_id)
@@ -698,7 +703,7 @@ def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, mak
         "search_population": population, "search_trials": trials, "best_genome": best,
         "retrained_models": retrained, "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
         "search_fidelity": pd.DataFrame(columns=FIDELITY_COLUMNS), "search_fidelity_summary": off,
-        "backbone": backbone, "search_study_store": store})
+        "backbone": backbone, "search_study_store": store, "picked_genome": picked, "confirmation": confirmation})
 
     # every gene of every individual after each generation, named after the blocks, the threshold last
     genes = S.gene_trajectories(population)
@@ -726,7 +731,7 @@ def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, mak
 
     front = pd.read_parquet(rep / f"pareto_front.parquet/{v}/pareto_front.parquet")
     valid = trials[trials["valid"] & ~trials["diverged"]]
-    assert sorted(front["key"]) == sorted(valid["key"]) and front.loc[front["chosen"], "key"].tolist() == [best.key]
+    assert sorted(front["key"]) == sorted(valid["key"]) and front.loc[front["chosen"], "key"].tolist() == [picked.key]
     assert front.loc[front["mask"] == "1" * 6, "trainable_share"].eq(1.0).all()
     assert f"![{labels.FIGURE_TITLES['pareto_front']}](figures/pareto_front.png)" in latest
     study = optuna.load_study(study_name=f"{best.study_name}-front", storage=store.url)
@@ -735,12 +740,13 @@ def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, mak
     assert study.metric_names == list(FRONT_OBJECTIVES) and len(study.trials) == len(front)
     on_front = front[pareto_mask(front[["val_acc", "trainable_share", "seconds"]].to_numpy(), (True, False, False))]
     assert sorted(t.user_attrs["key"] for t in study.best_trials) == sorted(on_front["key"])
-    assert [t.user_attrs["key"] for t in study.trials if t.user_attrs["chosen"]] == [best.key]
+    assert [t.user_attrs["key"] for t in study.trials if t.user_attrs["chosen"]] == [picked.key]
+    assert "## The final pick" in latest and "Rule `confirmed`" in latest and "Cost: 4 trainings" in latest
     # a second report of the same search leaves the study as it is
     _run_reporting(tmp_path, "2026-01-02T00.00.00.000Z", {
         "search_population": population, "search_trials": trials, "best_genome": best,
         "retrained_models": retrained, "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
         "search_fidelity": pd.DataFrame(columns=FIDELITY_COLUMNS), "search_fidelity_summary": off,
-        "backbone": backbone, "search_study_store": store})
+        "backbone": backbone, "search_study_store": store, "picked_genome": picked, "confirmation": confirmation})
     assert [t.number for t in optuna.load_study(study_name=study.study_name, storage=store.url).trials] == \
         [t.number for t in study.trials]

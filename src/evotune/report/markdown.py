@@ -230,6 +230,38 @@ def pareto_section(table: pd.DataFrame, figure_path: str | None, best_genome: Ge
     return out
 
 
+def confirmation_section(picked: GenomeRecord, table: pd.DataFrame | None) -> list[str]:
+    """How the retrained genome was picked (``confirm.rule``, :mod:`evotune.search.confirm`), the confirmed genomes
+    and the confirmation's cost."""
+    rule = picked.pick_rule or "best"
+    out = ["## The final pick", ""]
+    if rule == "best" or table is None or not len(table):
+        out += [f"Rule `best` (`confirm.rule`, the paper's): the search's best genome `{picked.key}` is retrained; "
+                "no confirmation (`confirm.rule confirmed` or `parsimonious` trains the search's top genomes again "
+                "on every search chunk with more seeds).", ""]
+        return out
+    n_chunks = len(table["val_accs"].iloc[0]) if len(table) else 0
+    out.append(
+        f"Rule `{rule}` (`confirm.rule`): the search's {len(table)} best distinct genomes trained again on every "
+        f"search chunk with the confirmation seeds ({n_chunks} trainings each); picked `{picked.key}` (mask "
+        f"`{picked.mask}`), the search's best being `{picked.search_best_key}`. Cost: "
+        f"{int(picked.confirm_trainings or 0)} trainings, {format_duration(picked.confirm_seconds or 0.0)}, beside the "
+        f"search's {picked.trainings} trainings and {format_duration(picked.search_seconds)}.")
+    out.append("")
+    rows = []
+    for r in table.itertuples():
+        diff = "" if pd.isna(r.diff_to_best) else (
+            f"{100 * r.diff_to_best:+.2f}" + ("" if pd.isna(r.diff_low) else
+                                               f" [{100 * r.diff_low:+.2f}, {100 * r.diff_high:+.2f}]"))
+        rows.append([f"`{r.key}`", int(r.search_rank), f"`{r.mask}`", _pct(1.0 - float(r.search_fitness)),
+                     _pct(r.confirmed_val_acc), diff, _pct(r.trainable_share, 1), "yes" if r.not_worse else "no",
+                     "**picked**" if r.picked else ""])
+    out.append(markdown_table(["genome", "search rank", "mask", "search val acc (%)", "confirmed val acc (%)",
+                               "diff to confirmed best (pp, 95 % CI)", "trainable (%)", "not worse", ""], rows))
+    out.append("")
+    return out
+
+
 def markdown_report(
     best_genome: GenomeRecord,
     summary: pd.DataFrame,
@@ -239,6 +271,7 @@ def markdown_report(
     fidelity: FidelitySummary | None = None,
     compare_links: Mapping[str, Mapping[str, str] | None] | None = None,
     pareto: pd.DataFrame | None = None,
+    confirmation: pd.DataFrame | None = None,
 ) -> str:
     """The report a reader opens first (markdown).
 
@@ -247,6 +280,8 @@ def markdown_report(
     ``fidelity``: the search-fidelity measurement (its section; none without it).
     ``compare_links``: the comparison's files (:func:`comparison_section`; no section without it).
     ``pareto``: the search's accuracy-versus-cost front (:func:`pareto_section`; no section without it).
+    ``confirmation``: the confirmation stage's table (:func:`confirmation_section`; with ``best_genome`` the
+    picked genome, its section whenever the record says how it was picked).
     """
     tm = test_metrics
     arch = best_genome.arch
@@ -294,6 +329,8 @@ def markdown_report(
     out.append("")
     out.append(_best_genome_table(best_genome))
     out.append("")
+    if best_genome.pick_rule is not None:
+        out += confirmation_section(best_genome, confirmation)
 
     # search settings and cost
     gens = summary["generation"].astype(int) if len(summary) else pd.Series(dtype=int)

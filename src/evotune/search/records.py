@@ -59,6 +59,13 @@ class GenomeRecord(Artifact):
     n_startup_trials: int | None = None  # TPE: random trials before the model
     population_size: int | None = None  # NSGA-II: its population
     front_size: int | None = None  # NSGA-II: genomes on its final Pareto front (val acc vs trainable share)
+    # the confirmation stage (evotune.search.confirm; picked_genome): the rule that picked this genome, the
+    # search's own best, and what the confirmation cost and measured
+    pick_rule: str | None = None
+    search_best_key: str | None = None
+    confirm_trainings: int | None = None
+    confirm_seconds: float | None = None
+    confirmed_val_acc: float | None = None
 
 
 #: what a search baseline's outcome may add to its record (``SearchOutcome.extra``)

@@ -116,11 +116,13 @@ def write_report(
     search_fidelity_summary: FidelitySummary,
     compare_links: Mapping[str, Mapping[str, str] | None],
     pareto_front: pd.DataFrame | None = None,
+    confirmation: pd.DataFrame | None = None,
 ) -> tuple[str, str]:
     """The markdown report, twice: the versioned archive and the ``latest`` copy, whose relative links
     ``figures/<name>.png`` resolve to the figures saved beside it by the plotting nodes, and whose links to
     the comparison (``compare_links``: the newest versions ``kedro run --pipelines compare`` wrote, if any)
-    are relative to it too."""
+    are relative to it too. ``best_genome`` is the genome the run retrained (``picked_genome``: the search's best
+    under ``confirm.rule`` best); ``pareto_front`` and ``confirmation`` get their sections."""
     check_same_lineage("write_report", "dataset", {"best_genome": best_genome, "test_metrics": test_metrics},
                        "kedro run --from-nodes retrain_best_genome (or the whole kedro run)")
     fidelity = search_fidelity_summary
@@ -130,7 +132,7 @@ def write_report(
     figure_paths = {name: f"{FIGURES_DIR}/{fname}" for name, fname in labels.FIGURE_FILES.items()
                     if name != "search_fidelity" or fidelity.enabled}
     text = markdown.markdown_report(best_genome, generation_summary, test_metrics, test_metrics_per_seed,
-                                    figure_paths, fidelity, compare_links, pareto_front)
+                                    figure_paths, fidelity, compare_links, pareto_front, confirmation)
     log.info("report: test macro accuracy %.4f +- %.4f over %d seed(s)", test_metrics.macro_accuracy_mean,
              test_metrics.macro_accuracy_std, test_metrics.n_seeds)
     return text, text

@@ -27,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_search_figures,
-                inputs=["generation_summary", "search_population", "best_genome"],
+                inputs=["generation_summary", "search_population", "picked_genome"],
                 outputs=[f"{f}_plot" for f in SEARCH_FIGURES] + [f"{f}_plot_latest" for f in SEARCH_FIGURES],
                 name="plot_search_figures",
             ),
@@ -39,13 +39,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 tabulate_retrain_history,
-                inputs=["retrained_models", "best_genome"],
+                inputs=["retrained_models", "picked_genome"],
                 outputs="retrain_history",
                 name="tabulate_retrain_history",
             ),
             Node(
                 plot_training_curves,
-                inputs=["retrain_history", "best_genome"],
+                inputs=["retrain_history", "picked_genome"],
                 outputs=["training_curves_plot", "training_curves_plot_latest"],
                 name="plot_training_curves",
             ),
@@ -63,7 +63,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 tabulate_pareto_front,
-                inputs=["search_trials", "best_genome", "backbone", "search_study_store"],
+                inputs=["search_trials", "picked_genome", "backbone", "search_study_store"],
                 outputs="pareto_front",
                 name="pareto_front",
             ),
@@ -75,8 +75,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 write_report,
-                inputs=["best_genome", "generation_summary", "test_metrics", "test_metrics_per_seed",
-                        "search_fidelity_summary", "compare_links", "pareto_front"],
+                inputs=["picked_genome", "generation_summary", "test_metrics", "test_metrics_per_seed",
+                        "search_fidelity_summary", "compare_links", "pareto_front", "confirmation"],
                 outputs=["report", "report_latest"],
                 name="write_report",
             ),
