@@ -77,7 +77,8 @@ def buffers_of(trainer, block):
 
 
 def test_registry_and_unknown_names(base_parameters):
-    assert set(PLAN_METHODS) == {"full_finetune", "linear_probe", "surgical", "auto_rgn", "l2_sp", "l1_sp", "lora"}
+    assert set(PLAN_METHODS) == {"full_finetune", "from_scratch", "linear_probe", "surgical", "auto_rgn", "l2_sp",
+                                 "l1_sp", "lora"}
     assert set(SEARCH_METHODS) == {"deft", "random_search", "tpe", "nsga2"}
     with pytest.raises(ValueError, match=r"compare\.methods.*full_finetune.*tpe"):
         get_method("full_fine_tune")
@@ -133,6 +134,28 @@ def test_full_finetune_moves_every_block(setup, train_and_diff):
     _, _, moved = train_and_diff(setup, "full_finetune")
     for b in range(trainer.model.num_blocks):
         assert any(moved[k] for k in params_of(trainer, b)), b
+
+
+def test_from_scratch_redraws_every_weight_trains_every_block_and_puts_the_pretrained_back(setup, method_params):
+    trainer, train, val = setup
+    pretrained = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    plan = get_method("from_scratch").plan(trainer.model, BASE_LR, **method_params("from_scratch"))
+    assert plan.block_lrs == [BASE_LR] * trainer.model.num_blocks
+    torch.manual_seed(3)
+    undo = plan.prepare(trainer.model)
+    redrawn = trainer.model.state_dict()
+    for b in range(trainer.model.num_blocks - 1):  # every backbone block's weights are new
+        assert not torch.equal(redrawn[params_of(trainer, b)[0]], pretrained[params_of(trainer, b)[0]]), b
+    undo()
+    assert all(torch.equal(v, pretrained[k]) for k, v in trainer.model.state_dict().items())
+    res = trainer.train(plan, train, val, seed=1, keep_best_state=True)  # through the loop, undone after
+    after = trainer.model.state_dict()
+    assert res.epochs_run == 1 and all(torch.equal(after[k], pretrained[k]) for k in pretrained
+                                       if k.startswith("stages.") and not k.startswith(f"stages.{trainer.model.head_index}."))
+    moved = [k for k, v in res.best_state.items() if k in pretrained and not torch.equal(v, pretrained[k].cpu())]
+    assert {k.split(".")[1] for k in moved if k.startswith("stages.")} == {str(b) for b in
+                                                                          range(trainer.model.num_blocks)}
+    assert trainable_parameters(trainer.model, plan) == sum(p.numel() for p in trainer.model.parameters())
 
 
 def test_lora_trains_adapters_and_head_only_and_undoes_its_surgery(setup, train_and_diff):

@@ -10,6 +10,7 @@
 name                      kind     module
 ========================  =======  ==============================================
 full_finetune             plan     :mod:`.full_finetune`
+from_scratch              plan     :mod:`.from_scratch` (a reference row: random weights)
 linear_probe              plan     :mod:`.linear_probe`
 surgical                  plan     :mod:`.surgical` (variants: one per block)
 auto_rgn                  plan     :mod:`.auto_rgn`
@@ -31,6 +32,7 @@ from ..params import check_type, require, section
 from . import (
     auto_rgn,
     deft,
+    from_scratch,
     full_finetune,
     linear_probe,
     lora,
@@ -58,6 +60,7 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         full_finetune.METHOD,
+        from_scratch.METHOD,
         linear_probe.METHOD,
         surgical.METHOD,
         auto_rgn.METHOD,

@@ -33,6 +33,7 @@ COMPARE_FIGURE_TITLE = "Comparison: test macro accuracy vs trainable parameters"
 METHOD_LABELS: dict[str, str] = {
     "biotune": "BioTune",
     "full_finetune": "Full fine-tuning",
+    "from_scratch": "From scratch",
     "linear_probe": "Linear probing",
     "surgical": "Surgical fine-tuning",
     "auto_rgn": "Auto-RGN",
