@@ -124,12 +124,15 @@ COMMANDS: dict[str, Expect] = {
         unchanged=("data/07_model_output/best_genome.json",), after=("kedro run",)),
     "kedro run --from-nodes evolutionary_search": Expect(),
     "kedro run --nodes evolutionary_search --params search.generations=2": Expect(),
-    # only the chosen methods run: 2 nodes per fixed-plan method, 3 per search baseline, 3 for BioTune,
-    # 1 for the resamplings, 3 for the table
-    "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",),
-                                            says=("Completed 14 out of 14 tasks", "resampling 2/2")),
+    # only the chosen methods run: 2 nodes per fixed-plan method, 4 per search baseline, 4 for BioTune,
+    # 1 for the resamplings, 6 for the tables (the comparison's and the budgets')
+    "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",
+                                                   "data/08_reporting/compare/budgets.md",
+                                                   "data/08_reporting/compare/accuracy_vs_trainings.png"),
+                                            says=("Completed 19 out of 19 tasks", "resampling 2/2",
+                                                  "compare.random_search.budget: 25 % of the budget")),
     'kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"': Expect(
-        says=("Completed 14 out of 14 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
+        says=("Completed 19 out of 19 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
     # the table made from the saved metrics of earlier compare runs (README: "In parts"), training nothing
     'kedro run --pipelines compare --nodes compare.table,compare.table_markdown,compare.figure --params '
     '"compare.methods=[linear_probe,lora,deft]"': Expect(
@@ -141,9 +144,9 @@ COMMANDS: dict[str, Expect] = {
     '"compare.methods=[tpe]"': Expect(
         says=("Completed 3 out of 3 tasks",), files=("data/08_reporting/compare/tpe/metrics.json",),
         unchanged=("data/08_reporting/compare/biotune/metrics.json",), after=("kedro run --pipelines compare",)),
-    # docs/method/pareto.md: the reference row and the multi-objective search (1 + 3 BioTune + 2 + 3 + 3 table nodes)
+    # docs/method/pareto.md: the reference row and the multi-objective search (1 + 4 BioTune + 2 + 4 + 6 table nodes)
     'kedro run --pipelines compare --params "compare.methods=[from_scratch,nsga2]"': Expect(
-        says=("Completed 12 out of 12 tasks", "nsga2: best genome"),
+        says=("Completed 17 out of 17 tasks", "nsga2: best genome"),
         files=("data/08_reporting/compare/nsga2/metrics.json", "data/08_reporting/compare/from_scratch/metrics.json",
                "data/08_reporting/compare/comparison.md")),
     "kedro run --pipelines search_worker": Expect(),
@@ -218,7 +221,7 @@ data:
         files=("data/08_reporting/latest/report.md", "data/07_model_output/best_genome.json",
                "data/08_reporting/test_metrics.json", "data/07_model_output/exported_model.pt2")),
     f'kedro run --pipelines compare --params "{VIT},compare.methods=[full_finetune],compare.resamplings=1"': Expect(
-        says=("Completed 9 out of 9 tasks",), files=("data/08_reporting/compare/full_finetune/metrics.json",)),
+        says=("Completed 13 out of 13 tasks",), files=("data/08_reporting/compare/full_finetune/metrics.json",)),
 }
 
 #: the order the commands run in: the default run first, later ones use what it wrote

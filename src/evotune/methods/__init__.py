@@ -117,6 +117,9 @@ def check_compare_params(compare: dict[str, Any], population: int | None = None)
     seeds = check(lambda: check_type(require(compare, "seeds", "compare"), list[int], "compare.seeds"))
     if seeds is not None and not seeds:
         problems.append("compare.seeds must list at least one seed")
+    budgets = check(lambda: check_type(require(compare, "budgets", "compare"), list[float], "compare.budgets"))
+    if budgets is not None and (not budgets or any(not 0.0 < float(b) <= 1.0 for b in budgets)):
+        problems.append(f"compare.budgets must list fractions in (0, 1] of BioTune's evaluations, got {budgets}")
     resamplings = check(lambda: check_type(require(compare, "resamplings", "compare"), int, "compare.resamplings"))
     if resamplings is not None and resamplings < 1:
         problems.append(f"compare.resamplings must be at least 1 (1 = the run's split only), got {resamplings}")
