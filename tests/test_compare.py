@@ -18,7 +18,7 @@ from evotune.errors import InputMismatchError, ParameterError
 from evotune.evaluation import MethodMetrics
 from evotune.genome import decode
 from evotune.io import TypedJSONDataset
-from evotune.methods import BIOTUNE, METHODS, SEARCH_METHODS, evaluation_chunk
+from evotune.methods import BIOTUNE, METHODS, PICK_METHODS, SEARCH_METHODS, evaluation_chunk
 from evotune.pipeline_registry import register_pipelines, select_compare_methods
 from evotune.pipelines.compare import create_pipeline
 from evotune.pipelines.compare.nodes import (
@@ -58,7 +58,8 @@ def test_one_namespaced_modular_pipeline_per_method():
         pipe = create_pipeline()
     names = {n.name for n in pipe.nodes}
     for m in (BIOTUNE, *METHODS):
-        steps = ("search", "retrain", "test", "budget") if m in (BIOTUNE, *SEARCH_METHODS) else ("train", "test")
+        steps = (("search", "retrain", "test", "budget") if m in (BIOTUNE, *SEARCH_METHODS) else
+                 ("confirm", "retrain", "test") if m in PICK_METHODS else ("train", "test"))
         assert {f"compare.{m}.{s}" for s in steps} <= names
     for m in METHODS:
         assert f"params:compare.{m}" in pipe.inputs()
@@ -69,7 +70,7 @@ def test_one_namespaced_modular_pipeline_per_method():
         "compare.full_finetune.metrics"]
     assert pipe.inputs() == {
         "backbone", "target_train", "target_val", "target_test", "target_index", "search_study_store",
-        "params:compare", "params:training", "params:retrain", "params:search", "params:data",
+        "params:compare", "params:training", "params:retrain", "params:search", "params:data", "params:confirm",
         *{f"params:compare.{m}" for m in METHODS},
     }
     table = next(n for n in pipe.nodes if n.name == "compare.table")
@@ -77,7 +78,7 @@ def test_one_namespaced_modular_pipeline_per_method():
     assert {n.namespace for n in pipe.nodes} == {f"compare.{m}" for m in (BIOTUNE, *METHODS)} | {"compare"}
     # every method node reads the one set of resamplings
     for n in pipe.nodes:
-        if n.name.split(".")[-1] in ("train", "search", "retrain", "test", "budget"):
+        if n.name.split(".")[-1] in ("train", "search", "retrain", "test", "budget", "confirm"):
             assert "compare_resamplings" in n.inputs, n.name
 
 
@@ -351,6 +352,40 @@ def test_each_search_is_tested_at_a_quarter_half_and_all_of_its_budget(tiny_run)
     assert (table["ci_low"] <= table["macro_accuracy_mean"] + 1e-12).all()
     assert "| BioTune | 25 % |" in catalog.load("compare_budget_table_markdown")
     assert catalog.load("compare_budget_figure").axes[0].get_xscale() == "log"
+
+
+def test_biotunes_pick_rules_run_in_the_comparison(base_parameters, backbone_checkpoint, make_split, method_params,
+                                                  training, search):
+    """biotune_parsimonious: BioTune's own search on each resampling, its two best genomes confirmed on both chunks
+    with one confirmation seed, the pick retrained and tested; the confirmation's trainings are in the row's cost."""
+    torch.manual_seed(0)
+    backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
+    train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
+    compare = {**base_parameters()["compare"], "methods": ["biotune_parsimonious"], "seeds": [1], "resamplings": 2}
+    catalog = DataCatalog()
+    for name, value in {"backbone": backbone, "target_train": train, "target_val": val, "target_test": test,
+                        "target_index": _index(train, val, test), "search_study_store": StudyStore(None)}.items():
+        catalog[name] = value
+    _feed(catalog, {"compare": compare, "search": search, "training": training, "retrain": RETRAIN,
+                    "data": base_parameters()["data"], "confirm": {"rule": "best", "top_k": 2, "seeds": [7]}})
+    pipe = create_pipeline(compare["methods"])
+    for name in pipe.all_outputs():
+        catalog[name] = KeptMemoryDataset(copy_mode="assign")
+    SequentialRunner().run(pipe, catalog)
+    picked = catalog.load("compare.biotune_parsimonious.best_genomes")
+    biotune = catalog.load("compare.biotune.best_genomes")
+    confirmation = catalog.load("compare.biotune_parsimonious.confirmation")
+    assert picked.resamplings == [0, 1] and sorted(set(confirmation["resampling"])) == [0, 1]
+    for r, (p, b) in enumerate(zip(picked.genomes, biotune.genomes)):
+        rows = confirmation[confirmation["resampling"] == r]
+        assert len(rows) == 2 and rows["trainings"].tolist() == [2, 2] and rows["picked"].sum() == 1
+        assert p.pick_rule == "parsimonious" and p.search_best_key == b.key and p.key == rows.loc[rows["picked"],
+                                                                                                 "key"].item()
+        assert p.confirm_trainings == 4 and p.trainings == b.trainings + 4
+    table = catalog.load("compare_table").set_index("method")
+    ours, theirs = catalog.load("compare.biotune_parsimonious.metrics"), catalog.load("compare.biotune.metrics")
+    assert ours.trainings == theirs.trainings + 2 * 4  # the two confirmations
+    assert table.loc["biotune_parsimonious", "kind"] == "method"
 
 
 def test_the_budget_table_takes_full_finetuning_as_the_budget_1_reference():

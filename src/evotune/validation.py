@@ -105,7 +105,7 @@ def validate_run(params: dict[str, Any], node_names) -> None:
                                                             "source_pretraining"), "source_pretraining.data"))
     if nodes & {"evolutionary_search", "search_worker", "ingest_index"} or any(n.startswith("compare.") for n in nodes):
         check(SearchConfig.from_params, params.get("search"))  # ingest_index: the pre-run data check's chunk count
-    if "confirm_pick" in nodes:
+    if "confirm_pick" in nodes or any(n.startswith("compare.") and n.endswith(".confirm") for n in nodes):
         from .search.confirm import ConfirmConfig
 
         check(ConfirmConfig.from_params, params.get("confirm"))

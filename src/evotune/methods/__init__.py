@@ -20,6 +20,8 @@ deft                      search   :mod:`.deft`
 random_search             search   :mod:`.random_search`
 tpe                       search   :mod:`.tpe`
 nsga2                     search   :mod:`.nsga2` (two objectives: val accuracy, trainable share)
+biotune_confirmed         pick     BioTune's search, ``confirm.rule`` confirmed (:mod:`evotune.search.confirm`)
+biotune_parsimonious      pick     BioTune's search, ``confirm.rule`` parsimonious
 ========================  =======  ==============================================
 """
 
@@ -46,6 +48,7 @@ from .base import (
     Budget,
     GenomeShare,
     Method,
+    PickMethod,
     PlanMethod,
     SearchMethod,
     SearchOutcome,
@@ -71,6 +74,10 @@ METHODS: dict[str, Method] = {
         random_search.METHOD,
         tpe.METHOD,
         nsga2.METHOD,
+        PickMethod("biotune_confirmed", "BioTune's search; its top confirm.top_k genomes trained again on every chunk "
+                   "with confirm.seeds, the best confirmed picked", {}, rule="confirmed"),
+        PickMethod("biotune_parsimonious", "BioTune's search; among its confirmed top genomes not significantly worse "
+                   "than the best, the fewest trainable parameters", {}, rule="parsimonious"),
     )
 }
 
@@ -79,6 +86,7 @@ BIOTUNE = "biotune"
 
 PLAN_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, PlanMethod))
 SEARCH_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, SearchMethod))
+PICK_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, PickMethod))
 
 
 def get_method(name: str, parameter: str = "compare.methods") -> Method:
@@ -130,11 +138,13 @@ def check_compare_params(compare: dict[str, Any], population: int | None = None)
 __all__ = [
     "BIOTUNE",
     "METHODS",
+    "PICK_METHODS",
     "PLAN_METHODS",
     "SEARCH_METHODS",
     "Budget",
     "GenomeShare",
     "Method",
+    "PickMethod",
     "PlanMethod",
     "SearchMethod",
     "SearchOutcome",

@@ -180,6 +180,16 @@ class SearchMethod(Method):
         )
 
 
+@dataclass(frozen=True)
+class PickMethod(Method):
+    """BioTune's own search (``compare.biotune``) with another final pick (``confirm.rule`` ``rule``): its top
+    genomes confirmed on every chunk with ``confirm.seeds`` on each resampling (:mod:`evotune.search.confirm`),
+    the picked genome retrained and tested like BioTune's."""
+
+    rule: str = "confirmed"
+    kind: ClassVar[str] = "pick"
+
+
 # --------------------------------------------------------------------------- budget
 
 

@@ -44,6 +44,8 @@ METHOD_LABELS: dict[str, str] = {
     "random_search": "Random search",
     "tpe": "TPE",
     "nsga2": "NSGA-II",
+    "biotune_confirmed": "BioTune (confirmed pick)",
+    "biotune_parsimonious": "BioTune (parsimonious pick)",
 }
 
 

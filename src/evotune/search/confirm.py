@@ -20,6 +20,7 @@ fitness). The cost, ``k x chunks x seeds`` trainings, is recorded in the picked 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,14 @@ import pandas as pd
 
 from ..errors import ParameterError
 from ..genome import WORST_FITNESS, decode, gene_names
+from ..lineage import now
 from ..params import from_params
 from ..report.significance import CONFIDENCE, t_interval
+from ..training import TrainConfig
+from .config import SearchConfig
+from .evaluator import train_unit
 from .queue import Unit
+from .records import GenomeRecord, genome_record
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +170,45 @@ def confirmation_table(table: pd.DataFrame) -> pd.DataFrame:
         if c not in t.columns:
             t[c] = np.nan if c not in ("not_worse", "picked") else False
     return t[CONFIRM_COLUMNS]
+
+
+def run_confirmation(backbone, train, val, trials: pd.DataFrame, best: GenomeRecord, cfg: ConfirmConfig,
+                     search_params: dict, training_params: dict) -> tuple[pd.DataFrame, GenomeRecord]:
+    """The confirmation of a search (``trials``, its best genome ``best``) on its train and val splits, and the
+    genome ``cfg.rule`` picks: the confirmation table and the picked genome's record (``pick_rule``,
+    ``search_best_key``, ``confirm_trainings``, ``confirm_seconds``, ``confirmed_val_acc``)."""
+    from ..methods import GenomeShare, block_parameter_counts
+    from .runner import evaluation_setup
+
+    scfg = SearchConfig.from_params(search_params)
+    training = TrainConfig.from_params(training_params)
+    if not cfg.trains:
+        table = pd.DataFrame([{"key": best.key, "search_rank": 0, "search_fitness": best.fitness,
+                               "mask": best.mask, "trainings": 0, "seconds": 0.0, "val_accs": []}])
+        table = confirmation_table(pick(table, cfg.rule))
+        log.info("confirm.rule best: the search's best genome %s (mask %s), nothing trained", best.key, best.mask)
+        return table, dataclasses.replace(best, pick_rule=cfg.rule, search_best_key=best.key, confirm_trainings=0,
+                                          confirm_seconds=0.0, created=now())
+    trainer, _, _, chunks = evaluation_setup(backbone, train, val, scfg, training)
+    counts, total = block_parameter_counts(trainer.model)
+    share = GenomeShare(counts, total, scfg.force_head_trainable)
+    candidates = top_genomes(trials, best.key, cfg.top_k, list(best.block_names))
+    log.info("confirm.rule %s: %d genome(s) x %d chunk(s) x %d seed(s) = %d trainings", cfg.rule, len(candidates),
+             len(chunks), len(cfg.seeds), len(candidates) * len(chunks) * len(cfg.seeds))
+    table = pick(confirm_genomes(trainer, chunks, candidates, cfg, base_lr=training.base_lr,
+                                 force_head=scfg.force_head_trainable, share=share, train_unit=train_unit), cfg.rule)
+    row = table[table["picked"]].iloc[0]
+    chosen = candidates[int(row["search_rank"])]
+    fresh = genome_record(chosen["genes"], fitness=chosen["fitness"], key=chosen["key"], backbone=backbone,
+                          block_names=list(best.block_names), base_lr=training.base_lr,
+                          force_head=scfg.force_head_trainable, study_name=best.study_name, storage=best.storage,
+                          evaluations=best.evaluations, trainings=best.trainings, device=best.device,
+                          search_seconds=best.search_seconds, created=now())
+    picked = dataclasses.replace(
+        best, **{f: getattr(fresh, f) for f in ("genes", "threshold", "mask", "block_lrs", "lr_multipliers", "fitness",
+                                                "key", "created")},
+        pick_rule=cfg.rule, search_best_key=best.key, confirm_trainings=int(table["trainings"].sum()),
+        confirm_seconds=float(table["seconds"].sum()), confirmed_val_acc=float(row["confirmed_val_acc"]))
+    log.info("confirm.rule %s picked %s (mask %s, confirmed val macro acc %.4f); the search's best was %s (mask %s)",
+             cfg.rule, picked.key, picked.mask, picked.confirmed_val_acc, best.key, best.mask)
+    return confirmation_table(table), picked

@@ -53,6 +53,7 @@ from ...report import comparison as report
 from ...retraining import BestGenomes, TrainedMethod, retrain_config, retrain_search_method, retrain_seeds
 from ...retraining import train_plan_method as train_plan
 from ...search.config import SearchConfig
+from ...search.confirm import ConfirmConfig, run_confirmation
 from ...search.records import genome_record
 from ...search.runner import run_baseline, run_biotune
 from ...search.store import StudyStore
@@ -199,6 +200,52 @@ def search_baseline(
 
     return _searches(f"compare.{method}", run, backbone, target_train, target_val, target_test,
                      compare_resamplings, compare_params, method)
+
+
+def confirm_searched_genomes(
+    backbone: dict,
+    target_train: Split,
+    target_val: Split,
+    target_test: Split,
+    compare_resamplings: SplitResamplings,
+    biotune_trials: pd.DataFrame,
+    biotune_genomes: BestGenomes,
+    compare_params: dict,
+    method_params: dict | None,
+    confirm_params: dict,
+    search_params: dict,
+    training_params: dict,
+    *,
+    method: str,
+) -> tuple[BestGenomes, pd.DataFrame]:
+    """BioTune's search on each resampling (``compare.biotune``'s trials and best genomes) with another final pick
+    (the method's ``confirm.rule``; ``confirm.top_k`` and ``confirm.seeds``): the picked genome of each resampling
+    (its record counts the confirmation's trainings in ``trainings``, so the table's cost includes them) and the
+    confirmation tables (with a ``resampling`` column)."""
+    check_compare_params(compare_params)
+    m = get_method(method)
+    m.resolve_params(method_params or {})
+    cfg = ConfirmConfig.from_params({**confirm_params, "rule": m.rule})
+    stage = f"compare.{method}.confirm"
+    rerun = f"kedro run --pipelines compare (its {BIOTUNE} search and the {method} confirmation together)"
+    by_r = dict(zip(biotune_genomes.resamplings, biotune_genomes.genomes))
+    genomes, tables, rs = [], [], []
+    for r, bb, train, val, _ in _each_resampling(stage, backbone, target_train, target_val, target_test,
+                                                 compare_resamplings, compare_params):
+        if r not in by_r:
+            raise InputMismatchError(f"{stage}: {BIOTUNE}'s best_genomes has no genome for resampling {r}; nothing "
+                                     f"was run. Make them again together: {rerun}.")
+        best = by_r[r]
+        check_same_lineage(stage, "dataset", {"target_train": train, "best_genome": best}, rerun)
+        check_same_lineage(stage, "backbone_id", {"backbone": bb, "best_genome": best}, rerun)
+        trials = biotune_trials[biotune_trials["resampling"] == r]
+        table, picked = run_confirmation(bb, train, val, trials, best, cfg, search_params, training_params)
+        genomes.append(dataclasses.replace(picked, method=method,
+                                           trainings=int(picked.trainings) + int(picked.confirm_trainings or 0)))
+        tables.append(table.assign(resampling=r))
+        rs.append(r)
+    return (BestGenomes(method=method, resamplings=rs, genomes=genomes),
+            pd.concat(tables, ignore_index=True))
 
 
 def retrain_searched_genome(

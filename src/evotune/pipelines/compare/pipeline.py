@@ -9,6 +9,9 @@ Templates (datasets below are named inside the namespace, e.g. ``compare.lora.me
 node loops over the resamplings:
 
 * plan methods:   ``train`` -> ``trained`` ; ``test`` -> ``metrics``, ``metrics_per_seed``
+* BioTune's pick rules (``biotune_confirmed``, ``biotune_parsimonious``): ``confirm`` (reads
+  ``compare.biotune.search_trials`` and ``compare.biotune.best_genomes``) -> ``best_genomes``, ``confirmation`` ;
+  ``retrain`` -> ``trained`` ; ``test`` -> ``metrics``, ``metrics_per_seed``
 * search methods and BioTune: ``search`` -> ``search_trials``, ``best_genomes`` ; ``retrain`` -> ``trained`` ;
   ``test`` -> ``metrics``, ``metrics_per_seed`` ; ``budget`` -> ``budget_metrics`` (the best-so-far genome at
   each of ``compare.budgets``, retrained and tested)
@@ -35,7 +38,7 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from ...methods import BIOTUNE, METHODS, PLAN_METHODS, SEARCH_METHODS
+from ...methods import BIOTUNE, METHODS, PICK_METHODS, PLAN_METHODS, SEARCH_METHODS
 from .nodes import (
     budget_figure,
     budget_markdown,
@@ -43,6 +46,7 @@ from .nodes import (
     comparison_figure,
     comparison_markdown,
     comparison_table,
+    confirm_searched_genomes,
     evaluate_budgets,
     evaluate_method,
     resample_splits,
@@ -100,6 +104,22 @@ def search_template(method: str) -> Pipeline:
     ])
 
 
+#: what a pick method reads of BioTune's own modular pipeline (template input -> BioTune's dataset)
+BIOTUNE_OUTPUTS = {"biotune_search_trials": f"compare.{BIOTUNE}.search_trials",
+                   "biotune_best_genomes": f"compare.{BIOTUNE}.best_genomes"}
+
+
+def pick_template(method: str) -> Pipeline:
+    return Pipeline([
+        Node(_bind(confirm_searched_genomes, method),
+             inputs=["backbone", *SPLITS, "biotune_search_trials", "biotune_best_genomes",
+                     "params:compare", "params:method", "params:confirm", "params:search", "params:training"],
+             outputs=["best_genomes", "confirmation"], name="confirm"),
+        _retrain_node(method),
+        _test_node(),
+    ])
+
+
 def biotune_template() -> Pipeline:
     return Pipeline([
         Node(search_biotune,
@@ -127,12 +147,15 @@ def method_pipeline(method: str) -> Pipeline:
     """The namespaced modular pipeline of one method."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid methods are {', '.join(METHODS)}")
-    template = plan_template(method) if method in PLAN_METHODS else search_template(method)
-    shared = ("compare", "training", "retrain") + (("search",) if method in SEARCH_METHODS else ())
+    template = (plan_template(method) if method in PLAN_METHODS else pick_template(method) if method in PICK_METHODS
+                else search_template(method))
+    shared = ("compare", "training", "retrain") + (("search",) if method in SEARCH_METHODS else ()) + (
+        ("search", "confirm") if method in PICK_METHODS else ())
     return Pipeline(
         template,
         namespace=f"compare.{method}",
-        inputs=SHARED_INPUTS & set(template.inputs()),
+        inputs={**{i: i for i in SHARED_INPUTS & set(template.inputs())},
+                **{i: o for i, o in BIOTUNE_OUTPUTS.items() if i in template.inputs()}},
         parameters={"params:method": f"params:compare.{method}", **{f"params:{p}": f"params:{p}" for p in shared}},
         tags=["compare"],
     )
