@@ -65,6 +65,18 @@ notebook: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm,notebook]"
 	$(BIN)/kedro jupyter notebook $(ARGS)
 
+# The documentation site (mkdocs.yml, docs/) into site/, warnings as errors. The docs extra is not in the
+# test install: the first `make docs` adds it to $(VENV). NO_MKDOCS_2_WARNING silences MkDocs' banner.
+.PHONY: docs
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[docs]"
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict $(ARGS)
+
 # Move to newer releases within pyproject.toml's ranges: a fresh resolve without the pins, then the tests;
 # if they pass, `make constraints` records the new versions.
 upgrade:

@@ -83,6 +83,8 @@ COMMANDS: dict[str, Expect] = {
         "_evotune_main_venv.pth", "constraints-mlflow.txt", "pytest tests/test_tracking.py")),
     "make upgrade": Expect(make_dry_run=True, says=("pip install", "--upgrade", "pytest")),
     "make constraints": Expect(make_dry_run=True, says=("pip freeze",)),
+    # the documentation site: built for real by tests/test_docs.py (with the docs extra) and `make docs` in CI
+    "make docs": Expect(make_dry_run=True, says=("mkdocs build --strict",)),
     "kedro viz": Expect(server=4141),
     # --- kedro run, as README shows it
     "kedro run": Expect(files=("data/08_reporting/latest/report.md", "data/06_models/source_model.pt",
