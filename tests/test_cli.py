@@ -104,18 +104,20 @@ COMMANDS: dict[str, Expect] = {
                                "data/07_model_output/best_genome.json", "data/08_reporting/test_metrics.json",
                                *(f"data/08_reporting/latest/figures/{f}.png" for f in
                                  ("fitness", "block_selection", "gene_trajectories", "lr_multipliers",
-                                  "training_curves", "confusion_matrix", "search_fidelity")),
-                               "data/08_reporting/search_fidelity_summary.json"),
+                                  "training_curves", "confusion_matrix", "search_fidelity", "pareto_front")),
+                               "data/08_reporting/search_fidelity_summary.json",
+                               "data/07_model_output/picked_genome.json", "data/08_reporting/pareto_front.parquet"),
                         says=("Pipeline execution completed", "search fidelity: Spearman rho",
                               "source pretraining done: 1 epochs", "decoding train done:",
-                              "BioTune search done: 9 trainings", "retrain ", "search fidelity: retrain and test done")),
+                              "BioTune search done: 9 trainings", "retrain ", "search fidelity: retrain and test done",
+                              "confirm.rule best: the search's best genome")),
     "kedro run --nodes evolutionary_search --params progress.every_s=5": Expect(says=("BioTune search done: 9 trainings",)),
     "kedro run --params fidelity.enabled=false": Expect(
         files=("data/08_reporting/latest/report.md",),
         says=("search fidelity: switched off (fidelity.enabled: false), nothing trained",
               "Pipeline execution completed")),
     "source .venv/bin/activate && kedro run --pipelines reporting": Expect(),
-    "kedro run --pipelines retrain": Expect(ok=False, says=("'best_genome' has no saved version yet",
+    "kedro run --pipelines retrain": Expect(ok=False, says=("'picked_genome' has no saved version yet",
                                                             "kedro run --pipelines search")),
     "kedro run --pipelines reporting": Expect(files=("data/08_reporting/report.md",),
                                              unchanged=("data/07_model_output/retrained_models.pt",)),
@@ -123,14 +125,29 @@ COMMANDS: dict[str, Expect] = {
         files=("data/07_model_output/retrained_models.pt", "data/08_reporting/test_metrics.json",
                "data/08_reporting/latest/report.md"),
         unchanged=("data/07_model_output/best_genome.json", "data/06_models/backbone.pt")),
+    # docs/method/pareto.md: another pick rule after a default run (the search is not repeated): 3 genomes x 2 chunks
+    # x 5 confirmation seeds, then the retraining, test, export and report of the picked genome
+    "kedro run --from-nodes confirm_pick --params confirm.rule=confirmed": Expect(
+        says=("confirm.rule confirmed: 3 genome(s) x 2 chunk(s) x 5 seed(s) = 30 trainings", "confirm.rule confirmed picked",
+              "Pipeline execution completed"),
+        files=("data/07_model_output/picked_genome.json", "data/07_model_output/confirmation.parquet",
+               "data/08_reporting/latest/report.md", "data/07_model_output/retrained_models.pt"),
+        unchanged=("data/07_model_output/best_genome.json", "data/07_model_output/search_trials.parquet"),
+        after=("kedro run",)),
+    "kedro run --from-nodes confirm_pick --params confirm.rule=parsimonious": Expect(
+        says=("confirm.rule parsimonious picked",), files=("data/07_model_output/picked_genome.json",),
+        unchanged=("data/07_model_output/best_genome.json",), after=("kedro run",)),
     "kedro run --from-nodes evolutionary_search": Expect(),
     "kedro run --nodes evolutionary_search --params search.generations=2": Expect(),
-    # only the chosen methods run: 2 nodes per fixed-plan method, 3 per search baseline, 3 for BioTune,
-    # 1 for the resamplings, 3 for the table
-    "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",),
-                                            says=("Completed 14 out of 14 tasks", "resampling 2/2")),
+    # only the chosen methods run: 2 nodes per fixed-plan method, 4 per search baseline, 4 for BioTune,
+    # 1 for the resamplings, 6 for the tables (the comparison's and the budgets')
+    "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",
+                                                   "data/08_reporting/compare/budgets.md",
+                                                   "data/08_reporting/compare/accuracy_vs_trainings.png"),
+                                            says=("Completed 19 out of 19 tasks", "resampling 2/2",
+                                                  "compare.random_search.budget: 25 % of the budget")),
     'kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"': Expect(
-        says=("Completed 14 out of 14 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
+        says=("Completed 19 out of 19 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
     # the table made from the saved metrics of earlier compare runs (README: "In parts"), training nothing
     'kedro run --pipelines compare --nodes compare.table,compare.table_markdown,compare.figure --params '
     '"compare.methods=[linear_probe,lora,deft]"': Expect(
@@ -142,6 +159,11 @@ COMMANDS: dict[str, Expect] = {
     '"compare.methods=[tpe]"': Expect(
         says=("Completed 3 out of 3 tasks",), files=("data/08_reporting/compare/tpe/metrics.json",),
         unchanged=("data/08_reporting/compare/biotune/metrics.json",), after=("kedro run --pipelines compare",)),
+    # docs/method/pareto.md: the reference row and the multi-objective search (1 + 4 BioTune + 2 + 4 + 6 table nodes)
+    'kedro run --pipelines compare --params "compare.methods=[from_scratch,nsga2]"': Expect(
+        says=("Completed 17 out of 17 tasks", "nsga2: best genome"),
+        files=("data/08_reporting/compare/nsga2/metrics.json", "data/08_reporting/compare/from_scratch/metrics.json",
+               "data/08_reporting/compare/comparison.md")),
     "kedro run --pipelines search_worker": Expect(),
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(),
     "kedro run --params training.cpu_threads=1": Expect(),
@@ -247,7 +269,7 @@ data:
         files=("data/08_reporting/latest/report.md", "data/07_model_output/best_genome.json",
                "data/08_reporting/test_metrics.json", "data/07_model_output/exported_model.pt2")),
     f'kedro run --pipelines compare --params "{VIT},compare.methods=[full_finetune],compare.resamplings=1"': Expect(
-        says=("Completed 9 out of 9 tasks",), files=("data/08_reporting/compare/full_finetune/metrics.json",)),
+        says=("Completed 13 out of 13 tasks",), files=("data/08_reporting/compare/full_finetune/metrics.json",)),
 }
 
 #: the order the commands run in: the default run first, later ones use what it wrote
@@ -443,6 +465,7 @@ def _mtime(path: Path) -> float:
     ("retrain.seeds=684", "retrain.seeds must be a list of integers, got 684"),
     ('"compare.methods=[linear_probe,nope]"', "Unknown method 'nope'"),
     ("progress.display=fancy", "progress.display must be one of auto, bar, lines, off, got 'fancy'"),
+    ("confirm.rule=luckiest", "confirm.rule must be one of best, confirmed, parsimonious, got 'luckiest'"),
 ])
 def test_bad_parameters_stop_the_run_with_one_message(project, params, says):
     pipeline = "compare" if "compare." in params else "__default__"

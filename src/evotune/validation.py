@@ -93,7 +93,7 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             problems += weights_problems(backbone.arch, dataclasses.asdict(backbone))
 
     training_nodes = {"evolutionary_search", "search_worker", "retrain_best_genome", "evaluate_on_test",
-                      "measure_search_fidelity"}
+                      "measure_search_fidelity", "confirm_pick"}
     if nodes & training_nodes or any(n.startswith("compare.") for n in nodes):
         cfg = check(TrainConfig.from_params, params.get("training"))
         if cfg is not None:
@@ -113,6 +113,11 @@ def validate_run(params: dict[str, Any], node_names) -> None:
                                                             "source_pretraining"), "source_pretraining.data"))
     if nodes & {"evolutionary_search", "search_worker", "ingest_index"} or any(n.startswith("compare.") for n in nodes):
         check(SearchConfig.from_params, params.get("search"))  # ingest_index: the pre-run data check's chunk count
+    if "confirm_pick" in nodes or any(n.startswith("compare.") and n.endswith(".confirm") for n in nodes):
+        from .search.confirm import ConfirmConfig
+
+        check(ConfirmConfig.from_params, params.get("confirm"))
+        check(SearchConfig.from_params, params.get("search"))
     if "retrain_best_genome" in nodes:
         check(retrain_seeds, params.get("retrain"))
         check(retrain_config, params.get("training"), params.get("retrain"))
