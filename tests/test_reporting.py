@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -580,19 +581,23 @@ def test_pipeline_nodes_and_datasets():
         assert catalog[f"{name}_plot"]["filepath"] == f"data/08_reporting/figures/{fname}"
 
 
+def _catalog_entries(file: str, tmp_path: Path) -> dict:
+    """The entries of conf/base/``file`` as a run resolves them, with the run's output_dir in ``tmp_path``."""
+    from evotune.config import ProjectConfigLoader
+
+    resolved = ProjectConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="base",
+                                   runtime_params={"output_dir": str(tmp_path / "data")})["catalog"]
+    return {k: copy.deepcopy(resolved[k]) for k in yaml.safe_load((ROOT / "conf/base" / file).read_text())}
+
+
 def _run_reporting(tmp_path: Path, version: str, inputs: dict) -> Path:
     """The reporting pipeline through conf/base's catalog_reporting.yml, its files under ``tmp_path``."""
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.runner import SequentialRunner
 
-    cfg = yaml.safe_load((ROOT / "conf/base/catalog_reporting.yml").read_text())
+    cfg = _catalog_entries("catalog_reporting.yml", tmp_path)
     for c in cfg.values():
-        if "filepath" in c:
-            c["filepath"] = str(tmp_path / c["filepath"])
         c.get("save_args", {}).pop("dpi", None)  # keep the test fast
-    links = cfg["compare_links"]
-    links["filepaths"] = {k: str(tmp_path / f) for k, f in links["filepaths"].items()}
-    links["relative_to"] = str(tmp_path / links["relative_to"])
     catalog = DataCatalog.from_config(cfg, save_version=version)
     for name, data in inputs.items():
         catalog[name] = MemoryDataset(data, copy_mode="assign")
@@ -608,9 +613,8 @@ def _save_comparison(tmp_path: Path, version: str) -> None:
     """The comparison's table and figure, as `kedro run --pipelines compare` saves them (catalog_compare.yml)."""
     from kedro.io import DataCatalog
 
-    cfg = yaml.safe_load((ROOT / "conf/base/catalog_compare.yml").read_text())
-    entries = {n: {**cfg[n], "filepath": str(tmp_path / cfg[n]["filepath"])}
-               for n in ("compare_table_markdown", "compare_figure")}
+    cfg = _catalog_entries("catalog_compare.yml", tmp_path)
+    entries = {n: cfg[n] for n in ("compare_table_markdown", "compare_figure")}
     compare = DataCatalog.from_config(entries, save_version=version)
     compare.save("compare_table_markdown", "| method | macro acc |\n")
     fig = Figure()
