@@ -92,7 +92,12 @@ from evotune.config import load_parameters  # noqa: E402
 from evotune.errors import ParameterError  # noqa: E402
 from evotune.genome import random_genome  # noqa: E402
 from evotune.pipelines.backbone.nodes import backbone_from_source  # noqa: E402
-from evotune.pipelines.data_processing.nodes import ingest_index, preprocess_splits, split_dataset  # noqa: E402
+from evotune.pipelines.data_processing.nodes import (  # noqa: E402
+    ingest_index,
+    preprocess_splits,
+    split_dataset,
+    split_options,
+)
 from evotune.search.config import SearchConfig  # noqa: E402
 from evotune.search.evaluator import GenomeEvaluator, chunk_data  # noqa: E402
 from evotune.search.evolution import EvalRequest  # noqa: E402
@@ -363,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                                 force_head=scfg.force_head_trainable, recorder=None)
     settings = {
         "checkpoint": str(args.checkpoint) if args.checkpoint else "pretrained here", "arch": backbone.arch,
-        "classes": len(train.classes), "train_per_class": data_params["split"]["train_per_class"],
-        "val_per_class": data_params["split"]["val_per_class"],
+        "classes": len(train.classes), "train_per_class": split_options(data_params)["train_per_class"],
+        "val_per_class": split_options(data_params)["val_per_class"],
         "val_fraction": data_params["split"]["val_fraction"], "train_split_pct": scfg.train_split_pct,
         "n_chunks": n_chunks, "image_size": image_size, "checkpoint_input_size": source.input_size,
         "epochs": tcfg.epochs, "patience": tcfg.patience, "seeds": len(seeds), "seed_list": seeds,

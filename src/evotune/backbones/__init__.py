@@ -39,7 +39,7 @@ from .registry import (
     torchvision_state_dict,
 )
 from .staged import StagedModel, count_parameters, head_linears, redraw_head, replace_head
-from .weights import build_model, imagenet_weights_path, imagenet_weights_problem
+from .weights import ImageRecipe, build_model, imagenet_weights_path, imagenet_weights_problem, weights_recipe
 
 __all__ = [
     "ARCHITECTURES",
@@ -47,6 +47,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ArchSpec",
+    "ImageRecipe",
     "BackboneCheckpoint",
     "BackboneWeightsError",
     "StagedModel",
@@ -69,4 +70,5 @@ __all__ = [
     "torchvision_description",
     "torchvision_key_map",
     "torchvision_state_dict",
+    "weights_recipe",
 ]
