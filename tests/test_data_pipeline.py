@@ -11,8 +11,8 @@ import yaml
 from PIL import Image
 
 from evotune.data import DataSourceError, decode_split
-from evotune.data.sources import ImageSource
 from evotune.data.embedded import FEW_LABEL_CAPS
+from evotune.data.sources import ImageSource
 from evotune.data.split import Split
 from evotune.errors import EvotuneError
 from evotune.lineage import dataset_fingerprint
