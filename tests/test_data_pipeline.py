@@ -124,7 +124,8 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path, base_parameters):
     assert (per["val"] == caps["val_per_class"]).all()
     assert per["test"].sum() == 1797 - 10 * (caps["train_per_class"] + caps["val_per_class"])
 
-    train, val, test = preprocess_splits(index, params, base_parameters()["backbone"])
+    train, val, test = preprocess_splits(index, params, base_parameters()["backbone"],
+                                         base_parameters()["source_pretraining"])
     size = 32  # data.image null: the embedded task's resnet10 (source weights) is 32 px
     n_train, n_val = 10 * caps["train_per_class"], 10 * caps["val_per_class"]
     for split, n in ((train, n_train), (val, n_val), (test, 1797 - n_train - n_val)):
@@ -139,7 +140,7 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path, base_parameters):
 
     assert train.dataset == val.dataset == test.dataset == dataset_fingerprint(index)
     assert train.dataset_name.startswith("embedded_digits") and train.preprocessing["center_crop"] == size
-    assert train.preprocessing["interpolation"] == "bilinear" and "resnet10" in train.preprocessing["origin"]
+    assert train.preprocessing["interpolation"] == "bilinear" and "source model" in train.preprocessing["origin"]
 
     catalog.save("target_train", train)
     loaded = catalog.load("target_train")  # torch.load(weights_only=True)
@@ -197,7 +198,7 @@ def test_every_class_needs_images():
 def test_pipeline_shape():
     pipe = create_pipeline()
     assert [n.name for n in pipe.nodes] == ["ingest_index", "split_dataset", "preprocess_splits"]
-    assert pipe.inputs() == {"params:data", "params:backbone"}
+    assert pipe.inputs() == {"params:data", "params:backbone", "params:source_pretraining"}
     assert pipe.outputs() == {"target_train", "target_val", "target_test"}
 
 

@@ -140,6 +140,7 @@ def test_a_run_with_imagenet_style_weights_decodes_with_their_recipe(tmp_path, b
     catalog = DataCatalog()
     catalog["params:data"] = data
     catalog["params:backbone"] = backbone
+    catalog["params:source_pretraining"] = params["source_pretraining"]
     for name in pipe.all_outputs():
         catalog[name] = KeptMemoryDataset(copy_mode="assign")
     SequentialRunner().run(pipe, catalog)
@@ -167,3 +168,11 @@ def test_a_run_with_imagenet_style_weights_decodes_with_their_recipe(tmp_path, b
         arr, problem, _ = decode(file, pre["resize_shorter_side"], pre["center_crop"], pre["interpolation"])
         assert problem == "" and torch.equal(torch.from_numpy(arr.copy()), train.images[k])  # predict decodes alike
     assert bilinear_differs  # the test can tell bicubic from bilinear
+
+
+def test_the_source_model_sets_the_size_for_source_weights(base_parameters):
+    """``backbone.weights: source`` (the default pipeline): the source model's rendered images."""
+    params = base_parameters()
+    source = {**params["source_pretraining"], "data": {**params["source_pretraining"]["data"], "image_size": 40}}
+    s = image_options(_image_params(params["data"]), params["backbone"], source)
+    assert (s.resize_size, s.crop_size, s.interpolation) == (40, 40, "bilinear") and "source model" in s.origin

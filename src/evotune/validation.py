@@ -54,8 +54,11 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             if crop is None and spec is not None:  # null: the weights' own (evotune.backbones.weights_recipe)
                 from .backbones import weights_recipe
 
-                recipe = check(weights_recipe, backbone.arch, backbone.weights)
-                crop = recipe.crop_size if recipe is not None else spec.input_size
+                if backbone.weights == "source":  # the source model's rendered images
+                    crop = ((params.get("source_pretraining") or {}).get("data") or {}).get("image_size")
+                else:
+                    recipe = check(weights_recipe, backbone.arch, backbone.weights)
+                    crop = recipe.crop_size if recipe is not None else spec.input_size
             if spec is not None and spec.fixed_input and crop != spec.input_size:
                 problems.append(
                     f"backbone.arch {spec.name} takes {spec.input_size}x{spec.input_size} inputs only but "
@@ -140,7 +143,7 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if "ingest_index" in nodes:
         from .pipelines.data_processing.nodes import check_data_params
 
-        check(check_data_params, params.get("data"), params.get("backbone"))
+        check(check_data_params, params.get("data"), params.get("backbone"), params.get("source_pretraining"))
     from .progress import ProgressConfig
 
     check(ProgressConfig.from_params, params.get("progress"))  # every run shows progress

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
-from ...backbones import weights_recipe
+from ...backbones import ImageRecipe, weights_recipe
 from ...data.embedded import FEW_LABEL_CAPS
 from ...data.errors import DataSourceError
 from ...data.preprocess import check_image_params, check_interpolation, decode_split
@@ -92,9 +92,23 @@ def split_options(data_params: dict) -> dict:
     return opts
 
 
-def image_options(data_params: dict, backbone_params: dict | None = None) -> ImageSettings:
+def _source_model_recipe(arch: str, source_params: dict | None) -> ImageRecipe:
+    """``backbone.weights: source``: the source model is trained on the rendered source images,
+    ``source_pretraining.data.image_size`` square (mean/std: theirs, recorded in its checkpoint)."""
+    if source_params is None:
+        return weights_recipe(arch, "source")
+    size = check_type(require(require(source_params, "data", "source_pretraining"), "image_size",
+                              "source_pretraining.data"), int, "source_pretraining.data.image_size")
+    spec = weights_recipe(arch, "source")
+    return ImageRecipe(size, size, "bilinear", spec.mean, spec.std,
+                       f"the source model (source_pretraining.data.image_size {size})")
+
+
+def image_options(data_params: dict, backbone_params: dict | None = None,
+                  source_params: dict | None = None) -> ImageSettings:
     """``data.image``, its nulls filled from the weights of ``backbone_params`` (``backbone``:
-    ``arch`` and ``weights``). An explicit value wins; one that differs from the weights' recipe is
+    ``arch`` and ``weights``; ``source``: the source model's images, ``source_params`` =
+    ``source_pretraining``). An explicit value wins; one that differs from the weights' recipe is
     logged at WARNING level here, before any image is decoded. Raises :class:`DataSourceError`."""
     image = from_params(ImageParams, _section(data_params, "image"), "data.image")
     explicit = {k: v for k, v in asdict(image).items() if v is not None}
@@ -109,7 +123,10 @@ def image_options(data_params: dict, backbone_params: dict | None = None) -> Ima
     arch = require(backbone_params, "arch", "backbone")
     weights = require(backbone_params, "weights", "backbone")
     try:
-        recipe = weights_recipe(arch, weights)
+        if str(weights).strip().lower() == "source":
+            recipe = _source_model_recipe(arch, source_params)
+        else:
+            recipe = weights_recipe(arch, weights)
     except EvotuneError as exc:
         raise DataSourceError(f"data.image: the preprocessing of backbone {arch} ({weights}) cannot be read: "
                               f"{exc}") from exc
@@ -176,11 +193,11 @@ def check_labels(index: pd.DataFrame, classes: list[str]) -> None:
         )
 
 
-def preprocess_splits(target_index: pd.DataFrame, data_params: dict,
-                      backbone_params: dict | None = None) -> tuple[Split, Split, Split]:
+def preprocess_splits(target_index: pd.DataFrame, data_params: dict, backbone_params: dict | None = None,
+                      source_params: dict | None = None) -> tuple[Split, Split, Split]:
     """Decode, resize and centre-crop every image once, per split, with ``data.image`` (its nulls:
     the recipe of the ``backbone`` weights, :func:`image_options`)."""
-    image = image_options(data_params, backbone_params)
+    image = image_options(data_params, backbone_params, source_params)
     resize, crop = image.resize_size, image.crop_size
     source = make_source(_section(data_params, "source"))
     check_labels(target_index, list(source.classes))
@@ -206,14 +223,15 @@ def check_target_data(data_params: dict, n_chunks: int) -> None:
     split_dataset(ingest_index(data_params), data_params, n_chunks)
 
 
-def check_data_params(data_params: dict, backbone_params: dict | None = None) -> None:
+def check_data_params(data_params: dict, backbone_params: dict | None = None,
+                      source_params: dict | None = None) -> None:
     """Validate ``data`` (source, image sizes, split keys and ranges) without decoding anything:
     for a pre-run parameter check. With ``backbone_params``, the nulls of ``data.image`` are
     resolved from the weights (and a mismatch is logged). Raises :class:`DataSourceError`."""
     make_source(_section(data_params, "source"))
     check_type(require(data_params, "skip_unreadable", "data"), bool, "data.skip_unreadable")
     if backbone_params is not None:
-        image_options(data_params, backbone_params)
+        image_options(data_params, backbone_params, source_params)
     else:
         from_params(ImageParams, _section(data_params, "image"), "data.image")
     opts = split_options(data_params)  # auto caps resolved
