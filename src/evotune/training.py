@@ -614,6 +614,10 @@ class Trainer:
         self.normalize = Normalizer(mean, std, self.device, self.channels_last)
         self.cache = PrefixCache(cfg.prefix_cache_max_gb * 1024**3)
         self._undo: Undo | None = None  # the running plan's, until its training ends
+        if cfg.augment != "none":
+            log.info("training batches augmented: %s (training.augment; %s), evaluation not; the frozen prefix of "
+                     "training batches is recomputed at every step", cfg.augment,
+                     "horizontal flip" if cfg.augment == "flip" else "random resized crop + horizontal flip")
 
     # -- helpers -----------------------------------------------------------------
     def _autocast(self):
