@@ -176,3 +176,16 @@ def test_the_source_model_sets_the_size_for_source_weights(base_parameters):
     source = {**params["source_pretraining"], "data": {**params["source_pretraining"]["data"], "image_size": 40}}
     s = image_options(_image_params(params["data"]), params["backbone"], source)
     assert (s.resize_size, s.crop_size, s.interpolation) == (40, 40, "bilinear") and "source model" in s.origin
+
+
+def test_a_complete_explicit_data_image_is_still_checked_against_the_weights(base_parameters, caplog):
+    backbone = {**base_parameters()["backbone"], "arch": "swin_t", "weights": "imagenet"}
+    data = _image_params(base_parameters()["data"], resize_size=256, crop_size=224, interpolation="bilinear")
+    with caplog.at_level(logging.WARNING):
+        s = image_options(data, backbone)
+    assert (s.resize_size, s.crop_size, s.interpolation) == (256, 224, "bilinear")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "resize_size 256 (the weights': 232)" in warning and "interpolation bilinear (the weights': bicubic)" in warning
+    # a checkpoint that cannot be read leaves complete explicit values alone
+    s = image_options(data, {**backbone, "arch": "resnet18", "weights": "/nonexistent/checkpoint.pt"})
+    assert (s.resize_size, s.crop_size, s.interpolation) == (256, 224, "bilinear") and s.origin == "data.image"

@@ -114,10 +114,12 @@ def image_options(data_params: dict, backbone_params: dict | None = None,
     explicit = {k: v for k, v in asdict(image).items() if v is not None}
     if "interpolation" in explicit:
         check_interpolation(explicit["interpolation"])
-    if len(explicit) == 3:
+    complete = len(explicit) == 3
+    if complete:
         r, c = check_image_params(image.resize_size, image.crop_size)
-        return ImageSettings(r, c, image.interpolation, "data.image")
     if backbone_params is None:
+        if complete:
+            return ImageSettings(r, c, image.interpolation, "data.image")
         missing = ", ".join(f"data.image.{k}" for k in ("resize_size", "crop_size", "interpolation") if k not in explicit)
         raise DataSourceError(f"{missing} null (the backbone weights' own) needs the backbone parameters; set a value.")
     arch = require(backbone_params, "arch", "backbone")
@@ -128,6 +130,8 @@ def image_options(data_params: dict, backbone_params: dict | None = None,
         else:
             recipe = weights_recipe(arch, weights)
     except EvotuneError as exc:
+        if complete:  # every value set: nothing to read from the weights (the backbone stage reports its own problem)
+            return ImageSettings(r, c, image.interpolation, "data.image")
         raise DataSourceError(f"data.image: the preprocessing of backbone {arch} ({weights}) cannot be read: "
                               f"{exc}") from exc
     own = {"resize_size": recipe.resize_size, "crop_size": recipe.crop_size, "interpolation": recipe.interpolation}
