@@ -112,3 +112,12 @@ def test_with_augmentation_the_frozen_prefix_of_training_batches_is_recomputed(m
     plain = make_trainer(epochs=1, augment="none", cache_frozen_prefix=True)
     plain.train(plan, *data(plain), seed=5, data_key=("t",))
     assert sorted(key[1] for key, _ in plain.cache._store) == ["train", "val"]
+
+
+def test_the_naive_reference_loop_refuses_augmentation(train_config):
+    from evotune.reference import naive_train
+
+    cfg = train_config(augment="flip", device="cpu")
+    with pytest.raises(ValueError, match="no augmentation"):
+        naive_train(None, TrainingPlan(block_lrs=[1e-3] * 6), [], [], [], [], cfg, seed=0, resize_size=32,
+                    crop_size=32, mean=MEAN, std=STD)
