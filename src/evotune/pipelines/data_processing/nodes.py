@@ -177,7 +177,12 @@ def split_dataset(target_index_raw: pd.DataFrame, data_params: dict, n_chunks: i
     """Stratified train/val/test split (``data.split``). The search cuts train and val into its
     chunks itself (:func:`evotune.search.runner.search_chunks`); ``n_chunks`` only checks here
     that every class has enough train and val images for them (the pre-run data check)."""
-    return assign_splits(target_index_raw, **split_options(data_params), n_chunks=n_chunks)
+    opts = split_options(data_params)
+    auto = [k for k in ("train_per_class", "val_per_class") if _section(data_params, "split").get(k) == AUTO_CAPS]
+    if auto:
+        log.info("data.split.%s: auto, for this source %s", " / ".join(auto),
+                 " / ".join("every image" if opts[k] is None else f"at most {opts[k]} per class" for k in auto))
+    return assign_splits(target_index_raw, **opts, n_chunks=n_chunks)
 
 
 def check_labels(index: pd.DataFrame, classes: list[str]) -> None:
