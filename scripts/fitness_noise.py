@@ -92,7 +92,13 @@ from evotune.config import load_parameters  # noqa: E402
 from evotune.errors import ParameterError  # noqa: E402
 from evotune.genome import random_genome  # noqa: E402
 from evotune.pipelines.backbone.nodes import backbone_from_source  # noqa: E402
-from evotune.pipelines.data_processing.nodes import ingest_index, preprocess_splits, split_dataset  # noqa: E402
+from evotune.pipelines.data_processing.nodes import (  # noqa: E402
+    image_options,
+    ingest_index,
+    preprocess_splits,
+    split_dataset,
+    split_options,
+)
 from evotune.search.config import SearchConfig  # noqa: E402
 from evotune.search.evaluator import GenomeEvaluator, chunk_data  # noqa: E402
 from evotune.search.evolution import EvalRequest  # noqa: E402
@@ -169,7 +175,7 @@ def task_parameters(args, params: dict) -> tuple[dict, dict, dict]:
         if getattr(args, opt) is not None:
             split[key] = getattr(args, opt)
     if args.image_size is not None:
-        data["image"] = {"resize_size": args.image_size, "crop_size": args.image_size}
+        data["image"] = {"resize_size": args.image_size, "crop_size": args.image_size, "interpolation": "bilinear"}
     search = dict(params["search"])
     if args.train_split_pct is not None:
         search["train_split_pct"] = args.train_split_pct
@@ -181,12 +187,12 @@ def task_parameters(args, params: dict) -> tuple[dict, dict, dict]:
     return data, search, training
 
 
-def build_task(data_params: dict, n_chunks: int, classes: int | None):
+def build_task(data_params: dict, n_chunks: int, classes: int | None, params: dict):
     """target_train / target_val as the data_processing pipeline makes them, then (``classes``)
     only the first n classes. The split draws each class's images with its own seeded
     generator, so a class's images are the same with or without the other classes."""
     index = split_dataset(ingest_index(data_params), data_params, n_chunks)
-    train, val, _test = preprocess_splits(index, data_params)
+    train, val, _test = preprocess_splits(index, data_params, params["backbone"], params["source_pretraining"])
     if classes is not None:
         if not 2 <= classes <= len(train.classes):
             raise ParameterError(f"--classes must be between 2 and {len(train.classes)}; got {classes}.")
@@ -344,11 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     scfg = SearchConfig.from_params(search_params)
     tcfg = TrainConfig.from_params(training_params)
     n_chunks = scfg.n_chunks
-    image_size = int(data_params["image"]["crop_size"])
+    image_size = image_options(data_params, params["backbone"], params["source_pretraining"]).crop_size
     if args.seeds < 2:
         raise ParameterError(f"--seeds must be >= 2 to measure seed noise; got {args.seeds}.")
 
-    train, val = build_task(data_params, n_chunks, args.classes)
+    train, val = build_task(data_params, n_chunks, args.classes, params)
     source = load_checkpoint(args.checkpoint) if args.checkpoint else pretrain_here(args, params, image_size)
     if source.input_size != image_size:
         print(f"note: the checkpoint expects {source.input_size}px inputs; the task is decoded at {image_size}px")
@@ -363,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                                 force_head=scfg.force_head_trainable, recorder=None)
     settings = {
         "checkpoint": str(args.checkpoint) if args.checkpoint else "pretrained here", "arch": backbone.arch,
-        "classes": len(train.classes), "train_per_class": data_params["split"]["train_per_class"],
-        "val_per_class": data_params["split"]["val_per_class"],
+        "classes": len(train.classes), "train_per_class": split_options(data_params)["train_per_class"],
+        "val_per_class": split_options(data_params)["val_per_class"],
         "val_fraction": data_params["split"]["val_fraction"], "train_split_pct": scfg.train_split_pct,
         "n_chunks": n_chunks, "image_size": image_size, "checkpoint_input_size": source.input_size,
         "epochs": tcfg.epochs, "patience": tcfg.patience, "seeds": len(seeds), "seed_list": seeds,

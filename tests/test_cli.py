@@ -65,6 +65,7 @@ class Expect:
     make_dry_run: bool = False  # a make target checked with `make -n` (long-running, tested elsewhere)
     server: int | None = None  # a server: started, answered HTTP on this port, stopped
     local: str | None = None  # conf/local parameters for this command only
+    own_data: bool = False  # `local` is a user's data section: TINY's `data` (the embedded task's caps) left out
     files: tuple[str, ...] = ()  # paths (under the project) the command must create or refresh
     unchanged: tuple[str, ...] = ()  # paths it must leave alone (an earlier stage's versioned outputs)
     after: tuple[str, ...] = field(default_factory=tuple)  # commands that must have run first
@@ -175,13 +176,16 @@ COMMANDS: dict[str, Expect] = {
         else ("tracking.mlflow is true", 'pip install -e ".[mlflow]"', "nothing was run")),
     "kedro run --pipelines search_worker --params training.cpu_threads=1": Expect(),
     "kedro run --pipelines pretrained": Expect(ok=False, local=IMAGENET_YAML, says=(OFFLINE, "resnet50-11ad3fa6.pth")),
+    # docs/guides/own-data.md: a conf/local that sets only data.source uses every image (2 classes x 40:
+    # 20 % test, 20 % val, the rest train; the embedded task's caps 20 / 30 would leave 40 train images)
     "kedro run --pipelines data_processing": Expect(local="""\
 data:
   source: {kind: image_folder, path: data/01_raw/my_images}
-  image: {resize_size: 232, crop_size: 224}
-  split: {seed: 42, val_fraction: 0.2, test_fraction: 0.2, train_per_class: null, val_per_class: null,
-          respect_official_splits: true}
-""", says=("image_folder data/01_raw/my_images",)),
+""", own_data=True, says=("image_folder data/01_raw/my_images", "splits: 48 train, 16 val, 16 test images, 2 classes",
+                          "train: 48 images of 32px"), never=("per_class=",)),
+    # docs/guides/own-data.md "Augmentation": the search with augmented training batches
+    "kedro run --nodes evolutionary_search --params training.augment=standard": Expect(
+        says=("training batches augmented: standard", "BioTune search done: 9 trainings")),
     # the paper's setting (docs/guides/paper.md), offline here (EVOTUNE_OFFLINE=1): it stops in the pre-run check,
     # before anything trains, naming the weights and the data to fetch and their URLs, and only what applies
     "kedro run --env paper --params paper.dataset=flowers102,paper.arch=resnet50": Expect(ok=False, **PAPER_OFFLINE),
@@ -325,7 +329,7 @@ def project(tmp_path_factory, root):
     for layer in (root / "data").iterdir():
         if layer.is_dir():
             (dst / "data" / layer.name).mkdir(parents=True)
-    make_image_folder(dst / "data" / "01_raw" / "my_images")
+    make_image_folder(dst / "data" / "01_raw" / "my_images", per_class=40)
     make_new_images(dst / "data" / "01_raw" / "new_images")
     make_new_images(dst / "new_images")
     (dst / "new").mkdir()
@@ -335,12 +339,13 @@ def project(tmp_path_factory, root):
     return dst
 
 
-def make_image_folder(root: Path) -> None:
-    """README's own-images layout: one folder per class, with a text file that is ignored."""
+def make_image_folder(root: Path, per_class: int = 8) -> None:
+    """docs/guides/own-data.md's layout: one folder per class, with a text file that is ignored.
+    8 per class: the fewest a class needs with the default splits and two search chunks."""
     rng = np.random.default_rng(0)
     for c, name in enumerate(("cat", "dog")):
         (root / name).mkdir(parents=True)
-        for i in range(8):  # the fewest a class needs with the default splits and two search chunks
+        for i in range(per_class):
             a = (rng.random((40, 48, 3)) * 80).astype(np.uint8)
             a[:, c * 20:(c + 1) * 20] += 150
             Image.fromarray(a).save(root / name / f"{i}.png")
@@ -417,7 +422,10 @@ def test_documented_command(project, documented, root):
         pytest.skip("make would reinstall the project: this venv was not made by `make` (no current .installed stamp)")
     tiny = project / "conf" / "local" / "parameters_tiny.yml"
     if spec.local:  # this command's conf/local: the tiny sizes updated with its own file
-        tiny.write_text(yaml.safe_dump(merge_parameters(yaml.safe_load(TINY), yaml.safe_load(spec.local))))
+        base = yaml.safe_load(TINY)
+        if spec.own_data:
+            base.pop("data")
+        tiny.write_text(yaml.safe_dump(merge_parameters(base, yaml.safe_load(spec.local))))
     try:
         command = spec.run or documented
         if spec.make_dry_run:

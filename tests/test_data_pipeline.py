@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from evotune.data import DataSourceError, decode_split
+from evotune.data.embedded import FEW_LABEL_CAPS
 from evotune.data.sources import ImageSource
 from evotune.data.split import Split
 from evotune.errors import EvotuneError
@@ -117,13 +118,16 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path, base_parameters):
     pd.testing.assert_frame_equal(catalog.load("target_index"), index)  # types and values kept
     index = catalog.load("target_index")
     per = index.groupby(["split", "label"]).size()
-    assert (per["train"] == params["split"]["train_per_class"]).all()
-    assert (per["val"] == params["split"]["val_per_class"]).all()
-    assert per["test"].sum() == 1797 - 10 * (params["split"]["train_per_class"] + params["split"]["val_per_class"])
+    caps = FEW_LABEL_CAPS  # data.split caps auto: the embedded task's few-label caps
+    assert params["split"]["train_per_class"] == params["split"]["val_per_class"] == "auto"
+    assert (per["train"] == caps["train_per_class"]).all()
+    assert (per["val"] == caps["val_per_class"]).all()
+    assert per["test"].sum() == 1797 - 10 * (caps["train_per_class"] + caps["val_per_class"])
 
-    train, val, test = preprocess_splits(index, params)
-    size = params["image"]["crop_size"]
-    n_train, n_val = 10 * params["split"]["train_per_class"], 10 * params["split"]["val_per_class"]
+    train, val, test = preprocess_splits(index, params, base_parameters()["backbone"],
+                                         base_parameters()["source_pretraining"])
+    size = 32  # data.image null: the embedded task's resnet10 (source weights) is 32 px
+    n_train, n_val = 10 * caps["train_per_class"], 10 * caps["val_per_class"]
     for split, n in ((train, n_train), (val, n_val), (test, 1797 - n_train - n_val)):
         assert split.images.shape == (n, 3, size, size) and split.images.dtype == torch.uint8
         assert split.labels.dtype == torch.int64
@@ -131,11 +135,12 @@ def test_pipeline_nodes_on_the_embedded_default(tmp_path, base_parameters):
     # the search cuts train and val into its chunks (here 2: search.train_split_pct 0.5)
     train_chunks, val_chunks = search_chunks(train, val, n_chunks=search.n_chunks, seed=search.chunk_seed)
     assert sorted(train_chunks.unique().tolist()) == [0, 1] and sorted(val_chunks.unique().tolist()) == [0, 1]
-    assert torch.bincount(train.labels[train_chunks == 0]).tolist() == [params["split"]["train_per_class"] // 2] * 10
+    assert torch.bincount(train.labels[train_chunks == 0]).tolist() == [caps["train_per_class"] // 2] * 10
     assert not set(train.items) & set(val.items) and not set(val.items) & set(test.items)
 
     assert train.dataset == val.dataset == test.dataset == dataset_fingerprint(index)
     assert train.dataset_name.startswith("embedded_digits") and train.preprocessing["center_crop"] == size
+    assert train.preprocessing["interpolation"] == "bilinear" and "source model" in train.preprocessing["origin"]
 
     catalog.save("target_train", train)
     loaded = catalog.load("target_train")  # torch.load(weights_only=True)
@@ -193,7 +198,7 @@ def test_every_class_needs_images():
 def test_pipeline_shape():
     pipe = create_pipeline()
     assert [n.name for n in pipe.nodes] == ["ingest_index", "split_dataset", "preprocess_splits"]
-    assert pipe.inputs() == {"params:data"}
+    assert pipe.inputs() == {"params:data", "params:backbone", "params:source_pretraining"}
     assert pipe.outputs() == {"target_train", "target_val", "target_test"}
 
 
@@ -201,10 +206,15 @@ def test_check_data_params_names_the_bad_key(base_parameters):
     from evotune.pipelines.data_processing.nodes import check_data_params
 
     good = base_parameters()["data"]
-    check_data_params(good)
+    backbone = base_parameters()["backbone"]
+    check_data_params(good, backbone)
     split = good["split"]
     for bad, key in (
-        ({**good, "image": {"resize_size": 16, "crop_size": 32}}, "data.image.crop_size"),
+        ({**good, "image": {"resize_size": 16, "crop_size": 32, "interpolation": None}}, "data.image.crop_size"),
+        ({**good, "image": {"resize_size": 16, "crop_size": 32}}, "data.image.interpolation"),
+        ({**good, "image": {"resize_size": 40, "crop_size": None, "interpolation": "nearest"}},
+         "data.image.interpolation must be one of bilinear, bicubic"),
+        ({**good, "split": {**split, "train_per_class": "all"}}, "data.split.train_per_class must be auto"),
         ({**good, "split": {**split, "val_fraction": 1.5}}, "data.split.val_fraction"),
         ({**good, "split": {**split, "train_per_clas": 5}}, "train_per_clas"),
         ({**good, "split": {**split, "val_per_class": 0}}, "data.split.val_per_class"),
@@ -213,4 +223,4 @@ def test_check_data_params_names_the_bad_key(base_parameters):
         ({k: v for k, v in good.items() if k != "source"}, "data.source"),
     ):
         with pytest.raises(EvotuneError, match=key.replace(".", r"\.")):
-            check_data_params(bad)
+            check_data_params(bad, backbone)

@@ -1,5 +1,7 @@
 """Stratified, seeded splits and the search's chunks."""
 
+import logging
+
 import pandas as pd
 import pytest
 
@@ -151,3 +153,58 @@ def test_the_search_cuts_the_same_chunks_as_the_data_stage_did(pct, seed, base_p
         rows += [(name, item, int(c)) for item, c in zip(part["item"], ids)]
     rows.sort()
     assert (len(rows), hashlib.sha1(repr(rows).encode()).hexdigest()[:16]) == CHUNKS_BEFORE[(pct, seed)]
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_caps_and_fractions_that_move_images_warn_once_per_split(caplog):
+    idx = make_index([40, 60, 25])
+    with caplog.at_level(logging.WARNING):
+        assign_splits(idx, seed=0, val_fraction=0.2, test_fraction=0.2)
+    assert _warnings(caplog) == []  # fractions without official splits only define the split
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assign_splits(idx, seed=0, val_fraction=0.2, test_fraction=0.2, train_per_class=5, val_per_class=3)
+    # train 24 + 36 + 15 -> 15 kept; val 8 + 12 + 5 -> 9 kept
+    assert _warnings(caplog) == [
+        "train split: 60 image(s) over data.split.train_per_class=5 moved to test (set it to null to use every image)",
+        "val split: 16 image(s) over data.split.val_per_class=3 moved to test (set it to null to use every image)"]
+    caplog.clear()
+    official = make_index([30, 30], official=lambda y, i: "test" if i < 10 else "train")
+    with caplog.at_level(logging.WARNING):
+        assign_splits(official, seed=0, val_fraction=0.25, test_fraction=0.5, train_per_class=4)
+    assert _warnings(caplog) == [
+        "val split: 10 image(s) moved out of the official train split by data.split.val_fraction=0.25 (the source "
+        "has no official val split)",
+        "train split: 22 image(s) over data.split.train_per_class=4 dropped (the source has an official test split) "
+        "(set it to null to use every image)"]
+
+
+def test_auto_caps_are_the_embedded_tasks_and_a_users_source_keeps_every_image(root, tmp_path):
+    """conf/base's caps are auto: the embedded task's few-label caps; a conf/local that sets only
+    data.source (parameters merge key by key) gets every image, whatever conf/base's caps are."""
+    import shutil
+
+    from evotune.config import load_parameters
+    from evotune.data.embedded import FEW_LABEL_CAPS
+    from evotune.pipelines.data_processing.nodes import split_options
+
+    conf = tmp_path / "conf"
+    shutil.copytree(root / "conf" / "base", conf / "base")
+    (conf / "local").mkdir()
+    (conf / "local" / "parameters_data_processing.yml").write_text(
+        "data:\n  source: {kind: image_folder, path: data/01_raw/my_images}\n")
+    base = load_parameters(str(conf), env="base")["data"]
+    opts = split_options(base)
+    assert (opts["train_per_class"], opts["val_per_class"]) == (20, 30) == tuple(FEW_LABEL_CAPS.values())
+    local = load_parameters(str(conf), env="local")["data"]
+    assert local["source"] == {"kind": "image_folder", "path": "data/01_raw/my_images"}
+    assert local["split"]["train_per_class"] == "auto"
+    opts = split_options(local)
+    assert (opts["train_per_class"], opts["val_per_class"]) == (None, None)
+    # with a folder of 6 classes x 60 images (the issue's case): 216 / 72 / 72, nothing moved
+    idx = make_index([60] * 6)
+    df = assign_splits(idx, **opts)
+    assert df.groupby("split").size().to_dict() == {"test": 72, "train": 216, "val": 72}

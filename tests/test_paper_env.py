@@ -72,7 +72,8 @@ def test_every_paper_setting_resolves(pipelines):
             assert p["backbone"] == {"arch": arch, "weights": "imagenet", "head_seed": 0, "torch_home": None,
                                      "num_classes": None}
             crop = 299 if arch == "inception_v3" else 224
-            assert p["data"]["image"] == {"resize_size": 342 if crop == 299 else 232, "crop_size": crop}, where
+            assert p["data"]["image"] == {"resize_size": 342 if crop == 299 else 232, "crop_size": crop,
+                                              "interpolation": "bilinear"}, where
             assert get_arch(arch).input_size == crop
             sp = SearchConfig.from_params(p["search"])
             assert (sp.population, sp.elite, sp.generations, sp.seeds) == (10, 3, 10, (684, 559, 629))

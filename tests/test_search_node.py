@@ -151,7 +151,8 @@ def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(
     same = [{**training, "cpu_threads": 1}, {**training, "device": "auto"}]
     for params in same:
         assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val, *chunks) == name, params
-    other = [{**training, "epochs": 3}, {**training, "fused_optimizer": False}, {**training, "frozen_bn": "train"}]
+    other = [{**training, "epochs": 3}, {**training, "fused_optimizer": False}, {**training, "frozen_bn": "train"},
+             {**training, "augment": "standard"}]
     assert training["frozen_bn"] == "eval"  # so the two batch-norm policies give two studies
     for params in other:
         assert study_name_for(sp, TrainConfig.from_params(params), backbone, train, val, *chunks) != name, params

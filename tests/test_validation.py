@@ -46,7 +46,6 @@ def test_the_default_parameters_are_valid(base_params, nodes):
         (("data", "source"), {"kind": "image_folder", "path": "/nonexistent/images"}, "/nonexistent/images"),
         (("data", "source"), {"kind": "torchvision", "name": "ImageNet21k", "root": "x"}, "CIFAR10"),
         (("backbone", "weights"), "imagenet", "pretrained"),
-        (("backbone", "arch"), "vit_b_16", r"vit_b_16 takes 224x224 inputs only.*data.image.crop_size"),
     ],
 )
 def test_bad_parameters_name_the_parameter(base_params, nodes, path, value, message):
@@ -59,8 +58,17 @@ def test_bad_parameters_name_the_parameter(base_params, nodes, path, value, mess
 def test_a_vision_transformer_at_its_input_size_is_valid(base_params, nodes):
     params = copy.deepcopy(base_params)
     params["backbone"]["arch"] = params["source_pretraining"]["arch"] = "vit_tiny32"
-    assert params["data"]["image"]["crop_size"] == 32
+    assert params["data"]["image"]["crop_size"] is None  # null: the architecture's own, 32 px
     validate_run(params, nodes["__default__"])
+
+
+def test_a_vision_transformer_at_another_explicit_size_is_refused(base_params, nodes):
+    params = copy.deepcopy(base_params)
+    params["backbone"].update(arch="vit_b_16", weights="none")
+    validate_run(params, nodes["pretrained"])  # data.image null: decoded at the ViT's 224 px
+    params["data"]["image"].update(resize_size=32, crop_size=32)
+    with pytest.raises(ParameterError, match=r"vit_b_16 takes 224x224 inputs only.*data.image.crop_size"):
+        validate_run(params, nodes["pretrained"])
 
 
 def test_missing_imagenet_weights_fail_before_training_with_the_path(base_params, nodes, tmp_path):

@@ -295,6 +295,9 @@ def naive_train(
     over train and validation labels; pass the target's class count to match a
     fast path whose ``DeviceData.num_classes`` is ``len(split.classes)``.
     """
+    if cfg.augment != "none":
+        raise ValueError(f"The naive reference loop has no augmentation (training.augment is {cfg.augment!r}); "
+                         "compare it with augment: none.")
     t0 = time.perf_counter()
     dev = device if isinstance(device, torch.device) else resolve_device(device or cfg.device)
     ytr = train_labels.tolist() if isinstance(train_labels, Tensor) else [int(y) for y in train_labels]

@@ -35,12 +35,20 @@ what it computes:
   device. The same code applies them on CPU and on CUDA (torch has bf16 autocast on
   both), so the CPU tests run it; only the defaults differ per device.
 * No per-sample Python: shuffling is one ``randperm`` per epoch, metrics are
-  computed with ``bincount`` on the device.
+  computed with ``bincount`` on the device. (The one exception is augmentation,
+  ``training.augment``: torchvision's v2 transforms draw one crop per image, so
+  :class:`Augmenter` applies them image by image, on the uint8 tensors on the device.)
+* **Augmentation** (``training.augment``: ``none``, ``flip``, ``standard`` = random
+  resized crop + horizontal flip, :class:`Augmenter`). The training batches are
+  augmented; evaluation never is. An augmented image is a new input, so the frozen
+  prefix of the *training* batches is recomputed at every step (no cache); the
+  validation images stay un-augmented and keep their exact cached prefix.
 
 Every random draw of a training comes from its seed: the fresh head (a CPU generator
 seeded with the seed, :func:`~evotune.backbones.redraw_head`), the batch order (another
 one, ``torch.randperm`` once per epoch), and everything drawn from torch's global
-generators (dropout, EfficientNet's stochastic depth, a plan's ``prepare``): a training
+generators (dropout, EfficientNet's stochastic depth, a plan's ``prepare``), and the
+augmentation's draws (a generator state of their own, seeded from the seed, :class:`Augmenter`): a training
 runs inside :func:`fork_global_rng`, with the global generators seeded by
 :func:`seed_global_rng` from :func:`global_rng_seed`, so it gives the same result
 whatever ran before it in the process, and the global generators are as they were
@@ -79,6 +87,9 @@ log = logging.getLogger(__name__)
 #: the values of ``training.frozen_bn`` (see :func:`set_block_modes`)
 FROZEN_BN_POLICIES = ("eval", "train")
 
+#: the values of ``training.augment`` (see :class:`Augmenter`)
+AUGMENTATIONS = ("none", "flip", "standard")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -109,6 +120,9 @@ class TrainConfig:
     #: so that search workers x threads = cores when several workers share a CPU
     cpu_threads: int | None
     aux_loss_weight: float
+    #: augmentation of the training batches: none, flip (horizontal) or standard (random resized
+    #: crop + horizontal flip), torchvision v2 on the uint8 images on the device (:class:`Augmenter`)
+    augment: str
 
     @classmethod
     def from_params(cls, params: dict[str, Any], path: str = "training") -> TrainConfig:
@@ -130,6 +144,9 @@ class TrainConfig:
             problems.append(f"{path}.frozen_bn must be eval (frozen blocks run in eval mode: their batch-norm "
                             f"statistics stay pretrained) or train (frozen blocks follow the model's train mode, "
                             f"as in the authors' code), got {cfg.frozen_bn!r}")
+        if cfg.augment not in AUGMENTATIONS:
+            problems.append(f"{path}.augment must be none, flip (horizontal flip) or standard (random resized crop "
+                            f"+ horizontal flip), got {cfg.augment!r}")
         if problems:
             raise ParameterError("; ".join(problems))
         return cfg
@@ -284,6 +301,51 @@ class Normalizer:
         return x
 
 
+def augment_seed(seed: int) -> int:
+    """The seed of a training's augmentation draws (a 63-bit value derived from ``seed``, so that
+    they are not the stream of the batch order or of dropout)."""
+    digest = hashlib.sha256(f"evotune.training.augment:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class Augmenter:
+    """``training.augment`` on a batch of uint8 images ``[B, 3, S, S]`` on the device, with
+    torchvision's v2 transforms: ``flip`` a horizontal flip (p = 0.5), ``standard`` a random
+    resized crop back to ``S`` (torchvision's defaults: scale 0.08-1, ratio 3/4-4/3, bilinear,
+    antialiased) then the flip. The images were decoded once (resized, centre-cropped): the crop
+    is drawn from that decoded image, not from the original file.
+
+    Each image gets its own draw. The draws come from a CPU generator state of its own, seeded
+    with :func:`augment_seed` of the training's seed and carried from batch to batch (torch's
+    global CPU generator is forked around each batch), so a training is reproducible from its
+    seed and its augmentation does not shift dropout's random stream, nor it this one.
+    """
+
+    def __init__(self, kind: str, seed: int) -> None:
+        if kind not in AUGMENTATIONS or kind == "none":
+            raise ValueError(f"no augmentation {kind!r}; valid: {', '.join(a for a in AUGMENTATIONS if a != 'none')}")
+        self.kind = kind
+        self._state = torch.Generator().manual_seed(augment_seed(seed)).get_state()
+        self._transform: Callable[[Tensor], Tensor] | None = None
+
+    def _make(self, size: int) -> Callable[[Tensor], Tensor]:
+        from torchvision.transforms import v2
+
+        flip = v2.RandomHorizontalFlip(p=0.5)
+        if self.kind == "flip":
+            return flip
+        return v2.Compose([v2.RandomResizedCrop(size, antialias=True), flip])
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if self._transform is None:
+            self._transform = self._make(int(images.shape[-1]))
+        with torch.random.fork_rng(devices=[]):  # the global CPU generator, as it was, afterwards
+            torch.set_rng_state(self._state)
+            out = torch.stack([self._transform(img) for img in images]) if len(images) else images
+            self._state = torch.get_rng_state()
+        return out
+
+
 class PrefixCache:
     """Outputs of a frozen prefix of the network, computed once per image.
 
@@ -291,7 +353,9 @@ class PrefixCache:
     :meth:`TrainingPlan.frozen_prefix` defines it) computes the same function of each
     image, from the same pristine weights, in every evaluation that uses it, in training
     and at evaluation alike. Entries beyond ``max_bytes`` are not stored (they are
-    computed per batch).
+    computed per batch). Only un-augmented images are cached: with ``training.augment``
+    the training batches are new images at every step, so their prefix is recomputed
+    (:meth:`Trainer._train`); validation, never augmented, stays cached.
     """
 
     def __init__(self, max_bytes: float) -> None:
@@ -572,6 +636,10 @@ class Trainer:
         self.normalize = Normalizer(mean, std, self.device, self.channels_last)
         self.cache = PrefixCache(cfg.prefix_cache_max_gb * 1024**3)
         self._undo: Undo | None = None  # the running plan's, until its training ends
+        if cfg.augment != "none":
+            log.info("training batches augmented: %s (training.augment; %s), evaluation not; the frozen prefix of "
+                     "training batches is recomputed at every step", cfg.augment,
+                     "horizontal flip" if cfg.augment == "flip" else "random resized crop + horizontal flip")
 
     # -- helpers -----------------------------------------------------------------
     def _autocast(self):
@@ -683,11 +751,13 @@ class Trainer:
             plan.on_train_start(model, optimizer)
 
         prefix = plan.frozen_prefix(model, cfg.frozen_bn) if data_key is not None else 0
-        train_feats = self._prefix_features(train, (data_key, "train"), prefix) if prefix else None
-        val_key = (data_key, "val") if prefix else None
-        if prefix and train_feats is None:
-            prefix = 0  # cache disabled: full forward
-            val_key = None
+        augment = Augmenter(cfg.augment, seed) if cfg.augment != "none" else None
+        # the frozen prefix is cached only where exact: never for augmented training batches (new
+        # images at every step: the prefix runs on them, as in the naive loop); validation is not augmented
+        val_key = (data_key, "val") if prefix and cfg.cache_frozen_prefix else None
+        train_feats = self._prefix_features(train, (data_key, "train"), prefix) if prefix and augment is None else None
+        if train_feats is None:
+            prefix = 0  # cache disabled or augmented batches: full forward
 
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         stopping = EarlyStopping(cfg.patience, keep_best_state)
@@ -700,7 +770,10 @@ class Trainer:
             order = torch.randperm(n, generator=gen).to(self.device)
             for start in range(0, n, bs):
                 idx = order[start : start + bs]
-                x, s = self._inputs(train, train_feats, idx, prefix)
+                if augment is not None:
+                    x, s = self.normalize(augment(train.images[idx])), 0
+                else:
+                    x, s = self._inputs(train, train_feats, idx, prefix)
                 yield x, train.labels[idx], s
 
         epoch = 0

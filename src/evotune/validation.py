@@ -63,6 +63,14 @@ def validate_run(params: dict[str, Any], node_names) -> None:
         if backbone is not None:
             spec = check(get_arch, backbone.arch)
             crop = ((params.get("data") or {}).get("image") or {}).get("crop_size")
+            if crop is None and spec is not None:  # null: the weights' own (evotune.backbones.weights_recipe)
+                from .backbones import weights_recipe
+
+                if backbone.weights == "source":  # the source model's rendered images
+                    crop = ((params.get("source_pretraining") or {}).get("data") or {}).get("image_size")
+                else:
+                    recipe = check(weights_recipe, backbone.arch, backbone.weights)
+                    crop = recipe.crop_size if recipe is not None else spec.input_size
             if spec is not None and spec.fixed_input and crop != spec.input_size:
                 problems.append(
                     f"backbone.arch {spec.name} takes {spec.input_size}x{spec.input_size} inputs only but "
@@ -142,7 +150,7 @@ def validate_run(params: dict[str, Any], node_names) -> None:
     if "ingest_index" in nodes and not paper_data_missing:  # the paper check named the missing data (once)
         from .pipelines.data_processing.nodes import check_data_params
 
-        check(check_data_params, params.get("data"))
+        check(check_data_params, params.get("data"), params.get("backbone"), params.get("source_pretraining"))
     from .progress import ProgressConfig
 
     check(ProgressConfig.from_params, params.get("progress"))  # every run shows progress

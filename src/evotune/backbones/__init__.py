@@ -40,12 +40,14 @@ from .registry import (
 )
 from .staged import StagedModel, count_parameters, head_linears, redraw_head, replace_head
 from .weights import (
+    ImageRecipe,
     build_model,
     imagenet_variant,
     imagenet_weights_path,
     imagenet_weights_problem,
     is_weights_url,
     url_weights_problem,
+    weights_recipe,
 )
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ArchSpec",
+    "ImageRecipe",
     "BackboneCheckpoint",
     "BackboneWeightsError",
     "StagedModel",
@@ -79,4 +82,5 @@ __all__ = [
     "torchvision_key_map",
     "url_weights_problem",
     "torchvision_state_dict",
+    "weights_recipe",
 ]

@@ -262,18 +262,21 @@ def staged_from_timm(arch: str, model: nn.Module, *, check_input: torch.Tensor |
 def _spec(arch: str) -> ArchSpec:
     with torch.device("meta"):
         model = _create(arch, 1000, None)
+    from timm.data import resolve_data_config
+
     cfg = model.pretrained_cfg
-    size = int(cfg["input_size"][-1])
-    crop_pct = float(cfg.get("crop_pct") or 1.0)
-    interpolation = cfg.get("interpolation") or "bilinear"
+    data = resolve_data_config({}, model=model)  # the data config timm's own transforms use
+    size = int(data["input_size"][-1])
+    crop_pct = float(data.get("crop_pct") or 1.0)
+    interpolation = data.get("interpolation") or "bilinear"
     return ArchSpec(
         name=arch,
         block_names=_block_names(model, _groups(model)),
         input_size=size,
         resize_size=int(size / crop_pct),
         imagenet_weights=cfg.get("hf_hub_id") or None,
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
+        mean=tuple(float(v) for v in data["mean"]),
+        std=tuple(float(v) for v in data["std"]),
         interpolation=interpolation if interpolation in ("bilinear", "bicubic") else "bilinear",
         fixed_input=bool(cfg.get("fixed_input_size", False)),
     )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -52,8 +53,8 @@ from .registry import (
 from .staged import StagedModel, replace_head
 from .timm_models import TIMM_WEIGHT_SUFFIXES, build_timm, is_timm, timm_weights_problem
 
-__all__ = ["TORCHVISION_VARIANTS", "build_model", "imagenet_variant", "imagenet_weights_path", "imagenet_weights_problem",
-           "is_weights_url", "url_weights_path", "url_weights_problem"]
+__all__ = ["TORCHVISION_VARIANTS", "ImageRecipe", "build_model", "imagenet_variant", "imagenet_weights_path",
+           "imagenet_weights_problem", "is_weights_url", "url_weights_path", "url_weights_problem", "weights_recipe"]
 
 _DENSENET_LEGACY_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
@@ -286,3 +287,71 @@ def build_model(
         )
     return model_from_checkpoint(ckpt, num_classes)
 
+
+
+# --------------------------------------------------------------------------------------
+# The weights' own preprocessing
+# --------------------------------------------------------------------------------------
+#: the resize interpolations the one-time decoding knows (PIL filters, as torchvision's Resize
+#: uses them on PIL images)
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """How images are prepared for a backbone's weights: the shorter side resized to
+    ``resize_size`` with ``interpolation``, a ``crop_size`` centre crop, then ``(x - mean) / std``.
+    ``origin`` says where the values come from (for the log and the exported metadata)."""
+
+    resize_size: int
+    crop_size: int
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    origin: str
+
+
+def _spec_recipe(spec: ArchSpec, origin: str) -> ImageRecipe:
+    interpolation = spec.interpolation if spec.interpolation in INTERPOLATIONS else "bilinear"
+    return ImageRecipe(int(spec.resize_size), int(spec.input_size), interpolation, tuple(spec.mean),
+                       tuple(spec.std), origin)
+
+
+def torchvision_recipe(spec: ArchSpec) -> ImageRecipe:
+    """The preprocessing of ``spec``'s torchvision ImageNet weights, read from their own
+    ``weights.transforms()`` (resize, crop, interpolation, mean, std). Needs no weights file."""
+    weights = _imagenet_weights_enum(spec)
+    tf = weights.transforms()
+    size = lambda v: int(v[0] if isinstance(v, (list, tuple)) else v)  # noqa: E731
+    interpolation = getattr(tf.interpolation, "value", str(tf.interpolation))
+    if interpolation not in INTERPOLATIONS:
+        raise BackboneWeightsError(f"{spec.imagenet_weights}.transforms() resizes with {interpolation!r}; the decoding "
+                                   f"knows {', '.join(INTERPOLATIONS)}: set data.image.interpolation.")
+    return ImageRecipe(size(tf.resize_size), size(tf.crop_size), interpolation, tuple(float(v) for v in tf.mean),
+                       tuple(float(v) for v in tf.std), f"torchvision {spec.imagenet_weights}.transforms()")
+
+
+def weights_recipe(arch: str, weights: str | os.PathLike | None = "imagenet") -> ImageRecipe:
+    """The preprocessing the backbone ``arch`` with ``weights`` (``backbone.weights``) was trained
+    with: what ``data.image`` defaults to.
+
+    * ``imagenet``: torchvision's ``weights.transforms()``; for ``timm/<name>``, timm's
+      ``resolve_data_config`` of the model (:func:`~evotune.backbones.timm_models.timm_spec`).
+    * ``none`` / ``source``: the architecture's registry entry (:class:`ArchSpec`: the embedded
+      task's ``resnet10`` is 32 px; a torchvision architecture, its ImageNet weights' values).
+    * a checkpoint file: the sizes and mean/std it records (bilinear).
+
+    Reads no weights file, except a checkpoint's."""
+    spec = get_arch(str(arch))
+    w = "none" if weights is None else os.fspath(weights).strip()
+    if w.lower() == "imagenet":
+        if is_timm(spec.name):
+            return _spec_recipe(spec, f"timm {spec.name} resolve_data_config")
+        return torchvision_recipe(spec)
+    if w.lower() in _RANDOM_WEIGHTS | {"source"}:
+        return _spec_recipe(spec, f"{spec.name} ({w} weights: the architecture's registered input size)")
+    if is_timm(spec.name) and w.endswith(TIMM_WEIGHT_SUFFIXES):
+        return _spec_recipe(spec, f"timm {spec.name} resolve_data_config")
+    ckpt = load_checkpoint(w)
+    return ImageRecipe(int(ckpt.resize_size), int(ckpt.input_size), "bilinear", tuple(ckpt.mean), tuple(ckpt.std),
+                       f"checkpoint {w}")

@@ -25,6 +25,14 @@ from .split import Split
 
 DEFAULT_CLASSES = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
+#: The embedded task's few-label caps: what ``data.split.train_per_class`` /
+#: ``val_per_class: auto`` (conf/base) mean for ``data.source.kind: embedded_digits``. A
+#: user's own source (image_folder, csv, torchvision) has no caps under ``auto``: it uses every
+#: image. Sized from a measurement of the search's fitness noise (README "How the default task
+#: was sized", scripts/fitness_noise.py): with 10 / 10 per class the noise of one search
+#: evaluation was larger than the spread between genomes (reliability 0.22); with 20 / 30 it is 0.66.
+FEW_LABEL_CAPS: dict[str, int] = {"train_per_class": 20, "val_per_class": 30}
+
 # matplotlib fonts whose ASCII code points hold other glyphs (math delimiters and
 # symbols) or one placeholder box for every character: glyph checks cannot tell.
 _EXCLUDED_FONTS = {"cmex10", "cmsy10", "LastResortHE-Regular"}

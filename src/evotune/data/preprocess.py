@@ -19,9 +19,13 @@ from .split import Split
 log = logging.getLogger(__name__)
 
 
-def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size`` like ``torchvision.transforms.Resize(size)`` (bilinear; PIL
-    antialiases when it shrinks)."""
+#: ``data.image.interpolation`` -> the PIL filter (what ``torchvision.transforms.Resize`` uses on a PIL image)
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def resize_shorter_side(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """Shorter side to ``size`` like ``torchvision.transforms.Resize(size, interpolation)`` on a
+    PIL image (PIL antialiases when it shrinks)."""
     w, h = img.size
     if min(w, h) == size:
         return img
@@ -29,7 +33,7 @@ def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
         new = (size, int(size * h / w))
     else:
         new = (int(size * w / h), size)
-    return img.resize(new, Image.Resampling.BILINEAR)
+    return img.resize(new, RESAMPLING[interpolation])
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -40,6 +44,13 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     left = int(round((w - size) / 2.0))
     top = int(round((h - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
+
+
+def check_interpolation(value, name: str = "data.image.interpolation") -> str:
+    if value not in RESAMPLING:
+        raise DataSourceError(f"{name} must be one of {', '.join(RESAMPLING)} (or null: the backbone weights' own); "
+                              f"got {value!r}.")
+    return str(value)
 
 
 def check_image_params(resize_size, crop_size, prefix: str = "data.image") -> tuple[int, int]:
@@ -57,41 +68,46 @@ def check_image_params(resize_size, crop_size, prefix: str = "data.image") -> tu
     return r, c
 
 
-def image_to_uint8(img: Image.Image, resize_size: int, crop_size: int) -> np.ndarray:
+def image_to_uint8(img: Image.Image, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
     """One decoded image as the model sees it before normalisation: any mode to 8-bit RGB
-    (:func:`to_rgb`), shorter side resized to ``resize_size``, centre crop ``crop_size``;
-    a uint8 array ``[3, crop, crop]``."""
+    (:func:`to_rgb`), shorter side resized to ``resize_size`` with ``interpolation``, centre crop
+    ``crop_size``; a uint8 array ``[3, crop, crop]``."""
     if img.mode != "RGB":
         img = to_rgb(img)
-    img = center_crop(resize_shorter_side(img, resize_size), crop_size)
+    img = center_crop(resize_shorter_side(img, resize_size, interpolation), crop_size)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def load_image_file(path: str | Path, resize_size: int, crop_size: int) -> np.ndarray:
+def load_image_file(path: str | Path, resize_size: int, crop_size: int, interpolation: str = "bilinear") -> np.ndarray:
     """An image file decoded exactly as training decodes an ``image_folder`` or ``csv``
     source (EXIF orientation, JPEG draft decoding at no less than ``resize_size``,
     :func:`image_to_uint8`). Raises :class:`DataSourceError` for a file that cannot be
     read as an image (its ``__cause__`` is the decoder's error)."""
-    return image_to_uint8(open_image_file(Path(path), min_side=resize_size), resize_size, crop_size)
+    return image_to_uint8(open_image_file(Path(path), min_side=resize_size), resize_size, crop_size, interpolation)
 
 
-def preprocessing_record(resize_size: int, crop_size: int) -> dict:
+def preprocessing_record(resize_size: int, crop_size: int, interpolation: str = "bilinear",
+                         origin: str | None = None) -> dict:
     """What :func:`image_to_uint8` does, as plain values (stored with each decoded split and
-    in the exported model's metadata). Normalisation by the backbone's mean and std follows
-    on the device (``training.Normalizer``: ``(x / 255 - mean) / std``)."""
-    return {
+    in the exported model's metadata; ``predict`` decodes with the same values). ``origin``: where
+    the values come from (the backbone weights' recipe, or ``data.image``). Normalisation by the
+    backbone's mean and std follows on the device (``training.Normalizer``: ``(x / 255 - mean) / std``)."""
+    record = {
         "decode": "PIL; EXIF orientation applied; any mode to 8-bit RGB (transparency composited on white, "
                   "16-bit scaled from 0..65535 to 0..255, palette/grayscale/CMYK converted)",
         "resize_shorter_side": int(resize_size),
         "resize_rule": "shorter side to resize_shorter_side, longer side int(size * long / short) "
                        "(torchvision.transforms.Resize(size))",
-        "interpolation": "bilinear",
+        "interpolation": interpolation,
         "antialias": True,
-        "library": "PIL (Image.resize with Image.Resampling.BILINEAR)",
+        "library": f"PIL (Image.resize with Image.Resampling.{RESAMPLING[interpolation].name})",
         "center_crop": int(crop_size),
         "crop_rule": "offsets round((w - crop) / 2), round((h - crop) / 2) (torchvision.transforms.CenterCrop)",
         "layout": "uint8 RGB, channels first [3, crop, crop]",
     }
+    if origin is not None:
+        record["origin"] = origin
+    return record
 
 
 def decode_split(
@@ -100,17 +116,20 @@ def decode_split(
     *,
     resize_size: int,
     crop_size: int,
+    interpolation: str = "bilinear",
+    origin: str | None = None,
     batch: int = 256,
     name: str = "images",
 ) -> Split:
     """Decode each image of ``index_rows`` once into a :class:`Split` (without lineage).
 
     ``index_rows``: ``item`` and ``label``. Images are
-    resized (shorter side to ``resize_size``), centre-cropped to ``crop_size`` and written
+    resized (shorter side to ``resize_size``, with ``interpolation``), centre-cropped to ``crop_size`` and written
     straight into one preallocated uint8 tensor, ``batch`` items at a time, so the PIL
     images of the whole split never sit in memory together.
     """
     r, c = check_image_params(resize_size, crop_size)
+    interpolation = check_interpolation(interpolation)
     rows = index_rows.reset_index(drop=True)
     n = len(rows)
     items = rows["item"].astype(str).tolist()
@@ -122,7 +141,7 @@ def decode_split(
             part = items[start:start + batch]
             k = start
             for img in source.load_images(part, min_side=r):
-                out[k] = image_to_uint8(img, r, c)
+                out[k] = image_to_uint8(img, r, c, interpolation)
                 k += 1
             if k != start + len(part):
                 raise DataSourceError(f"{source.describe()}: returned {k - start} images for {len(part)} items.")
@@ -134,4 +153,4 @@ def decode_split(
             "rerun the data_processing pipeline from ingest_index."
         )
     return Split(images=images, labels=labels, classes=classes, items=items,
-                 preprocessing=preprocessing_record(r, c))
+                 preprocessing=preprocessing_record(r, c, interpolation, origin))

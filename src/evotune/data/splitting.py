@@ -89,6 +89,11 @@ def assign_splits(
     * ``train_per_class`` / ``val_per_class`` then cap each class's train / val images (the
       few-label regime). The images over the cap go to test when the source has no
       official test split; otherwise they are dropped (the returned frame has fewer rows).
+      ``None``: no cap (the ``auto`` of ``data.split`` is resolved by the caller,
+      :func:`evotune.pipelines.data_processing.nodes.split_options`).
+
+    Whenever the caps, or fractions carving val/test out of an official train split, move
+    images, a WARNING per split says how many and which parameter moved them.
 
     Raises :class:`DataSourceError` naming ``<param_prefix>.<parameter>`` when a split
     would be empty or a class would miss from train or val (every such class in one
@@ -136,23 +141,33 @@ def assign_splits(
         split[pos[:n_test]] = "test"
         split[pos[n_test:n_test + n_val]] = "val"
         split[pos[n_test + n_val:]] = "train"
+    if official:  # the fractions moved images out of the official train split: say so, per split
+        for name, key, value in (("val", "val_fraction", vf), ("test", "test_fraction", tf)):
+            moved = int(((split == name) & pool_mask).sum())
+            if moved:
+                log.warning("%s split: %d image(s) moved out of the official train split by %s.%s=%s (the source "
+                            "has no official %s split)", name, moved, p, key, value, name)
 
     dropped = np.zeros(len(df), dtype=bool)
     for name, cap, salt in (("train", tcap, 1), ("val", vcap, 2)):
         if cap is None:
             continue
+        over_all = []
         for y in labels:
             pos = _class_rows(df, split == name, y, seed, salt)
-            over = pos[cap:]
-            if has_test:
-                dropped[over] = True
-                split[over] = ""
-            else:
-                split[over] = "test"
+            over_all.append(pos[cap:])
+        over = np.concatenate(over_all) if over_all else np.zeros(0, dtype=np.int64)
+        if len(over):  # the caps moved images: a warning per split (with your own data, caps are yours to set)
+            log.warning("%s split: %d image(s) over %s.%s_per_class=%d %s (set it to null to use every image)",
+                        name, len(over), p, name, cap,
+                        "dropped (the source has an official test split)" if has_test else "moved to test")
+        if has_test:
+            dropped[over] = True
+            split[over] = ""
+        else:
+            split[over] = "test"
     df["split"] = split
     if dropped.any():
-        log.info("%d image(s) over %s.train_per_class/val_per_class dropped (the source has an official test split)",
-                 int(dropped.sum()), p)
         df = df[~dropped].reset_index(drop=True)
     _validate_splits(df, labels, p, official=official, has_val=has_val, has_test=has_test,
                      fractions=(vf, tf), n_chunks=n_chunks)

@@ -253,6 +253,8 @@ def study_name_for(cfg: SearchConfig, training: Any, backbone: dict, train: dict
     (the search baselines name their own studies).
     """
     train_cfg = {k: v for k, v in training.__dict__.items() if k not in ("device", "cpu_threads")}
+    if train_cfg.get("augment") == "none":  # no augmentation: the studies recorded before training.augment existed
+        del train_cfg["augment"]
     fp = config_fingerprint(
         cfg.fingerprint_fields(), train_cfg, tensor_fingerprint(backbone.state_dict),
         tensor_fingerprint(train.labels, train_chunks, train.images),

@@ -23,7 +23,7 @@ from ...backbones import (
 from ...data.split import Split
 from ...errors import ParameterError
 from ...lineage import now, tensor_fingerprint
-from ...params import from_params, require
+from ...params import from_params
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,12 @@ def target_num_classes(target_train: Split, bp: BackboneParams) -> int:
     return n
 
 
-def _check_input_size(input_size: int, data_params: dict, what: str) -> None:
-    crop = int(require(require(data_params, "image", "data"), "crop_size", "data.image"))
+def _check_input_size(input_size: int, target_train: Split, what: str) -> None:
+    crop = int(target_train.images.shape[-1])  # what the data stage decoded (data.image, or the weights' recipe)
     if crop != input_size:
         log.warning(
-            "%s expects %dpx inputs but data.image.crop_size is %d: the search will run at %dpx.",
-            what, input_size, crop, crop,
+            "%s expects %dpx inputs but the target images were decoded at %dpx (data.image.crop_size): the "
+            "search will run at %dpx.", what, input_size, crop, crop,
         )
 
 
@@ -93,7 +93,7 @@ def backbone_from_source(source_model: BackboneCheckpoint, target_train: Split, 
     n = target_num_classes(target_train, bp)
     model = model_from_checkpoint(source_model)
     replace_head(model, n, generator=_head_generator(bp))
-    _check_input_size(source_model.input_size, data_params, "The source model")
+    _check_input_size(source_model.input_size, target_train, "The source model")
     log.info("backbone %s from the source model, head for %d classes", source_model.arch, n)
     return _with_lineage(make_checkpoint(
         model, num_classes=n, input_size=source_model.input_size, resize_size=source_model.resize_size,
@@ -126,6 +126,6 @@ def load_pretrained_backbone(target_train: Split, backbone_params: dict, data_pa
         replace_head(model, n, generator=_head_generator(bp))
         meta = {k: getattr(ckpt, k) for k in ("input_size", "resize_size", "mean", "std")}
         meta["source"] = f"checkpoint {weights}"
-    _check_input_size(meta["input_size"], data_params, f"{arch_name} ({weights})")
+    _check_input_size(meta["input_size"], target_train, f"{arch_name} ({weights})")
     log.info("backbone %s (%s), head for %d classes", arch_name, meta["source"], n)
     return _with_lineage(make_checkpoint(model, num_classes=n, **meta), target_train)

@@ -15,7 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 preprocess_splits,
-                inputs=["target_index", "params:data"],
+                inputs=["target_index", "params:data", "params:backbone", "params:source_pretraining"],
                 outputs=["target_train", "target_val", "target_test"],
                 name="preprocess_splits",
             ),

@@ -117,14 +117,14 @@ def list_inputs(p: PredictParams) -> list[tuple[str, Path]]:
     return out
 
 
-def decode(path: Path, resize: int, crop: int) -> tuple[np.ndarray | None, str, str]:
+def decode(path: Path, resize: int, crop: int, interpolation: str = "bilinear") -> tuple[np.ndarray | None, str, str]:
     """(uint8 [3, crop, crop] or None, problem, detail) for one file, never raising for a bad file."""
     try:
         if not path.is_file():
             return None, "file not found", str(path)
         if path.stat().st_size == 0:
             return None, "empty file", "0 bytes"
-        return load_image_file(path, resize, crop), "", ""
+        return load_image_file(path, resize, crop, interpolation), "", ""
     except DataSourceError as exc:
         cause = exc.__cause__ or exc
         detail = f"{type(cause).__name__}: {cause}"
@@ -135,14 +135,15 @@ def decode(path: Path, resize: int, crop: int) -> tuple[np.ndarray | None, str, 
         return None, "unreadable image", f"{type(exc).__name__}: {exc}"
 
 
-def _decoded_batches(files: list[tuple[str, Path]], p: PredictParams, resize: int, crop: int) -> Iterator[list]:
+def _decoded_batches(files: list[tuple[str, Path]], p: PredictParams, resize: int, crop: int,
+                     interpolation: str = "bilinear") -> Iterator[list]:
     """Per batch of files, [(name, array or None, problem, detail)]; with decode workers the
     next batch is decoded while the caller runs the model on this one."""
     batches = [files[i:i + p.batch_size] for i in range(0, len(files), p.batch_size)]
 
     def one(item):
         name, path = item
-        return (name, *decode(path, resize, crop))
+        return (name, *decode(path, resize, crop, interpolation))
 
     if p.decode_workers == 0:
         for batch in batches:
@@ -166,6 +167,7 @@ def predict_images(
     model = model_from_export(exported_model_weights, meta).to(device)
     pre = meta["preprocessing"]
     resize, crop = int(pre["resize_shorter_side"]), int(pre["center_crop"])
+    interpolation = str(pre.get("interpolation", "bilinear"))  # the training's decoding (bicubic for some weights)
     normalize = Normalizer(pre["mean"], pre["std"], device, channels_last=False)
     classes = list(meta["classes"])
     k = min(p.top_k, len(classes))
@@ -183,7 +185,7 @@ def predict_images(
     t0 = last = time.perf_counter()
     done = 0
     with torch.inference_mode():
-        for batch in _decoded_batches(files, p, resize, crop):
+        for batch in _decoded_batches(files, p, resize, crop, interpolation):
             good = [(name, arr) for name, arr, _, _ in batch if arr is not None]
             for name, arr, problem, detail in batch:
                 if arr is None:
