@@ -40,6 +40,20 @@ def test_the_registry_matches_every_torchvision_weights_transforms():
     assert checked >= 10
 
 
+def test_each_torchvision_weights_name_brings_its_own_recipe():
+    """backbone.weights IMAGENET1K_V1 / IMAGENET1K_V2 / DEFAULT decode as those weights' transforms() (ResNet-50's
+    V1 resizes to 256, V2 to 232); a weights URL has no recipe of its own: the architecture's registered values."""
+    from torchvision.models import ResNet50_Weights
+
+    for name in ("IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT"):
+        tf = ResNet50_Weights[name].transforms()
+        r = weights_recipe("resnet50", name)
+        assert (r.resize_size, r.crop_size) == (tf.resize_size[0], tf.crop_size[0]), name
+    assert weights_recipe("resnet50", "IMAGENET1K_V1").resize_size != weights_recipe("resnet50", "IMAGENET1K_V2").resize_size
+    url = weights_recipe("resnet50", "http://127.0.0.1:1/models/resnet50-0123abcd.pth")
+    assert (url.resize_size, url.crop_size) == (ARCHITECTURES["resnet50"].resize_size, ARCHITECTURES["resnet50"].input_size)
+
+
 @pytest.mark.parametrize("arch, expected", [
     ("efficientnet_b0", (256, 224, "bicubic")),
     ("swin_t", (232, 224, "bicubic")),

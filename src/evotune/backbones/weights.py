@@ -317,10 +317,11 @@ def _spec_recipe(spec: ArchSpec, origin: str) -> ImageRecipe:
                        tuple(spec.std), origin)
 
 
-def torchvision_recipe(spec: ArchSpec) -> ImageRecipe:
-    """The preprocessing of ``spec``'s torchvision ImageNet weights, read from their own
-    ``weights.transforms()`` (resize, crop, interpolation, mean, std). Needs no weights file."""
-    weights = _imagenet_weights_enum(spec)
+def torchvision_recipe(spec: ArchSpec, variant: str | None = None) -> ImageRecipe:
+    """The preprocessing of ``spec``'s torchvision ImageNet weights (``variant``: an enum member name such as
+    ``IMAGENET1K_V2``; default the paper's), read from their own ``weights.transforms()`` (resize, crop,
+    interpolation, mean, std). Needs no weights file."""
+    weights = _imagenet_weights_enum(spec, variant)
     tf = weights.transforms()
     size = lambda v: int(v[0] if isinstance(v, (list, tuple)) else v)  # noqa: E731
     interpolation = getattr(tf.interpolation, "value", str(tf.interpolation))
@@ -328,15 +329,18 @@ def torchvision_recipe(spec: ArchSpec) -> ImageRecipe:
         raise BackboneWeightsError(f"{spec.imagenet_weights}.transforms() resizes with {interpolation!r}; the decoding "
                                    f"knows {', '.join(INTERPOLATIONS)}: set data.image.interpolation.")
     return ImageRecipe(size(tf.resize_size), size(tf.crop_size), interpolation, tuple(float(v) for v in tf.mean),
-                       tuple(float(v) for v in tf.std), f"torchvision {spec.imagenet_weights}.transforms()")
+                       tuple(float(v) for v in tf.std), f"torchvision {weights}.transforms()")
 
 
 def weights_recipe(arch: str, weights: str | os.PathLike | None = "imagenet") -> ImageRecipe:
     """The preprocessing the backbone ``arch`` with ``weights`` (``backbone.weights``) was trained
     with: what ``data.image`` defaults to.
 
-    * ``imagenet``: torchvision's ``weights.transforms()``; for ``timm/<name>``, timm's
-      ``resolve_data_config`` of the model (:func:`~evotune.backbones.timm_models.timm_spec`).
+    * ``imagenet`` or a torchvision enum member name (``IMAGENET1K_V2``, ...): torchvision's
+      ``weights.transforms()`` of those weights; for ``timm/<name>``, timm's ``resolve_data_config`` of the
+      model (:func:`~evotune.backbones.timm_models.timm_spec`).
+    * the URL of a torchvision-format file: the architecture's registry entry (its ImageNet weights'
+      values; the file itself records none).
     * ``none`` / ``source``: the architecture's registry entry (:class:`ArchSpec`: the embedded
       task's ``resnet10`` is 32 px; a torchvision architecture, its ImageNet weights' values).
     * a checkpoint file: the sizes and mean/std it records (bilinear).
@@ -344,10 +348,13 @@ def weights_recipe(arch: str, weights: str | os.PathLike | None = "imagenet") ->
     Reads no weights file, except a checkpoint's."""
     spec = get_arch(str(arch))
     w = "none" if weights is None else os.fspath(weights).strip()
-    if w.lower() == "imagenet":
+    variant = imagenet_variant(w)
+    if variant is not None:
         if is_timm(spec.name):
             return _spec_recipe(spec, f"timm {spec.name} resolve_data_config")
-        return torchvision_recipe(spec)
+        return torchvision_recipe(spec, variant)
+    if is_weights_url(w):
+        return _spec_recipe(spec, f"{spec.name} (weights from {w}: the architecture's registered input size)")
     if w.lower() in _RANDOM_WEIGHTS | {"source"}:
         return _spec_recipe(spec, f"{spec.name} ({w} weights: the architecture's registered input size)")
     if is_timm(spec.name) and w.endswith(TIMM_WEIGHT_SUFFIXES):
