@@ -1,6 +1,7 @@
 # The two commands of README.md:
 #   make run   - install into .venv (first time) and run the default pipeline (`kedro run`)
-#   make test  - install into .venv (first time) and run the test suite
+#   make test  - install into .venv (first time) and run the fast test tier
+# make test-all adds the integration tier (docs/guides/testing.md).
 # Everything else here is a helper for them.
 
 PYTHON ?= python3
@@ -14,7 +15,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-all test-tracking viz notebook benchmark upgrade constraints
+.PHONY: install run test test-integration test-all test-tracking viz notebook benchmark upgrade constraints
 
 # constraints.txt pins every installed version to what the tests last passed with. timm is an optional
 # extra for users (pip install -e ".[timm]", ~40 MB); make installs it so that its tests run here and in CI.
@@ -28,8 +29,16 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/kedro run $(ARGS)
 
+# The two test tiers (pytest markers, pyproject.toml): the fast tier is unit tests and in-process pipeline
+# runs; the integration tier (marker `integration`) runs CLI subprocesses, SIGKILL, workers and PostgreSQL.
+# Tests marked `slow` run only in test-all.
+FAST_TIER := not slow and not integration
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -m "$(FAST_TIER)" $(ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m "integration and not slow" $(ARGS)
 
 # The optional MLflow tracking (extra [mlflow]) in a venv of its own, so that `make` and every kedro
 # command stay free of it (mlflow adds ~40 packages, pins pyarrow < 26, and its plugin adds ~5 s to
@@ -51,8 +60,10 @@ $(MLFLOW_STAMP): $(STAMP) pyproject.toml constraints-mlflow.txt
 test-tracking: $(MLFLOW_STAMP)
 	$(MLFLOW_VENV)/bin/python -m pytest tests/test_tracking.py $(ARGS)
 
+# both tiers and the slow tests, then the MLflow tracking test in its own venv
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "" $(ARGS)
+	$(MAKE) test-tracking
 
 viz: $(STAMP)
 	$(BIN)/kedro viz run --no-browser $(ARGS)

@@ -339,6 +339,7 @@ def ordered() -> list[str]:
     return ORDER + [c for c in COMMANDS if c not in ORDER + LAST] + LAST
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("documented", ordered())
 def test_documented_command(project, documented, root):
     spec = COMMANDS[documented]
@@ -391,6 +392,7 @@ def _mtime(path: Path) -> float:
     ('"compare.methods=[linear_probe,nope]"', "Unknown method 'nope'"),
     ("progress.display=fancy", "progress.display must be one of auto, bar, lines, off, got 'fancy'"),
 ])
+@pytest.mark.integration
 def test_bad_parameters_stop_the_run_with_one_message(project, params, says):
     pipeline = "compare" if "compare." in params else "__default__"
     proc = shell(project, f"kedro run --pipelines {pipeline} --params {params}", timeout=300)
@@ -400,6 +402,7 @@ def test_bad_parameters_stop_the_run_with_one_message(project, params, says):
     assert "Running node" not in out, "a node ran before the parameters were checked"
 
 
+@pytest.mark.integration
 def test_bad_data_stops_the_run_before_source_pretraining(project):
     """A corrupt file in the user's folder is found before the slowest stage, with every bad file named."""
     root = project / "data" / "01_raw" / "broken_images"

@@ -16,6 +16,9 @@ from evotune.pipelines.search.nodes import run_search
 from evotune.search.queue import UNITS_SUFFIX
 from evotune.search.store import StudyStore, make_storage
 
+#: the integration tier: search and worker processes, SIGKILL, PostgreSQL (make test-integration)
+pytestmark = pytest.mark.integration
+
 HERE = Path(__file__).parent
 #: conf/base's `training` with these values (tests/test_cuda.py sets the device here)
 TRAINING = {"epochs": 3, "patience": 3, "batch_size": 8, "eval_batch_size": 64, "device": "cpu"}
