@@ -15,7 +15,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-integration test-all test-tracking viz notebook benchmark upgrade constraints
+.PHONY: install run test test-integration test-all test-tracking mutation viz notebook benchmark upgrade constraints
 
 # constraints.txt pins every installed version to what the tests last passed with. timm is an optional
 # extra for users (pip install -e ".[timm]", ~40 MB); make installs it so that its tests run here and in CI.
@@ -64,6 +64,13 @@ test-tracking: $(MLFLOW_STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "" $(ARGS)
 	$(MAKE) test-tracking
+
+# Mutation testing of the pure modules (genome, evolution, metrics, significance, fidelity statistics):
+# mutmut ([tool.mutmut] in pyproject.toml) mutates them in a copy (mutants/) and runs the tests that reach
+# each mutant; then the survivors are listed. Long (about an hour on the 2-core machine): not in any tier.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm,mutation]"
+	nice $(BIN)/mutmut run $(ARGS); $(BIN)/mutmut results
 
 viz: $(STAMP)
 	$(BIN)/kedro viz run --no-browser $(ARGS)
