@@ -72,9 +72,9 @@ class Expect:
 
 OFFLINE = "cannot download"
 NO_GPU = "CUDA_VISIBLE_DEVICES="  # a command prefix: no GPU visible
-#: a search long enough to share (36 evaluations of 2 epochs), a new study each time (search.seed); a worker
-#: joins it with the same parameters (they make the study's fingerprint)
-SHARED = "search.population=8,search.generations=4,training.epochs=2,search.seed={seed}"
+#: a search long enough to share (20 evaluations), a new study each time (search.seed); a worker joins it
+#: with the same parameters (they make the study's fingerprint)
+SHARED = "search.population=6,search.generations=2,search.seed={seed}"
 SEARCH_TO_JOIN = f"kedro run --nodes evolutionary_search --params {SHARED}"
 WORKER_TRAINED = (r"worker \S+ trained [1-9]\d* unit",)
 CUDA = torch.cuda.is_available()  # ImageNet weights missing: the message says where to put them
