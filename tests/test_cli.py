@@ -29,6 +29,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class Expect:
     after: tuple[str, ...] = field(default_factory=tuple)  # commands that must have run first
     beside: str | None = None  # a command started first and left running (a search the command joins)
     matches: tuple[str, ...] = ()  # regular expressions the output must match
+    check: Callable[[Path, str], None] | None = None  # more assertions on (project, output) after the command
     needs: str | None = None  # a module the command needs that the project does not install: skipped without it
     error_marker: str = "Error:"  # with ok=False: how the one clear message starts
 
@@ -85,7 +87,9 @@ COMMANDS: dict[str, Expect] = {
     # `make run` is `kedro run` in .venv (tested below for real): checked with make -n
     "make run": Expect(make_dry_run=True, says=(".venv/bin/kedro run",)),
     "make test": Expect(make_dry_run=True, says=('pytest -m "not slow and not integration"',)),
-    'make run ARGS="--pipelines pretrained --params backbone.weights=none"': Expect(),
+    'make run ARGS="--pipelines pretrained --params backbone.weights=none"': Expect(
+        says=("Running node: load_pretrained_backbone", "Pipeline execution completed"),
+        files=("data/06_models/backbone.pt",)),
     'make test ARGS="-k search"': Expect(make_dry_run=True, says=('pytest -m "not slow and not integration" -k search',)),
     "make viz": Expect(server=4141),
     "make benchmark": Expect(make_dry_run=True, says=("scripts/benchmark_evaluation.py",)),
@@ -115,7 +119,7 @@ COMMANDS: dict[str, Expect] = {
         files=("data/08_reporting/latest/report.md",),
         says=("search fidelity: switched off (fidelity.enabled: false), nothing trained",
               "Pipeline execution completed")),
-    "source .venv/bin/activate && kedro run --pipelines reporting": Expect(),
+    "source .venv/bin/activate && kedro run --pipelines reporting": Expect(files=("data/08_reporting/report.md",)),
     "kedro run --pipelines retrain": Expect(ok=False, says=("'best_genome' has no saved version yet",
                                                             "kedro run --pipelines search")),
     "kedro run --pipelines reporting": Expect(files=("data/08_reporting/report.md",),
@@ -124,8 +128,13 @@ COMMANDS: dict[str, Expect] = {
         files=("data/07_model_output/retrained_models.pt", "data/08_reporting/test_metrics.json",
                "data/08_reporting/latest/report.md"),
         unchanged=("data/07_model_output/best_genome.json", "data/06_models/backbone.pt")),
-    "kedro run --from-nodes evolutionary_search": Expect(),
-    "kedro run --nodes evolutionary_search --params search.generations=2": Expect(),
+    "kedro run --from-nodes evolutionary_search": Expect(
+        says=("Running node: evolutionary_search", "Running node: retrain_best_genome"),
+        files=("data/07_model_output/retrained_models.pt", "data/08_reporting/latest/report.md"),
+        unchanged=("data/06_models/backbone.pt",)),
+    # two generations of 5 evaluations after the 4 of the initial population (N=4, E=1: 2 exploited + 3 children)
+    "kedro run --nodes evolutionary_search --params search.generations=2": Expect(
+        says=("N=4 E=1 G=2", "14 evaluations", "BioTune search done:"), files=("data/07_model_output/best_genome.json",)),
     # only the chosen methods run: 2 nodes per fixed-plan method, 3 per search baseline, 3 for BioTune,
     # 1 for the resamplings, 3 for the table
     "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",),
@@ -149,7 +158,9 @@ COMMANDS: dict[str, Expect] = {
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(
         run=f"CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker --params {SHARED}", beside=SEARCH_TO_JOIN,
         matches=WORKER_TRAINED),
-    "kedro run --params training.cpu_threads=1": Expect(),
+    # torch starts with 2 threads here (OMP_NUM_THREADS), so the setting shows
+    "kedro run --params training.cpu_threads=1": Expect(run="OMP_NUM_THREADS=2 kedro run --params training.cpu_threads=1",
+                                                         says=("torch CPU threads set to 1 (training.cpu_threads)",)),
     # experiment tracking: with the extra, the run is recorded (tests/test_tracking.py reads it back);
     # without it, the one message naming the install command
     "kedro run --params tracking.mlflow=true": Expect(
@@ -178,7 +189,9 @@ data:
     "kedro ipython": Expect(run="kedro ipython -c \"print('population', catalog.load('params:search')['population'])\"",
                             says=("population 4",)),
     # --- the exported model
+    # the log names the rule that chose the seed ("seed", not the default rule)
     "kedro run --pipelines export --params export.selection=seed,export.seed=559": Expect(
+        says=("(seed 559, seed)",),
         files=("data/07_model_output/exported_model.safetensors", "data/07_model_output/exported_model.pt2",
                "data/07_model_output/exported_model.json")),
     "kedro run --pipelines predict --params predict.source=data/01_raw/new_images": Expect(
@@ -187,11 +200,13 @@ data:
         files=("data/07_model_output/predictions.csv", "data/07_model_output/prediction_skipped.csv")),
     "kedro run --pipelines predict --params predict.source=new/list.csv,predict.csv_column=filename": Expect(
         files=("data/07_model_output/predictions.csv",)),
+    # the oldest of several exports, loaded and used (on the CPU where there is no GPU)
     "kedro run --pipelines predict --params predict.source=new_images,predict.model_version=<version>,"
     "predict.device=cuda": Expect(
         run="kedro run --pipelines predict --params predict.source=new_images,predict.model_version="
-            "$(ls data/07_model_output/exported_model.json | head -1),predict.device=cuda",
-        ok=CUDA, says=() if CUDA else ("predict.device is 'cuda' but CUDA is not available",)),
+            f"$(ls data/07_model_output/exported_model.json | head -1),predict.device={'cuda' if CUDA else 'cpu'}",
+        check=lambda project, out: loaded_the_oldest_export(project, out),
+        files=("data/07_model_output/predictions.csv",)),
     "kedro run --pipelines predict": Expect(ok=False, says=("predict.source is not set",)),
     # --- the scripts
     "python scripts/transfer_check.py": Expect(run="python scripts/transfer_check.py --seeds 1",
@@ -443,6 +458,8 @@ def test_documented_command(project, documented, root):
         if beside is not None:
             beside_out = finish_beside(beside)
             assert beside.returncode == 0, f"`{spec.beside}` failed:\n{beside_out[-4000:]}"
+        if spec.check is not None:
+            spec.check(project, out)
         for pattern in spec.matches:
             assert re.search(pattern, out), f"`{command}` did not print {pattern!r}:\n{out[-4000:]}"
         if spec.ok:
@@ -459,6 +476,16 @@ def test_documented_command(project, documented, root):
             assert _mtime(project / f) == before[f] > 0, f"`{command}` rewrote {f}"
     finally:
         tiny.write_text(TINY)
+
+
+def loaded_the_oldest_export(project: Path, out: str) -> None:
+    """predict.model_version=<the oldest version>: that export's model classified the images (the log names its
+    creation time), not the newest one."""
+    versions = sorted((project / "data" / "07_model_output" / "exported_model.json").iterdir())
+    assert len(versions) >= 2, "the earlier commands should have left several exports"
+    created = [json.loads((v / "exported_model.json").read_text())["created"] for v in versions]
+    assert created[0] != created[-1]
+    assert f"exported {created[0]}" in out and f"exported {created[-1]}" not in out, out[-3000:]
 
 
 def start_beside(project: Path, command: str) -> subprocess.Popen:
