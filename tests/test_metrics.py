@@ -51,6 +51,20 @@ def test_agrees_with_scikit_learn(seed):
     assert m["accuracy"] == pytest.approx(float(np.mean(true == pred)))
 
 
+def test_classes_seen_once_or_never_predicted():
+    """A class with one true image counts in the macro averages; a class never predicted has precision and F1 0
+    (no division by zero); one class only, always right, has kappa 1 (chance agreement is 1 there)."""
+    m = classification_metrics([[2, 0, 0],
+                                [0, 1, 0],
+                                [1, 0, 0]])
+    # recalls 1, 1, 0; precisions 2/3, 1, 0 (never predicted); F1 4/5, 1, 0; pe = (2*3 + 1*1 + 1*0) / 16
+    assert m["accuracy"] == pytest.approx(3 / 4) and m["macro_accuracy"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx((4 / 5 + 1 + 0) / 3)
+    assert m["cohen_kappa"] == pytest.approx((12 / 16 - 7 / 16) / (1 - 7 / 16))
+    assert classification_metrics([[4]]) == pytest.approx(
+        {"accuracy": 1.0, "macro_accuracy": 1.0, "macro_f1": 1.0, "cohen_kappa": 1.0})
+
+
 def test_an_empty_matrix_is_refused():
-    with pytest.raises(ValueError, match="no images"):
+    with pytest.raises(ValueError, match="^Empty confusion matrix: the evaluation split has no images"):
         classification_metrics(np.zeros((3, 3)))
