@@ -78,6 +78,9 @@ NO_GPU = "CUDA_VISIBLE_DEVICES="  # a command prefix: no GPU visible
 #: with the same parameters (they make the study's fingerprint)
 SHARED = "search.population=6,search.generations=2,search.seed={seed}"
 SEARCH_TO_JOIN = f"kedro run --nodes evolutionary_search --params {SHARED}"
+#: the worker's parameters: the search's, and it waits for work until the search ends (not fingerprinted): a
+#: worker that starts late still gets the elite units the later generations queue two at a time
+WORKER = f"{SHARED},search.worker_idle_timeout_s=900"
 WORKER_TRAINED = (r"worker \S+ trained [1-9]\d* unit",)
 CUDA = torch.cuda.is_available()  # ImageNet weights missing: the message says where to put them
 MLFLOW = importlib.util.find_spec("kedro_mlflow") is not None  # the optional extra (tests/test_tracking.py)
@@ -153,10 +156,10 @@ COMMANDS: dict[str, Expect] = {
         says=("Completed 3 out of 3 tasks",), files=("data/08_reporting/compare/tpe/metrics.json",),
         unchanged=("data/08_reporting/compare/biotune/metrics.json",), after=("kedro run --pipelines compare",)),
     # the workers join a search that is running (started beside them) and train some of its units
-    "kedro run --pipelines search_worker": Expect(run=f"kedro run --pipelines search_worker --params {SHARED}",
+    "kedro run --pipelines search_worker": Expect(run=f"kedro run --pipelines search_worker --params {WORKER}",
                                                   beside=SEARCH_TO_JOIN, matches=WORKER_TRAINED),
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(
-        run=f"CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker --params {SHARED}", beside=SEARCH_TO_JOIN,
+        run=f"CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker --params {WORKER}", beside=SEARCH_TO_JOIN,
         matches=WORKER_TRAINED),
     # torch starts with 2 threads here (OMP_NUM_THREADS), so the setting shows
     "kedro run --params training.cpu_threads=1": Expect(run="OMP_NUM_THREADS=2 kedro run --params training.cpu_threads=1",
@@ -168,7 +171,7 @@ COMMANDS: dict[str, Expect] = {
         says=("Pipeline execution completed", "recorded in sqlite:///data/09_tracking/mlflow.db") if MLFLOW
         else ("tracking.mlflow is true", 'pip install -e ".[mlflow]"', "nothing was run")),
     "kedro run --pipelines search_worker --params training.cpu_threads=1": Expect(
-        run=f"kedro run --pipelines search_worker --params training.cpu_threads=1,{SHARED}", beside=SEARCH_TO_JOIN,
+        run=f"kedro run --pipelines search_worker --params training.cpu_threads=1,{WORKER}", beside=SEARCH_TO_JOIN,
         matches=WORKER_TRAINED),
     "kedro run --pipelines pretrained": Expect(ok=False, local=IMAGENET_YAML, says=(OFFLINE, "resnet50-11ad3fa6.pth")),
     "kedro run --pipelines data_processing": Expect(local="""\
@@ -235,7 +238,8 @@ data:
     # the GPU check (README "Checking a GPU machine"): its dry run on the CPU for real (every step, a summary);
     # the plain command with the GPU hidden stops saying there is none
     "DEVICE_CHECK_ALLOW_CPU=1 PYTHON=.venv/bin/python scripts/device_check.sh /tmp/out": Expect(
-        run=f"{NO_GPU} DEVICE_CHECK_ALLOW_CPU=1 PYTHON=.venv/bin/python scripts/device_check.sh device_out",
+        run=f"{NO_GPU} DEVICE_CHECK_ALLOW_CPU=1 DEVICE_CHECK_BUDGET_S=840 PYTHON=.venv/bin/python scripts/device_check.sh "
+            "device_out",
         says=("evotune device check", "cuda_tests", "benchmark", "extrapolate"), files=("device_out/summary.txt",)),
     "scripts/device_check.sh OUT_DIR": Expect(
         run=f"{NO_GPU} PYTHON=.venv/bin/python scripts/device_check.sh device_out_gpu", ok=False,
