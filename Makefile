@@ -1,12 +1,16 @@
 # The two commands of README.md:
-#   make run   - install into .venv (first time) and run the default pipeline (`kedro run`)
-#   make test  - install into .venv (first time) and run the fast test tier
+#   make run   - install the runtime into .venv (first time) and run the default pipeline (`kedro run`)
+#   make test  - install the runtime and the test extras into .venv (first time) and run the fast test tier
 # make test-all adds the integration tier (docs/guides/testing.md).
 # Everything else here is a helper for them.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Two installs into the one venv, each with its stamp: the runtime (`make run`: the project and what it
+# imports) and the test install (`make test`: the runtime plus the extras [test,timm]). The test install
+# holds the runtime, so it stamps both.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 # Kedro telemetry is off for the project (.telemetry: consent false); these make
@@ -15,19 +19,32 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-integration test-all test-tracking mutation viz notebook benchmark upgrade constraints
+.PHONY: install run quick test test-integration test-all test-tracking mutation viz notebook benchmark upgrade constraints
 
-# constraints.txt pins every installed version to what the tests last passed with. timm is an optional
-# extra for users (pip install -e ".[timm]", ~40 MB); make installs it so that its tests run here and in CI.
+# constraints.txt pins every installed version to what the tests last passed with.
+$(RUN_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	@touch $(RUN_STAMP)
+
+# timm is an optional extra for users (pip install -e ".[timm]", ~40 MB); the test install adds it so
+# that its tests run here and in CI.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm]"
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUN_STAMP)
 
-install: $(STAMP)
+install: $(RUN_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/kedro run $(ARGS)
+
+# A quicker first run (docs/guides/first-run.md): the default pipeline with 2 generations of the search
+# instead of 5, one search seed instead of 3, the search fidelity off. More: make quick PARAMS=key=value,...
+QUICK_PARAMS := search.generations=2,search.seeds=[684],fidelity.enabled=false
+quick: $(RUN_STAMP)
+	$(BIN)/kedro run --params "$(QUICK_PARAMS)$(if $(PARAMS),$(comma)$(PARAMS))" $(ARGS)
+comma := ,
 
 # The two test tiers (pytest markers, pyproject.toml): the fast tier is unit tests and in-process pipeline
 # runs; the integration tier (marker `integration`) runs CLI subprocesses, SIGKILL, workers and PostgreSQL.
@@ -72,16 +89,28 @@ mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm,mutation]"
 	nice $(BIN)/mutmut run $(ARGS); $(BIN)/mutmut results
 
-viz: $(STAMP)
+viz: $(RUN_STAMP)
 	$(BIN)/kedro viz run --no-browser $(ARGS)
 
-benchmark: $(STAMP)
+benchmark: $(RUN_STAMP)
 	$(BIN)/python scripts/benchmark_evaluation.py $(ARGS)
 
-# Jupyter is optional (not in the test install): add it, then open the project's notebook server.
-notebook: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm,notebook]"
+# Jupyter is optional (in neither install): add it, then open the project's notebook server.
+notebook: $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[timm,notebook]"
 	$(BIN)/kedro jupyter notebook $(ARGS)
+
+# The documentation site (mkdocs.yml, docs/) into site/, warnings as errors. The docs extra is not in the
+# test install: the first `make docs` adds it to $(VENV). NO_MKDOCS_2_WARNING silences MkDocs' banner.
+.PHONY: docs
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[docs]"
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict $(ARGS)
 
 # Move to newer releases within pyproject.toml's ranges: a fresh resolve without the pins, then the tests;
 # if they pass, `make constraints` records the new versions.
@@ -89,7 +118,7 @@ upgrade:
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade -e ".[test,timm]"
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUN_STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 constraints: $(STAMP)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download the wheels that scripts/device_check.sh installs on an offline GPU machine.
 #
-# The GPU machine (see README, "Checking a GPU machine") has Python 3.12, torch, torchvision,
+# The GPU machine (see docs/guides/gpus.md, "Checking a GPU machine") has Python 3.12, torch, torchvision,
 # numpy, pandas, matplotlib, scikit-learn, pillow, pytest, pytest-timeout, click's usual
 # neighbours (jinja2, pyyaml, rich, requests, fsspec, ...) preinstalled and no internet. What the
 # project needs beyond that travels as wheels for CPython 3.12 on x86-64 Linux, in .whl/ (ignored

@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["EVOTUNE_OFFLINE"] = "1"  # tests never download (tests/test_downloads.py serves its files itself)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,3 +245,11 @@ def make_export():
 def resnet10_export(tmp_path_factory, make_export):
     """A tiny resnet10 retrained (2 seeds, 2 epochs) and exported by the project's nodes (tests/exported.py)."""
     return make_export(tmp_path_factory.mktemp("export_resnet10"), arch="resnet10")
+
+
+@pytest.fixture(scope="session")
+def timm_export(tmp_path_factory, make_export):
+    """A tiny timm model (timm/resnet10t from random init, retrained 2 seeds x 2 epochs) exported by the
+    project's nodes; skipped where the optional timm is not installed."""
+    pytest.importorskip("timm", reason="timm is not installed (pip install -e '.[timm]')")
+    return make_export(tmp_path_factory.mktemp("export_timm"), arch="timm/resnet10t")

@@ -609,7 +609,7 @@ def test_imagenet_densenet_legacy_keys_from_the_cache_and_never_a_download(tmp_p
 
 def test_one_message_for_missing_imagenet_weights(tmp_path, monkeypatch, base_params):
     """build_model, the parameter check and the paper check give the same text."""
-    from evotune.paper_setting import _weights_problems
+    from evotune.paper_setting import weights_problems
     from evotune.validation import ParameterError, validate_run
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "env"))
@@ -618,7 +618,7 @@ def test_one_message_for_missing_imagenet_weights(tmp_path, monkeypatch, base_pa
     with pytest.raises(B.BackboneWeightsError) as info:
         B.build_model("resnet18", 3, weights="imagenet", torch_home=tmp_path / "arg")
     assert str(info.value) == message
-    assert _weights_problems("resnet18", {"weights": "imagenet", "torch_home": str(tmp_path / "arg")}) == [message]
+    assert weights_problems("resnet18", {"weights": "imagenet", "torch_home": str(tmp_path / "arg")}) == [message]
     params = copy.deepcopy(base_params)
     params["backbone"].update(arch="resnet18", weights="imagenet", torch_home=str(tmp_path / "arg"))
     with pytest.raises(ParameterError) as info:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -48,6 +49,9 @@ BIN = Path(sys.executable).parent
 #: the tiny ViT of the embedded task (README "Backbones")
 VIT = "backbone.arch=vit_tiny32,source_pretraining.arch=vit_tiny32"
 
+#: the small timm model of docs/guides/export.md, from scratch on the embedded task
+TIMM = "backbone.arch=timm/resnet10t,source_pretraining.arch=timm/resnet10t"
+
 #: what README's "ImageNet weights" section puts in conf/local (arch kept small for the offline check)
 IMAGENET_YAML = "backbone: {arch: resnet50, weights: imagenet}\n"
 
@@ -59,6 +63,8 @@ class Expect:
     run: str | None = None  # what is typed, when it differs from the documented text (placeholders filled)
     ok: bool = True  # exit code 0; else exit code 1 with `says` and no traceback
     says: tuple[str, ...] = ()  # text the output must contain
+    never: tuple[str, ...] = ()  # text the output must not contain
+    once: tuple[str, ...] = ()  # text the output must contain exactly once
     make_dry_run: bool = False  # a make target checked with `make -n` (long-running, tested elsewhere)
     server: int | None = None  # a server: started, answered HTTP on this port, stopped
     local: str | None = None  # conf/local parameters for this command only
@@ -82,6 +88,13 @@ SEARCH_TO_JOIN = f"kedro run --nodes evolutionary_search --params {SHARED}"
 #: worker that starts late still gets the elite units the later generations queue two at a time
 WORKER = f"{SHARED},search.worker_idle_timeout_s=900"
 WORKER_TRAINED = (r"worker \S+ trained [1-9]\d* unit",)
+#: what the paper's command says offline, and what it must not say (problems of another pipeline, twice the same)
+PAPER_OFFLINE = dict(
+    says=(OFFLINE, "resnet50-11ad3fa6.pth", "https://download.pytorch.org/models/resnet50-11ad3fa6.pth", "flowers-102",
+          "102flowers.tgz", "EVOTUNE_OFFLINE", "nothing was run"),
+    never=("--pipelines pretrained", "source_pretraining.arch", "Running node"),
+    once=("ImageNet weights of resnet50 missing", "102flowers.tgz"),
+)
 CUDA = torch.cuda.is_available()  # ImageNet weights missing: the message says where to put them
 MLFLOW = importlib.util.find_spec("kedro_mlflow") is not None  # the optional extra (tests/test_tracking.py)
 
@@ -106,24 +119,28 @@ COMMANDS: dict[str, Expect] = {
         "_evotune_main_venv.pth", "constraints-mlflow.txt", "pytest tests/test_tracking.py")),
     "make upgrade": Expect(make_dry_run=True, says=("pip install", "--upgrade", "pytest")),
     "make constraints": Expect(make_dry_run=True, says=("pip freeze",)),
+    # the documentation site: built for real by tests/test_docs.py (with the docs extra) and `make docs` in CI
+    "make docs": Expect(make_dry_run=True, says=("mkdocs build --strict",)),
     "kedro viz": Expect(server=4141),
     # --- kedro run, as README shows it
     "kedro run": Expect(files=("data/08_reporting/latest/report.md", "data/06_models/source_model.pt",
                                "data/07_model_output/best_genome.json", "data/08_reporting/test_metrics.json",
                                *(f"data/08_reporting/latest/figures/{f}.png" for f in
                                  ("fitness", "block_selection", "gene_trajectories", "lr_multipliers",
-                                  "training_curves", "confusion_matrix", "search_fidelity")),
-                               "data/08_reporting/search_fidelity_summary.json"),
+                                  "training_curves", "confusion_matrix", "search_fidelity", "pareto_front")),
+                               "data/08_reporting/search_fidelity_summary.json",
+                               "data/07_model_output/picked_genome.json", "data/08_reporting/pareto_front.parquet"),
                         says=("Pipeline execution completed", "search fidelity: Spearman rho",
                               "source pretraining done: 1 epochs", "decoding train done:",
-                              "BioTune search done: 9 trainings", "retrain ", "search fidelity: retrain and test done")),
+                              "BioTune search done: 9 trainings", "retrain ", "search fidelity: retrain and test done",
+                              "confirm.rule best: the search's best genome")),
     "kedro run --nodes evolutionary_search --params progress.every_s=5": Expect(says=("BioTune search done: 9 trainings",)),
     "kedro run --params fidelity.enabled=false": Expect(
         files=("data/08_reporting/latest/report.md",),
         says=("search fidelity: switched off (fidelity.enabled: false), nothing trained",
               "Pipeline execution completed")),
     "source .venv/bin/activate && kedro run --pipelines reporting": Expect(files=("data/08_reporting/report.md",)),
-    "kedro run --pipelines retrain": Expect(ok=False, says=("'best_genome' has no saved version yet",
+    "kedro run --pipelines retrain": Expect(ok=False, says=("'picked_genome' has no saved version yet",
                                                             "kedro run --pipelines search")),
     "kedro run --pipelines reporting": Expect(files=("data/08_reporting/report.md",),
                                              unchanged=("data/07_model_output/retrained_models.pt",)),
@@ -131,6 +148,18 @@ COMMANDS: dict[str, Expect] = {
         files=("data/07_model_output/retrained_models.pt", "data/08_reporting/test_metrics.json",
                "data/08_reporting/latest/report.md"),
         unchanged=("data/07_model_output/best_genome.json", "data/06_models/backbone.pt")),
+    # docs/method/pareto.md: another pick rule after a default run (the search is not repeated): 3 genomes x 2 chunks
+    # x 5 confirmation seeds, then the retraining, test, export and report of the picked genome
+    "kedro run --from-nodes confirm_pick --params confirm.rule=confirmed": Expect(
+        says=("confirm.rule confirmed: 3 genome(s) x 2 chunk(s) x 5 seed(s) = 30 trainings", "confirm.rule confirmed picked",
+              "Pipeline execution completed"),
+        files=("data/07_model_output/picked_genome.json", "data/07_model_output/confirmation.parquet",
+               "data/08_reporting/latest/report.md", "data/07_model_output/retrained_models.pt"),
+        unchanged=("data/07_model_output/best_genome.json", "data/07_model_output/search_trials.parquet"),
+        after=("kedro run",)),
+    "kedro run --from-nodes confirm_pick --params confirm.rule=parsimonious": Expect(
+        says=("confirm.rule parsimonious picked",), files=("data/07_model_output/picked_genome.json",),
+        unchanged=("data/07_model_output/best_genome.json",), after=("kedro run",)),
     "kedro run --from-nodes evolutionary_search": Expect(
         says=("Running node: evolutionary_search", "Running node: retrain_best_genome"),
         files=("data/07_model_output/retrained_models.pt", "data/08_reporting/latest/report.md"),
@@ -138,12 +167,15 @@ COMMANDS: dict[str, Expect] = {
     # two generations of 5 evaluations after the 4 of the initial population (N=4, E=1: 2 exploited + 3 children)
     "kedro run --nodes evolutionary_search --params search.generations=2": Expect(
         says=("N=4 E=1 G=2", "14 evaluations", "BioTune search done:"), files=("data/07_model_output/best_genome.json",)),
-    # only the chosen methods run: 2 nodes per fixed-plan method, 3 per search baseline, 3 for BioTune,
-    # 1 for the resamplings, 3 for the table
-    "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",),
-                                            says=("Completed 14 out of 14 tasks", "resampling 2/2")),
+    # only the chosen methods run: 2 nodes per fixed-plan method, 4 per search baseline, 4 for BioTune,
+    # 1 for the resamplings, 6 for the tables (the comparison's and the budgets')
+    "kedro run --pipelines compare": Expect(files=("data/08_reporting/compare/comparison.md",
+                                                   "data/08_reporting/compare/budgets.md",
+                                                   "data/08_reporting/compare/accuracy_vs_trainings.png"),
+                                            says=("Completed 19 out of 19 tasks", "resampling 2/2",
+                                                  "compare.random_search.budget: 25 % of the budget")),
     'kedro run --pipelines compare --params "compare.methods=[linear_probe,lora,deft]"': Expect(
-        says=("Completed 14 out of 14 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
+        says=("Completed 19 out of 19 tasks",), files=("data/08_reporting/compare/lora/metrics.json",)),
     # the table made from the saved metrics of earlier compare runs (README: "In parts"), training nothing
     'kedro run --pipelines compare --nodes compare.table,compare.table_markdown,compare.figure --params '
     '"compare.methods=[linear_probe,lora,deft]"': Expect(
@@ -155,6 +187,11 @@ COMMANDS: dict[str, Expect] = {
     '"compare.methods=[tpe]"': Expect(
         says=("Completed 3 out of 3 tasks",), files=("data/08_reporting/compare/tpe/metrics.json",),
         unchanged=("data/08_reporting/compare/biotune/metrics.json",), after=("kedro run --pipelines compare",)),
+    # docs/method/pareto.md: the reference row and the multi-objective search (1 + 4 BioTune + 2 + 4 + 6 table nodes)
+    'kedro run --pipelines compare --params "compare.methods=[from_scratch,nsga2]"': Expect(
+        says=("Completed 17 out of 17 tasks", "nsga2: best genome"),
+        files=("data/08_reporting/compare/nsga2/metrics.json", "data/08_reporting/compare/from_scratch/metrics.json",
+               "data/08_reporting/compare/comparison.md")),
     # the workers join a search that is running (started beside them) and train some of its units
     "kedro run --pipelines search_worker": Expect(run=f"kedro run --pipelines search_worker --params {WORKER}",
                                                   beside=SEARCH_TO_JOIN, matches=WORKER_TRAINED),
@@ -181,14 +218,32 @@ data:
   split: {seed: 42, val_fraction: 0.2, test_fraction: 0.2, train_per_class: null, val_per_class: null,
           respect_official_splits: true}
 """, says=("image_folder data/01_raw/my_images",)),
+    # the paper's setting (docs/guides/paper.md), offline here (EVOTUNE_OFFLINE=1): it stops in the pre-run check,
+    # before anything trains, naming the weights and the data to fetch and their URLs, and only what applies
+    "kedro run --env paper --params paper.dataset=flowers102,paper.arch=resnet50": Expect(ok=False, **PAPER_OFFLINE),
+    "kedro run --env paper": Expect(ok=False, **PAPER_OFFLINE),
+    # offline switched on by the variable (docs/guides/paper.md): the same one message, no download tried
+    "EVOTUNE_OFFLINE=1 kedro run --env paper --params paper.dataset=flowers102,paper.arch=resnet50": Expect(
+        ok=False, **PAPER_OFFLINE),
+    "kedro run --env paper --params paper.dataset=dtd,paper.arch=vgg19": Expect(
+        ok=False, says=(OFFLINE, "vgg19-dcbb9e9d.pth", "dtd-r1.0.1.tar.gz", "nothing was run"),
+        never=PAPER_OFFLINE["never"], once=("ImageNet weights of vgg19 missing", "dtd-r1.0.1.tar.gz")),
+    "kedro run --env paper --params paper.dataset=flowers102,paper.arch=resnet50,fidelity.enabled=true": Expect(
+        ok=False, **PAPER_OFFLINE),
+    # the sweep: every setting checked before anything trains, all problems at once (a tiny sweep that trains:
+    # test_sweep_runs_two_settings_resumes_and_writes_the_table)
+    "kedro sweep": Expect(ok=False, says=("36 of 36 settings cannot run here; nothing was run", "svhn-inception_v3:",
+                                          "inception_v3_google-0cc3c7bd.pth", "train_32x32.mat"),
+                          never=("Running node",)),
+    "kedro sweep --settings flowers102:resnet50,dtd:vgg19": Expect(
+        ok=False, says=("2 of 2 settings cannot run here", "flowers102-resnet50:", "dtd-vgg19:", "102flowers.tgz",
+                        "vgg19-dcbb9e9d.pth"), never=("Running node",)),
     "kedro run --env paper --pipelines pretrained --params paper.dataset=flowers102,paper.arch=resnet50":
         Expect(ok=False, says=(OFFLINE, "resnet50-11ad3fa6.pth", "flowers-102")),
     "kedro run --env paper --pipelines compare --params paper.dataset=flowers102,paper.arch=resnet50":
-        Expect(ok=False, says=("backbone.arch resnet50", "kedro run --env paper --pipelines pretrained")),
-    "kedro run --env paper --pipelines pretrained --params paper.dataset=dtd,paper.arch=vgg19":
-        Expect(ok=False, says=(OFFLINE, "vgg19", "dtd")),
+        Expect(ok=False, says=("backbone.arch resnet50", "`kedro run --env paper` with the same --params")),
     "kedro run --env paper --pipelines compare --params paper.dataset=dtd,paper.arch=vgg19":
-        Expect(ok=False, says=("backbone.arch vgg19", "kedro run --env paper --pipelines pretrained")),
+        Expect(ok=False, says=("backbone.arch vgg19", "`kedro run --env paper` with the same --params")),
     "kedro ipython": Expect(run="kedro ipython -c \"print('population', catalog.load('params:search')['population'])\"",
                             says=("population 4",)),
     # --- the exported model
@@ -255,16 +310,30 @@ data:
                                                         says=("requirements installed and within their ranges",)),
     'pip install -e ".[test]"': Expect(run="python tests/installed_extra.py test",
                                        says=("requirements installed and within their ranges",)),
+    "pip install timm": Expect(run="python -c 'import timm; print(\"timm\", timm.__version__)'", says=("timm 1.",)),
     'pip install -e ".[timm]"': Expect(run="python tests/installed_extra.py timm",
                                        says=("requirements installed and within their ranges",)),
     'pip install -e ".[mlflow]"': Expect(run="python tests/installed_extra.py mlflow", needs="kedro_mlflow",
                                          says=("requirements installed and within their ranges",)),
-    'pip install "psycopg[binary]"': Expect(run="python -c 'import psycopg; print(\"psycopg\", psycopg.__version__)'",
-                                           says=("psycopg 3.",)),
-    "pip install optuna-dashboard": Expect(run="python -c 'import optuna_dashboard; print(\"optuna-dashboard ok\")'",
-                                           needs="optuna_dashboard", says=("optuna-dashboard ok",)),
-    "optuna-dashboard sqlite:///data/07_model_output/optuna_studies.db": Expect(server=8080, needs="optuna_dashboard"),
     "mlflow ui --backend-store-uri sqlite:///data/09_tracking/mlflow.db": Expect(server=5000, needs="mlflow"),
+    # --- the quick first run (docs/guides/first-run.md): 2 generations (4 + 2 x (1 + 4) = 14 evaluations at the
+    # tiny sizes) with one search seed, no fidelity
+    "make quick": Expect(make_dry_run=True, says=(
+        '.venv/bin/kedro run --params "search.generations=2,search.seeds=[684],fidelity.enabled=false"',)),
+    'kedro run --params "search.generations=2,search.seeds=[684],fidelity.enabled=false"': Expect(
+        says=("BioTune search done: 14 trainings", "search fidelity: switched off (fidelity.enabled: false), nothing trained",
+              "Pipeline execution completed"),
+        files=("data/08_reporting/latest/report.md", "data/07_model_output/exported_model.safetensors")),
+    # --- a timm model end to end (docs/guides/export.md): source pretraining, search, retrain, export (weights
+    # keyed as timm's model, the torch.export archive) and report, then predict with that export
+    f'kedro run --params "{TIMM},fidelity.enabled=false"': Expect(
+        says=("pretraining timm/resnet10t", "BioTune search done: 9 trainings", "exported timm/resnet10t",
+              "Pipeline execution completed"),
+        files=("data/08_reporting/latest/report.md", "data/07_model_output/exported_model.safetensors",
+               "data/07_model_output/exported_model.pt2", "data/07_model_output/exported_model.json")),
+    "kedro run --pipelines predict --params predict.source=new_images,predict.top_k=2": Expect(
+        says=("with timm/resnet10t", "classified 9 of 12 files"),
+        files=("data/07_model_output/predictions.csv",)),
     # --- a vision transformer end to end (README "Backbones": the measured run; issue 13): search, retrain,
     # export and report with the tiny ViT, then its comparison with full fine-tuning. Last before LAST: the
     # newest backbone is then a ViT.
@@ -274,7 +343,7 @@ data:
         files=("data/08_reporting/latest/report.md", "data/07_model_output/best_genome.json",
                "data/08_reporting/test_metrics.json", "data/07_model_output/exported_model.pt2")),
     f'kedro run --pipelines compare --params "{VIT},compare.methods=[full_finetune],compare.resamplings=1"': Expect(
-        says=("Completed 9 out of 9 tasks",), files=("data/08_reporting/compare/full_finetune/metrics.json",)),
+        says=("Completed 13 out of 13 tasks",), files=("data/08_reporting/compare/full_finetune/metrics.json",)),
 }
 
 #: the order the commands run in: the default run first, later ones use what it wrote
@@ -383,7 +452,8 @@ def make_new_images(root: Path) -> None:
 
 def environment() -> dict:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", KEDRO_DISABLE_TELEMETRY="1",
-               DO_NOT_TRACK="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1", COLUMNS="250")  # no wrapped log lines
+               DO_NOT_TRACK="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1", COLUMNS="250",  # no wrapped log lines
+               EVOTUNE_OFFLINE="1")  # nothing is downloaded (tests/test_downloads.py serves its own files)
     env.pop("VIRTUAL_ENV", None)
     return env
 
@@ -394,11 +464,11 @@ def shell(project: Path, command: str, timeout: int = 900) -> subprocess.Complet
 
 
 def installed_by_make(root: Path) -> bool:
-    """`make` reinstalls unless the venv carries its stamp, newer than the project's (at ``root``)
-    pyproject.toml and constraints.txt."""
-    stamp = Path(sys.prefix) / ".installed"
-    return stamp.is_file() and all(stamp.stat().st_mtime >= (root / f).stat().st_mtime
-                                   for f in ("pyproject.toml", "constraints.txt"))
+    """`make` reinstalls unless the venv carries its stamps (`make test`'s install, which holds the runtime
+    and stamps both, and `make run`'s), newer than the project's (at ``root``) pyproject.toml and constraints.txt."""
+    stamps = [Path(sys.prefix) / name for name in (".installed", ".installed-run")]
+    return all(stamp.is_file() and all(stamp.stat().st_mtime >= (root / f).stat().st_mtime
+                                       for f in ("pyproject.toml", "constraints.txt")) for stamp in stamps)
 
 
 def wait_for_http(port: int, proc: subprocess.Popen, timeout: float = 120) -> bytes:
@@ -474,6 +544,10 @@ def test_documented_command(project, documented, root):
             assert spec.error_marker in out, out[-3000:]
         for text in spec.says:
             assert text in out, f"`{command}` did not say {text!r}:\n{out[-4000:]}"
+        for text in spec.never:
+            assert text not in out, f"`{command}` said {text!r}:\n{out[-4000:]}"
+        for text in spec.once:
+            assert out.count(text) == 1, f"`{command}` said {text!r} {out.count(text)} times:\n{out[-4000:]}"
         for f in spec.files:
             assert _mtime(project / f) > before[f], f"`{command}` did not write {f}"
         for f in spec.unchanged:
@@ -525,6 +599,7 @@ def _mtime(path: Path) -> float:
     ("retrain.seeds=684", "retrain.seeds must be a list of integers, got 684"),
     ('"compare.methods=[linear_probe,nope]"', "Unknown method 'nope'"),
     ("progress.display=fancy", "progress.display must be one of auto, bar, lines, off, got 'fancy'"),
+    ("confirm.rule=luckiest", "confirm.rule must be one of best, confirmed, parsimonious, got 'luckiest'"),
 ])
 @pytest.mark.integration
 def test_bad_parameters_stop_the_run_with_one_message(project, params, says):
@@ -582,3 +657,55 @@ def test_every_dataset_panel_of_kedro_viz_answers_after_a_run(project):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+def make_class_folder(root: Path, seed: int, per_class: int = 12) -> None:
+    """A small image folder of two classes (a bright band on the left or on the right)."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(("left", "right")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            a = (rng.random((36, 36, 3)) * 80).astype(np.uint8)
+            a[:, c * 18:(c + 1) * 18] += 150
+            Image.fromarray(a).save(root / name / f"{i}.png")
+
+
+#: two tiny settings of the paper's sweep: data the test makes, resnet10 from scratch, the toy sizes
+SWEEP_PARAMS = ",".join([
+    "paper.datasets.bands_a.kind=image_folder", "paper.datasets.bands_a.path=data/01_raw/bands_a",
+    "paper.datasets.bands_b.kind=image_folder", "paper.datasets.bands_b.path=data/01_raw/bands_b",
+    "paper.archs.resnet10.resize_size=32", "paper.archs.resnet10.crop_size=32", "backbone.weights=none",
+    "data.split.train_per_class=4", "data.split.val_per_class=4", "search.population=4", "search.elite=1",
+    "search.generations=1", "search.seeds=[1]", "training.epochs=1", "training.batch_size=32", "retrain.seeds=[559]",
+    "compare.methods=[full_finetune]", "compare.resamplings=1", "progress.display=lines",
+])
+
+
+@pytest.mark.integration
+def test_sweep_runs_two_settings_resumes_and_writes_the_table(project):
+    """`kedro sweep` (docs/guides/paper.md): each setting in a folder of its own, finished steps skipped (a
+    stopped sweep resumes), one table beside the paper's numbers."""
+    for name, seed in (("bands_a", 3), ("bands_b", 4)):
+        make_class_folder(project / "data" / "01_raw" / name, seed)
+    sweep = f'kedro sweep --out data/sweep_test --params "{SWEEP_PARAMS}" --settings '
+    out = project / "data" / "sweep_test"
+    first = shell(project, sweep + "bands_a:resnet10")  # stopped after its first setting
+    log = first.stdout + first.stderr
+    assert first.returncode == 0, log[-4000:]
+    assert (out / "bands_a-resnet10" / "sweep_run.json").is_file() and not (out / "bands_b-resnet10").exists()
+    assert "search fidelity: switched off (fidelity.enabled: false)" in log  # off in the paper environment
+    report = sorted((out / "bands_a-resnet10" / "08_reporting" / "test_metrics.json").glob("*/test_metrics.json"))
+    assert len(report) == 1  # the setting's own versioned outputs, not the project's data/
+    again = shell(project, sweep + "bands_a:resnet10,bands_b:resnet10")  # resumed: bands_a is not redone
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-4000:]
+    assert log.count("done before, skipped") == 2, log[-4000:]
+    assert "bands_b-resnet10 compare: kedro run --env paper --pipelines compare" in log, log[-4000:]
+    assert len(sorted((out / "bands_a-resnet10" / "08_reporting" / "test_metrics.json").glob("*/*.json"))) == 1
+    table = (out / "sweep_table.md").read_text()
+    for setting in ("| bands_a | resnet10 | biotune |", "| bands_a | resnet10 | full_finetune |",
+                    "| bands_b | resnet10 | biotune |", "| bands_b | resnet10 | full_finetune |"):
+        assert setting in table, table
+    assert "paper test acc. %" in table and "difference (pp)" in table
+    rows = pd.read_csv(out / "sweep_table.csv")
+    assert len(rows) == 4 and rows["trainings"].gt(0).all() and rows["test_macro_accuracy_pct"].between(0, 100).all()

@@ -18,7 +18,7 @@ from evotune.errors import InputMismatchError, ParameterError
 from evotune.evaluation import MethodMetrics
 from evotune.genome import decode
 from evotune.io import TypedJSONDataset
-from evotune.methods import BIOTUNE, METHODS, SEARCH_METHODS, evaluation_chunk
+from evotune.methods import BIOTUNE, METHODS, PICK_METHODS, SEARCH_METHODS, evaluation_chunk
 from evotune.pipeline_registry import register_pipelines, select_compare_methods
 from evotune.pipelines.compare import create_pipeline
 from evotune.pipelines.compare.nodes import (
@@ -36,7 +36,8 @@ from evotune.search.store import StudyStore
 RETRAIN = {"seeds": [1, 2], "training": {}}
 #: the nodes every compare run holds: the resamplings, BioTune's, the table's
 ALWAYS = {"compare.resample", "compare.biotune.search", "compare.biotune.retrain", "compare.biotune.test",
-          "compare.table", "compare.table_markdown", "compare.figure"}
+          "compare.biotune.budget", "compare.table", "compare.table_markdown", "compare.figure",
+          "compare.budget_table", "compare.budget_table_markdown", "compare.budget_figure"}
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +58,19 @@ def test_one_namespaced_modular_pipeline_per_method():
         pipe = create_pipeline()
     names = {n.name for n in pipe.nodes}
     for m in (BIOTUNE, *METHODS):
-        steps = ("search", "retrain", "test") if m in (BIOTUNE, *SEARCH_METHODS) else ("train", "test")
+        steps = (("search", "retrain", "test", "budget") if m in (BIOTUNE, *SEARCH_METHODS) else
+                 ("confirm", "retrain", "test") if m in PICK_METHODS else ("train", "test"))
         assert {f"compare.{m}.{s}" for s in steps} <= names
     for m in METHODS:
         assert f"params:compare.{m}" in pipe.inputs()
-    assert {"compare.resample", "compare.table", "compare.table_markdown", "compare.figure"} <= names
+    assert {"compare.resample", "compare.table", "compare.table_markdown", "compare.figure", "compare.budget_table",
+            "compare.budget_table_markdown", "compare.budget_figure"} <= names
+    budget = next(n for n in pipe.nodes if n.name == "compare.budget_table")
+    assert budget.inputs[1:] == [f"compare.{m}.budget_metrics" for m in (BIOTUNE, *SEARCH_METHODS)] + [
+        "compare.full_finetune.metrics"]
     assert pipe.inputs() == {
         "backbone", "target_train", "target_val", "target_test", "target_index", "search_study_store",
-        "params:compare", "params:training", "params:retrain", "params:search", "params:data",
+        "params:compare", "params:training", "params:retrain", "params:search", "params:data", "params:confirm",
         *{f"params:compare.{m}" for m in METHODS},
     }
     table = next(n for n in pipe.nodes if n.name == "compare.table")
@@ -72,13 +78,13 @@ def test_one_namespaced_modular_pipeline_per_method():
     assert {n.namespace for n in pipe.nodes} == {f"compare.{m}" for m in (BIOTUNE, *METHODS)} | {"compare"}
     # every method node reads the one set of resamplings
     for n in pipe.nodes:
-        if n.name.split(".")[-1] in ("train", "search", "retrain", "test"):
+        if n.name.split(".")[-1] in ("train", "search", "retrain", "test", "budget", "confirm"):
             assert "compare_resamplings" in n.inputs, n.name
 
 
 def test_the_pipeline_holds_only_the_chosen_methods_in_table_order():
     pipe = create_pipeline(["deft", "lora"])
-    assert len(pipe.nodes) == 1 + 3 + 2 + 3 + 3
+    assert len(pipe.nodes) == 1 + 4 + 2 + 4 + 6
     assert {n.namespace for n in pipe.nodes} == {"compare.biotune", "compare.lora", "compare.deft", "compare"}
     table = next(n for n in pipe.nodes if n.name == "compare.table")
     assert table.inputs[1:] == ["compare.biotune.metrics", "compare.lora.metrics", "compare.deft.metrics"]
@@ -120,6 +126,8 @@ def test_catalog_factories_version_every_compare_output(conf_dir):
     conf = OmegaConfigLoader(str(conf_dir), env="local", **settings.CONFIG_LOADER_ARGS)
     catalog = DataCatalog.from_config(conf["catalog"])
     for name in ("compare.lora.metrics", "compare.deft.search_trials", "compare.deft.best_genomes", "compare_resamplings",
+                 "compare.deft.budget_metrics", "compare_budget_table", "compare_budget_table_markdown",
+                 "compare_budget_figure",
                  "compare.biotune.metrics",
                  "compare.surgical.metrics_per_seed", "compare_table", "compare_table_markdown", "compare_figure"):
         ds = catalog.get(name)
@@ -132,7 +140,7 @@ def test_catalog_factories_version_every_compare_output(conf_dir):
     assert isinstance(catalog.get("compare.lora.metrics"), TypedJSONDataset)
     params = conf["parameters"]
     assert params["compare"]["seeds"] == params["retrain"]["seeds"]
-    assert set(params["compare"]) == {"methods", "seeds", "resamplings", *METHODS}
+    assert set(params["compare"]) == {"methods", "seeds", "resamplings", "budgets", *METHODS}
     assert params["compare"]["resamplings"] == 3
 
 
@@ -313,6 +321,84 @@ def test_search_baseline_in_the_pipeline_uses_biotunes_budget(tiny_run, search_c
     assert isinstance(catalog.load("compare.lora.metrics_per_seed"), pd.DataFrame)
     assert np.isclose(catalog.load("compare.lora.metrics").trainable_share,
                       catalog.load("compare_table").set_index("method").loc["lora", "trainable_pct"] / 100)
+
+
+def test_each_search_is_tested_at_a_quarter_half_and_all_of_its_budget(tiny_run):
+    """The best-so-far genome after 25 / 50 / 100 % of the evaluations (9: 3, 5 and 9), retrained and tested where
+    it is not the final genome; at 100 % the method's own test, nothing retrained; the table and figure."""
+    catalog = tiny_run
+    for method in ("biotune", "deft"):
+        rows = catalog.load(f"compare.{method}.budget_metrics")
+        trials = catalog.load(f"compare.{method}.search_trials")
+        metrics = catalog.load(f"compare.{method}.metrics")
+        assert sorted(set(rows["resampling"])) == [0, 1] and sorted(set(rows["budget"])) == [0.25, 0.5, 1.0]
+        for r in (0, 1):
+            at = rows[rows["resampling"] == r].set_index("budget")
+            assert at["evaluations"].tolist() == [3, 5, 9]
+            ordered = trials[trials["resampling"] == r]
+            ordered = ordered.sort_values("index" if "index" in ordered else "generation", kind="stable")
+            for b, n in ((0.25, 3), (0.5, 5)):
+                first = ordered.iloc[:n]
+                assert at.loc[b, "key"] == first.iloc[int(first["fitness"].to_numpy().argmin())]["key"]
+                assert at.loc[b, "search_trainings"] == int(first["valid"].astype(bool).sum())  # 1 search seed
+            full = next(x for x in metrics.resamplings if x.resampling == r)
+            assert not at.loc[1.0, "retrained"] and at.loc[1.0, "macro_accuracy_mean"] == pytest.approx(
+                full.macro_accuracy_mean)
+            for b in (0.25, 0.5):  # a best-so-far genome that is already the final one is not retrained
+                assert bool(at.loc[b, "retrained"]) == (at.loc[b, "key"] != at.loc[1.0, "key"])
+            assert (at["trainings"] == at["search_trainings"] + 2).all()  # + the retraining's 2 seeds
+    table = catalog.load("compare_budget_table")
+    assert list(dict.fromkeys(table["method"])) == ["biotune", "deft"] and (table["n_resamplings"] == 2).all()
+    assert (table["ci_low"] <= table["macro_accuracy_mean"] + 1e-12).all()
+    assert "| BioTune | 25 % |" in catalog.load("compare_budget_table_markdown")
+    assert catalog.load("compare_budget_figure").axes[0].get_xscale() == "log"
+
+
+def test_biotunes_pick_rules_run_in_the_comparison(base_parameters, backbone_checkpoint, make_split, method_params,
+                                                  training, search):
+    """biotune_parsimonious: BioTune's own search on each resampling, its two best genomes confirmed on both chunks
+    with one confirmation seed, the pick retrained and tested; the confirmation's trainings are in the row's cost."""
+    torch.manual_seed(0)
+    backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
+    train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
+    compare = {**base_parameters()["compare"], "methods": ["biotune_parsimonious"], "seeds": [1], "resamplings": 2}
+    catalog = DataCatalog()
+    for name, value in {"backbone": backbone, "target_train": train, "target_val": val, "target_test": test,
+                        "target_index": _index(train, val, test), "search_study_store": StudyStore(None)}.items():
+        catalog[name] = value
+    _feed(catalog, {"compare": compare, "search": search, "training": training, "retrain": RETRAIN,
+                    "data": base_parameters()["data"], "confirm": {"rule": "best", "top_k": 2, "seeds": [7]}})
+    pipe = create_pipeline(compare["methods"])
+    for name in pipe.all_outputs():
+        catalog[name] = KeptMemoryDataset(copy_mode="assign")
+    SequentialRunner().run(pipe, catalog)
+    picked = catalog.load("compare.biotune_parsimonious.best_genomes")
+    biotune = catalog.load("compare.biotune.best_genomes")
+    confirmation = catalog.load("compare.biotune_parsimonious.confirmation")
+    assert picked.resamplings == [0, 1] and sorted(set(confirmation["resampling"])) == [0, 1]
+    for r, (p, b) in enumerate(zip(picked.genomes, biotune.genomes)):
+        rows = confirmation[confirmation["resampling"] == r]
+        assert len(rows) == 2 and rows["trainings"].tolist() == [2, 2] and rows["picked"].sum() == 1
+        assert p.pick_rule == "parsimonious" and p.search_best_key == b.key and p.key == rows.loc[rows["picked"],
+                                                                                                 "key"].item()
+        assert p.confirm_trainings == 4 and p.trainings == b.trainings + 4
+    table = catalog.load("compare_table").set_index("method")
+    ours, theirs = catalog.load("compare.biotune_parsimonious.metrics"), catalog.load("compare.biotune.metrics")
+    assert ours.trainings == theirs.trainings + 2 * 4  # the two confirmations
+    assert table.loc["biotune_parsimonious", "kind"] == "method"
+
+
+def test_the_budget_table_takes_full_finetuning_as_the_budget_1_reference():
+    from evotune.report.budget import budget_table
+
+    rows = pd.DataFrame([{"method": "tpe", "resampling": r, "budget": b, "evaluations": n, "trainings": 3 * n + 3,
+                          "retrained": b < 1, "macro_accuracy_mean": 0.9 + 0.01 * r + 0.02 * b}
+                         for r in (0, 1, 2) for b, n in ((0.25, 19), (1.0, 75))])
+    table = budget_table(rows, {"method": "full_finetune", "trainings": 3, "scores": {0: 0.9, 1: 0.91, 2: 0.93}})
+    assert table["method"].tolist() == ["tpe", "tpe", "full_finetune"]
+    assert table["macro_accuracy_mean"].tolist() == pytest.approx([0.915, 0.93, 0.9133333])
+    assert table["trainings"].tolist() == [60, 228, 3] and np.isnan(table["budget"].iloc[-1])
+    assert table["retrained"].tolist() == [3, 0, 0]
 
 
 def test_biotune_on_resampling_0_resumes_the_default_runs_study(tmp_path, base_parameters, backbone_checkpoint,

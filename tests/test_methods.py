@@ -12,10 +12,13 @@ from evotune.methods import (
     PLAN_METHODS,
     SEARCH_METHODS,
     Budget,
+    GenomeShare,
+    block_parameter_counts,
     check_compare_params,
     evaluation_chunk,
     generation_equivalent,
     get_method,
+    mask_share,
     trainable_parameters,
 )
 from evotune.methods.auto_rgn import norm_parameter_ids, relative_gradient_norms
@@ -74,8 +77,9 @@ def buffers_of(trainer, block):
 
 
 def test_registry_and_unknown_names(base_parameters):
-    assert set(PLAN_METHODS) == {"full_finetune", "linear_probe", "surgical", "auto_rgn", "l2_sp", "l1_sp", "lora"}
-    assert set(SEARCH_METHODS) == {"deft", "random_search", "tpe"}
+    assert set(PLAN_METHODS) == {"full_finetune", "from_scratch", "linear_probe", "surgical", "auto_rgn", "l2_sp",
+                                 "l1_sp", "lora"}
+    assert set(SEARCH_METHODS) == {"deft", "random_search", "tpe", "nsga2"}
     with pytest.raises(ValueError, match=r"compare\.methods.*full_finetune.*tpe"):
         get_method("full_fine_tune")
     with pytest.raises(ValueError, match=r"compare\.lora.*rank"):
@@ -130,6 +134,28 @@ def test_full_finetune_moves_every_block(setup, train_and_diff):
     _, _, moved = train_and_diff(setup, "full_finetune")
     for b in range(trainer.model.num_blocks):
         assert any(moved[k] for k in params_of(trainer, b)), b
+
+
+def test_from_scratch_redraws_every_weight_trains_every_block_and_puts_the_pretrained_back(setup, method_params):
+    trainer, train, val = setup
+    pretrained = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    plan = get_method("from_scratch").plan(trainer.model, BASE_LR, **method_params("from_scratch"))
+    assert plan.block_lrs == [BASE_LR] * trainer.model.num_blocks
+    torch.manual_seed(3)
+    undo = plan.prepare(trainer.model)
+    redrawn = trainer.model.state_dict()
+    for b in range(trainer.model.num_blocks - 1):  # every backbone block's weights are new
+        assert not torch.equal(redrawn[params_of(trainer, b)[0]], pretrained[params_of(trainer, b)[0]]), b
+    undo()
+    assert all(torch.equal(v, pretrained[k]) for k, v in trainer.model.state_dict().items())
+    res = trainer.train(plan, train, val, seed=1, keep_best_state=True)  # through the loop, undone after
+    after = trainer.model.state_dict()
+    assert res.epochs_run == 1 and all(torch.equal(after[k], pretrained[k]) for k in pretrained
+                                       if k.startswith("stages.") and not k.startswith(f"stages.{trainer.model.head_index}."))
+    moved = [k for k, v in res.best_state.items() if k in pretrained and not torch.equal(v, pretrained[k].cpu())]
+    assert {k.split(".")[1] for k in moved if k.startswith("stages.")} == {str(b) for b in
+                                                                          range(trainer.model.num_blocks)}
+    assert trainable_parameters(trainer.model, plan) == sum(p.numel() for p in trainer.model.parameters())
 
 
 def test_lora_trains_adapters_and_head_only_and_undoes_its_surgery(setup, train_and_diff):
@@ -334,7 +360,9 @@ def test_search_baselines_use_exactly_the_budget(name, method_params, search_con
             out.append(1.0 if not d.valid else float(np.abs(r.genes - target).mean()))
         return out
 
-    outcome = get_method(name).search(evaluate, num_blocks, evo, n_chunks=2, **method_params(name))
+    sizes = list(range(1, num_blocks + 1))  # parameters per block, head last (NSGA-II's second objective)
+    outcome = get_method(name).search(evaluate, num_blocks, evo, n_chunks=2, block_params=sizes,
+                                      **method_params(name))
     assert len(seen) == outcome.evaluations == evo.evaluations == 5 + 3 * 7
     assert len({r.key for r in seen}) == len(seen)
     assert [r.chunk for r in seen] == [evaluation_chunk(j, evo, 2) for j in range(len(seen))]
@@ -343,7 +371,8 @@ def test_search_baselines_use_exactly_the_budget(name, method_params, search_con
     assert decode(g, BASE_LR).valid
     requests = list(seen)
     assert outcome.best_fitness == min(evaluate(requests))
-    again = get_method(name).search(lambda reqs: evaluate(reqs), num_blocks, evo, n_chunks=2, **method_params(name))
+    again = get_method(name).search(lambda reqs: evaluate(reqs), num_blocks, evo, n_chunks=2, block_params=sizes,
+                                    **method_params(name))
     np.testing.assert_array_equal(again.best_genes, g)  # reproducible
     if name == "deft":
         assert all(x in (0.5, np.nextafter(0.5, 1)) for x in g)
@@ -371,6 +400,51 @@ def test_tpe_learns_from_its_history(method_params, search_config):
         tpe, rnd = fitness_values("tpe", seed), fitness_values("random_search", seed)
         assert len(tpe) == len(rnd) == 28
         assert np.mean(tpe[4:]) < 0.75 * np.mean(rnd[4:]), (seed, np.mean(tpe[4:]), np.mean(rnd[4:]))
+
+
+def test_nsga2_trades_accuracy_for_a_smaller_trainable_share(method_params, search_config, base_parameters):
+    """NSGA-II spends the budget with both objectives known (each row carries its genome's share), ends with a
+    front of more than one genome, returns the best by validation, and tells a genome that trains nothing
+    (0, 1): dominated by every other. Without the model's parameter counts it refuses to start."""
+    from evotune.methods.nsga2 import objectives
+
+    evo = search_config(population=6, elite=2, generations=5, seed=0)  # 6 + 5 * 8 = 46 evaluations
+    sizes = [1, 2, 4, 8, 1]  # 4 blocks and the head
+    seen = []
+
+    def evaluate(reqs):  # accuracy grows with the share trained, saturating: the small genomes lose little
+        out = []
+        for r in reqs:
+            d = decode(r.genes, BASE_LR)
+            share = sum(n for c, n in zip(d.mask, sizes) if c == "1") / sum(sizes)
+            out.append(1.0 if not d.valid else 0.5 - 0.3 * min(share, 0.5))
+            seen.append((out[-1], share))
+        return out
+
+    outcome = get_method("nsga2").search(evaluate, 5, evo, n_chunks=1, block_params=sizes, **method_params("nsga2"))
+    assert outcome.evaluations == 46 and outcome.best_fitness == min(f for f, _ in seen)
+    assert outcome.extra["population_size"] == 6 and outcome.extra["front_size"] >= 2
+    assert [r["trainable_share"] for r in outcome.rows] == [s for _, s in seen]
+    assert objectives(1.0, 0.2) == (0.0, 1.0) and objectives(0.25, 0.2) == (0.75, 0.2)
+    with pytest.raises(ValueError, match="block_params"):
+        get_method("nsga2").search(evaluate, 5, evo, n_chunks=1, **method_params("nsga2"))
+    with pytest.raises(ValueError, match=r"compare\.nsga2\.crossover_prob must be in \[0, 1\], got 2"):
+        check_compare_params({**base_parameters()["compare"], "methods": ["nsga2"],
+                              "nsga2": {**method_params("nsga2"), "crossover_prob": 2}}, population=6)
+
+
+def test_mask_share_counts_the_parameters_of_the_trained_blocks():
+    model = build_model("resnet10", 3)
+    counts, total = block_parameter_counts(model)
+    assert len(counts) == model.num_blocks and sum(counts) <= total
+    mask = "0" * (model.num_blocks - 1) + "1"
+    assert mask_share(mask, counts, total) == pytest.approx(counts[-1] / total)
+    assert mask_share("1" * model.num_blocks, counts, total) == pytest.approx(sum(counts) / total)
+    share = GenomeShare(counts, total, force_head=True)
+    assert share(np.array([0.9] + [0.0] * (model.num_blocks - 1) + [0.5])) == pytest.approx(
+        (counts[0] + counts[-1]) / total)
+    with pytest.raises(ValueError, match="blocks"):
+        mask_share("11", counts, total)
 
 
 def test_plan_methods_params_reach_the_plan(method_params):

@@ -69,7 +69,7 @@ def test_every_paper_setting_resolves(pipelines, load_params):
             src = p["data"]["source"]
             assert src == p["paper"]["datasets"][dataset] and src["kind"] == kind, where  # replaced, not merged
             if kind == "torchvision":
-                assert src["name"] == name and src["download"] is False, where
+                assert src["name"] == name and src["download"] is True, where  # downloaded on first use
             else:
                 assert {"path", "image_col", "label_col", "root", "extension"} <= set(src), where
             assert p["backbone"] == {"arch": arch, "weights": "imagenet", "head_seed": 0, "torch_home": None,
@@ -147,3 +147,26 @@ def test_present_files_pass(tmp_path, monkeypatch, load_params):
     (root / "usps.bz2").write_bytes(b"")
     (root / "usps.t.bz2").write_bytes(b"")
     check_paper_setting(p)
+
+
+def test_the_paper_environment_runs_the_paper_pipeline_by_default(base_params):
+    """`kedro run --env paper` (no --pipelines) runs `pretrained`: conf/paper's default_pipeline, chosen by the
+    hook before the session reads its pipelines; the base environment keeps the embedded run."""
+    from evotune.errors import ParameterError
+    from evotune.pipeline_registry import register_pipelines, select_default_pipeline
+    from evotune.validation import validate_run
+
+    assert load_params()["default_pipeline"] == "pretrained" and "default_pipeline" not in base_params
+    assert load_params()["fidelity"]["enabled"] is False  # the paper has no fidelity stage (its cost: docs)
+    try:
+        assert select_default_pipeline("pretrained")
+        pipes = register_pipelines()
+        assert {n.name for n in pipes["__default__"].nodes} == {n.name for n in pipes["pretrained"].nodes}
+        assert "pretrain_source_model" not in {n.name for n in pipes["__default__"].nodes}
+        assert not select_default_pipeline("pretrained")  # unchanged: the registry is not rebuilt
+    finally:
+        assert select_default_pipeline(None)
+    assert "pretrain_source_model" in {n.name for n in register_pipelines()["__default__"].nodes}
+    assert not select_default_pipeline("compare")  # not a choice: the embedded default, and the check says so
+    with pytest.raises(ParameterError, match="default_pipeline is 'compare'; it may name pretrained"):
+        validate_run({**base_params, "default_pipeline": "compare"}, [])

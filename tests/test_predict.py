@@ -104,6 +104,20 @@ def test_top_k_is_capped_at_the_number_of_classes(resnet10_export, folder):
     assert "top4_class" in pred.columns and "top5_class" not in pred.columns
 
 
+def test_a_timm_export_predicts_like_the_trained_model(timm_export, tmp_path, caplog):
+    """predict builds the timm model the metadata names and loads the safetensors weights into it."""
+    caplog.set_level(logging.INFO)
+    images = timm_export.test.images
+    save_png(images, tmp_path / "new")
+    pred, skipped = _run(timm_export, source=str(tmp_path / "new"), top_k=2)
+    assert skipped.empty and len(pred) == len(images)
+    assert "with timm/resnet10t" in caplog.text
+    logits = timm_export.project_logits(images)
+    classes = timm_export.metadata["classes"]
+    assert pred["predicted_class"].tolist() == [classes[int(i)] for i in logits.argmax(1)]
+    np.testing.assert_allclose(pred["probability"], torch.softmax(logits, 1).max(1).values.numpy(), atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_on_the_gpu_the_predictions_are_the_cpu_ones(resnet10_export, folder):
     cpu, _ = _run(resnet10_export, source=str(folder))

@@ -551,14 +551,19 @@ def test_pipeline_nodes_and_datasets():
     p = create_pipeline()
     assert {n.name for n in p.nodes} == {"summarise_generations", "plot_search_figures", "plot_gene_trajectories",
                                          "tabulate_retrain_history", "plot_training_curves", "plot_confusion_matrix",
-                                         "plot_search_fidelity", "write_report"}
+                                         "plot_search_fidelity", "pareto_front", "plot_pareto_front", "write_report"}
     assert p.inputs() == {"search_population", "search_trials", "best_genome", "retrained_models", "test_metrics",
-                          "test_metrics_per_seed", "search_fidelity", "search_fidelity_summary", "compare_links"}
-    catalog = yaml.safe_load((ROOT / "conf/base/catalog_reporting.yml").read_text())
+                          "test_metrics_per_seed", "search_fidelity", "search_fidelity_summary", "compare_links",
+                          "backbone", "search_study_store", "picked_genome", "confirmation"}
+    # the entries of catalog_reporting.yml as a run sees them (output_dir resolved to its default, data/)
+    from evotune.config import ProjectConfigLoader
+
+    resolved = ProjectConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="base")["catalog"]
+    catalog = {k: resolved[k] for k in yaml.safe_load((ROOT / "conf/base/catalog_reporting.yml").read_text())}
     # the comparison's links are read from what `kedro run --pipelines compare` saved (catalog_compare.yml),
     # relative to the latest report
     links = catalog.pop("compare_links")
-    compare = yaml.safe_load((ROOT / "conf/base/catalog_compare.yml").read_text())
+    compare = {k: resolved[k] for k in yaml.safe_load((ROOT / "conf/base/catalog_compare.yml").read_text())}
     assert links["filepaths"] == {"table": compare["compare_table_markdown"]["filepath"],
                                   "figure": compare["compare_figure"]["filepath"]}
     assert compare["compare_table_markdown"]["versioned"] and compare["compare_figure"]["versioned"]
@@ -614,10 +619,17 @@ def _save_comparison(tmp_path: Path, version: str) -> None:
 
 
 def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test_metrics, per_seed, tmp_path,
-                                           fidelity_table, fidelity_summary, retrained):
+                                           fidelity_table, fidelity_summary, retrained, backbone_checkpoint):
+    from evotune.backbones import build_model
+    from evotune.search.store import StudyStore
+
+    backbone = backbone_checkpoint(build_model("resnet10", 3), 3)  # the blocks of BLOCKS
+    best_genome = replace(best_genome, backbone_id=backbone.backbone_id)
     inputs = {"search_population": population, "search_trials": trials, "best_genome": best_genome,
               "retrained_models": retrained, "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
-              "search_fidelity": fidelity_table, "search_fidelity_summary": fidelity_summary}
+              "search_fidelity": fidelity_table, "search_fidelity_summary": fidelity_summary, "backbone": backbone,
+              "search_study_store": StudyStore(None), "picked_genome": best_genome,
+              "confirmation": pd.DataFrame({"key": [best_genome.key]})}
     v = "2026-01-01T00.00.00.000Z"
     rep = _run_reporting(tmp_path, v, inputs)
     summary = pd.read_parquet(rep / f"generation_summary.parquet/{v}/generation_summary.parquet")
@@ -625,14 +637,17 @@ def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test
     history = pd.read_parquet(rep / f"retrain_history.parquet/{v}/retrain_history.parquet")
     pd.testing.assert_frame_equal(history, S.training_history(retrained.runs))
     for f in ("fitness", "block_selection", "gene_trajectories", "lr_multipliers", "training_curves",
-              "confusion_matrix", "search_fidelity"):
+              "confusion_matrix", "search_fidelity", "pareto_front"):
         assert (rep / f"figures/{f}.png/{v}/{f}.png").stat().st_size > 0
         assert (rep / f"latest/figures/{f}.png").stat().st_size > 0
+    front = pd.read_parquet(rep / f"pareto_front.parquet/{v}/pareto_front.parquet")
+    assert front["chosen"].sum() == 1 and front.loc[front["chosen"], "key"].item() == best_genome.key
     latest = (rep / "latest/report.md").read_text()
     assert latest == (rep / f"report.md/{v}/report.md").read_text()
     for link in _images(latest):
         assert (rep / "latest" / link).is_file(), link
-    assert len(_images(latest)) == 7
+    assert len(_images(latest)) == 8
+    assert "## Accuracy versus cost: the Pareto front" in latest
     assert "Not run yet: `kedro run --pipelines compare`" in latest
 
     # after `kedro run --pipelines compare`, the next report links its newest table and figure
@@ -646,7 +661,7 @@ def test_pipeline_runs_through_the_catalog(population, trials, best_genome, test
                      "../compare/accuracy_vs_trainable.png/2026-01-03T00.00.00.000Z/accuracy_vs_trainable.png"]
     for link in links + _images(latest):
         assert (rep / "latest" / link).is_file(), link
-    assert len(_images(latest)) == 8
+    assert len(_images(latest)) == 9
 
 
 def test_std_over_seeds_is_the_population_std():
@@ -667,7 +682,7 @@ def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, mak
 
     from evotune.backbones import build_model
     from evotune.pipelines.retrain.nodes import evaluate_on_test, retrain_best_genome
-    from evotune.pipelines.search.nodes import run_search
+    from evotune.pipelines.search.nodes import confirm_pick, run_search
     from evotune.search.store import StudyStore
 
     training = {**base_parameters()["training"], "epochs": 2, "patience": 2, "batch_size": 16,
@@ -677,8 +692,13 @@ def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, mak
     torch.manual_seed(0)
     backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
     train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
-    trials, population, best = run_search(backbone, train, val, StudyStore(None), search, training)
-    retrained = retrain_best_genome(backbone, train, val, best, {"seeds": [1, 2], "training": {}}, training)
+    store = StudyStore(f"sqlite:///{tmp_path}/study.db")
+    trials, population, best = run_search(backbone, train, val, store, search, training)
+    # the confirmation stage on the search's two best genomes, one seed (4 tiny trainings): the report says how
+    confirmation, picked = confirm_pick(backbone, train, val, trials, best,
+                                        {"rule": "confirmed", "top_k": 2, "seeds": [3]}, search, training)
+    assert picked.pick_rule == "confirmed" and picked.confirm_trainings == 4 and picked.search_best_key == best.key
+    retrained = retrain_best_genome(backbone, train, val, picked, {"seeds": [1, 2], "training": {}}, training)
     test_metrics, per_seed = evaluate_on_test(backbone, retrained, test, training)
     off = replace(fidelity_summary, enabled=False, rho=None, ci_low=None, ci_high=None, dataset=best.dataset,
                   backbone_id=best.backbone_id)
@@ -686,7 +706,8 @@ def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, mak
     rep = _run_reporting(tmp_path, v, {
         "search_population": population, "search_trials": trials, "best_genome": best,
         "retrained_models": retrained, "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
-        "search_fidelity": pd.DataFrame(columns=FIDELITY_COLUMNS), "search_fidelity_summary": off})
+        "search_fidelity": pd.DataFrame(columns=FIDELITY_COLUMNS), "search_fidelity_summary": off,
+        "backbone": backbone, "search_study_store": store, "picked_genome": picked, "confirmation": confirmation})
 
     # every gene of every individual after each generation, named after the blocks, the threshold last
     genes = S.gene_trajectories(population)
@@ -707,3 +728,29 @@ def test_report_of_a_real_tiny_search_and_retrain(tmp_path, base_parameters, mak
         assert f"![{labels.FIGURE_TITLES[f]}](figures/{f}.png)" in latest
         assert (rep / f"latest/figures/{f}.png").stat().st_size > 0
     assert "Not run yet: `kedro run --pipelines compare`" in latest
+    # the accuracy-versus-cost front: the table, and the three-objective study optuna-dashboard reads
+    import optuna
+
+    from evotune.report.pareto import FRONT_OBJECTIVES, pareto_mask
+
+    front = pd.read_parquet(rep / f"pareto_front.parquet/{v}/pareto_front.parquet")
+    valid = trials[trials["valid"] & ~trials["diverged"]]
+    assert sorted(front["key"]) == sorted(valid["key"]) and front.loc[front["chosen"], "key"].tolist() == [picked.key]
+    assert front.loc[front["mask"] == "1" * 6, "trainable_share"].eq(1.0).all()
+    assert f"![{labels.FIGURE_TITLES['pareto_front']}](figures/pareto_front.png)" in latest
+    study = optuna.load_study(study_name=f"{best.study_name}-front", storage=store.url)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE,
+                                optuna.study.StudyDirection.MINIMIZE]
+    assert study.metric_names == list(FRONT_OBJECTIVES) and len(study.trials) == len(front)
+    on_front = front[pareto_mask(front[["val_acc", "trainable_share", "seconds"]].to_numpy(), (True, False, False))]
+    assert sorted(t.user_attrs["key"] for t in study.best_trials) == sorted(on_front["key"])
+    assert [t.user_attrs["key"] for t in study.trials if t.user_attrs["chosen"]] == [picked.key]
+    assert "## The final pick" in latest and "Rule `confirmed`" in latest and "Cost: 4 trainings" in latest
+    # a second report of the same search leaves the study as it is
+    _run_reporting(tmp_path, "2026-01-02T00.00.00.000Z", {
+        "search_population": population, "search_trials": trials, "best_genome": best,
+        "retrained_models": retrained, "test_metrics": test_metrics, "test_metrics_per_seed": per_seed,
+        "search_fidelity": pd.DataFrame(columns=FIDELITY_COLUMNS), "search_fidelity_summary": off,
+        "backbone": backbone, "search_study_store": store, "picked_genome": picked, "confirmation": confirmation})
+    assert [t.number for t in optuna.load_study(study_name=study.study_name, storage=store.url).trials] == \
+        [t.number for t in study.trials]

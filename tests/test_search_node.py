@@ -261,7 +261,7 @@ def test_the_studies_read_well_in_the_dashboard(backbone, splits, tmp_path, trai
             assert t.datetime_complete <= max(u.datetime_complete for u in own)
 
 
-@pytest.mark.parametrize("name", ["tpe", "random_search", "deft"])
+@pytest.mark.parametrize("name", ["tpe", "random_search", "deft", "nsga2"])
 def test_a_search_baselines_study_reads_well_and_resumes(name, backbone, splits, tmp_path, training, search_params,
                                                          method_params):
     """DEFT, random search and TPE record their evaluations under the same parameter names (TPE's

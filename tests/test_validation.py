@@ -41,6 +41,8 @@ def test_the_default_parameters_are_valid(base_params, nodes):
         (("training", "device"), "cuda:7" , "training.device"),
         (("training", "cpu_threads"), 0, "training.cpu_threads"),
         (("retrain", "seeds"), [], "retrain.seeds"),
+        (("confirm", "rule"), "luckiest", r"confirm\.rule must be one of best, confirmed, parsimonious"),
+        (("confirm", "top_k"), 0, "confirm.top_k"),
         (("data", "source"), {"kind": "image_folder", "path": "/nonexistent/images"}, "/nonexistent/images"),
         (("data", "source"), {"kind": "torchvision", "name": "ImageNet21k", "root": "x"}, "CIFAR10"),
         (("backbone", "weights"), "imagenet", "pretrained"),

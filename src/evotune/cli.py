@@ -93,3 +93,37 @@ def cli() -> None:
 
 run = _project_run()
 cli.add_command(run, "run")
+
+
+@click.command(name="sweep")
+@click.option("--settings", default="all", show_default=True,
+              help="dataset:arch items of the paper's tables, comma-separated (all: every dataset x every arch).")
+@click.option("--env", default="paper", show_default=True, help="The Kedro environment of every run.")
+@click.option("--params", "extra", default="", help="Parameters for every run, as for kedro run --params.")
+@click.option("--out", default="data/sweep", show_default=True,
+              help="Each setting's outputs go to <out>/<dataset>-<arch>/; the table to <out>/sweep_table.md.")
+def sweep(settings: str, env: str, extra: str, out: str) -> None:
+    """Run the paper's settings one after another (one kedro run each, skipping finished ones), then one
+    table beside the paper's numbers (evotune.sweep)."""
+    from pathlib import Path
+
+    from kedro.utils import find_kedro_project
+
+    from .config import load_parameters
+    from .sweep import parse_settings, run_sweep
+
+    try:
+        project = find_kedro_project(Path.cwd()) or Path.cwd()
+        paper = load_parameters(str(project / "conf"), env=env, runtime_params=parse_params(None, None, extra)).get("paper")
+        if not isinstance(paper, dict):
+            raise click.ClickException(f"--env {env}: its parameters have no `paper` tables (use --env paper).")
+        chosen = parse_settings(settings, list(paper.get("datasets") or {}), list(paper.get("archs") or {}))
+        run_sweep(chosen, project=project, env=env, out=Path(out), extra=extra, echo=click.echo)
+    except Exception as exc:  # noqa: BLE001 - only the project's own errors are turned into a message
+        error = find_project_error(exc)
+        if error is None:
+            raise
+        raise click.ClickException(str(error)) from None
+
+
+cli.add_command(sweep, "sweep")

@@ -3,16 +3,26 @@
 Three files, written by the ``export`` pipeline through the catalog (versioned):
 
 * ``exported_model_weights`` (safetensors): a plain state dict keyed exactly as the
-  torchvision architecture expects (:func:`evotune.backbones.torchvision_state_dict`), so
-  ``torchvision.models.resnet18(num_classes=K).load_state_dict(load_file(path))`` works
-  without this package. ``metadata["architecture"]["torchvision"]`` says how to build the
-  model (``resnet10`` has no torchvision builder: it is ``torchvision.models.resnet.ResNet(
-  BasicBlock, [1, 1, 1, 1], num_classes=K)``). Input: float32 images normalised as
-  ``metadata["preprocessing"]`` says.
+  library's own model expects, so that it loads without this package:
+
+  - a torchvision architecture (:func:`evotune.backbones.torchvision_state_dict`):
+    ``torchvision.models.resnet18(num_classes=K).load_state_dict(load_file(path))``;
+    ``metadata["architecture"]["torchvision"]`` says how to build the model (``resnet10``
+    has no torchvision builder: it is ``torchvision.models.resnet.ResNet(BasicBlock,
+    [1, 1, 1, 1], num_classes=K)``);
+  - a timm model (``backbone.arch: timm/<name>``, :func:`evotune.backbones.timm_models.timm_state_dict`):
+    ``timm.create_model(name, num_classes=K).load_state_dict(load_file(path))``;
+    ``metadata["architecture"]["timm"]`` gives the name, the classes, the create_model
+    options of a variant and timm's ``pretrained_cfg`` of the architecture.
+
+  Input: float32 images normalised as ``metadata["preprocessing"]`` says.
 * ``exported_model_archive`` (``torch.export``, ``.pt2``): the same network with the
   normalisation inside (:class:`UInt8Classifier`), taking uint8 RGB ``[N, 3, crop, crop]``
   images (any N >= 1). ``torch.export.load(path).module()(images)`` gives logits; nothing
-  of this package (nor torchvision) is imported.
+  of this package (nor torchvision, nor timm) is imported. Where ``torch.export`` cannot
+  capture a model (a timm model with Python control flow on tensor values, say), the file
+  says so instead (:class:`~evotune.io.ArchiveNotWritten`), the run goes on, and
+  ``metadata["archive"]`` records why; the safetensors file is written either way.
 
   Why ``torch.export`` and not TorchScript: TorchScript is deprecated in PyTorch 2.x and
   no longer developed; ``torch.export`` captures the whole network as one graph of ATen
@@ -36,16 +46,29 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import importlib.metadata
+import json
 import platform
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .backbones import StagedModel, construct_from_description
+from .backbones import (
+    StagedModel,
+    construct_from_description,
+    to_torchvision,
+    torchvision_description,
+    torchvision_state_dict,
+)
+from .backbones.timm_models import is_timm, timm_description, timm_from_description, timm_state_dict, to_timm
+from .io import ArchiveNotWritten
 from .retraining import TrainedRun, TrainedVariant
 from .training import normalize_uint8
+
+__all__ = ["EXPORT_FORMAT", "LIBRARIES", "ArchiveNotWritten", "PlainModel", "UInt8Classifier", "build_metadata",
+           "compare_logits", "export_archive", "model_from_export", "plain_model", "select_run", "weights_fingerprint"]
 
 EXPORT_FORMAT = "evotune-export-v1"
 
@@ -77,6 +100,43 @@ def export_archive(model: nn.Module, mean: Sequence[float], std: Sequence[float]
         return torch.export.export(wrapper, (example,), dynamic_shapes={"images": {0: batch}})
 
 
+#: the libraries whose own model an export's weights load into (the key of ``metadata["architecture"]``)
+LIBRARIES = ("torchvision", "timm")
+
+
+@dataclass(frozen=True)
+class PlainModel:
+    """A trained :class:`StagedModel` as its library's own model: what the export writes."""
+
+    library: str  # one of LIBRARIES
+    description: dict  # how to build it: torchvision_description / timm_description
+    weights: dict  # its state dict, keyed as that model expects (CPU, contiguous)
+    module: nn.Module  # the model itself (CPU), holding ``weights``, in the staged model's train/eval mode
+
+
+def plain_model(model: StagedModel) -> PlainModel:
+    """``model`` as a plain torchvision or timm model (both checked to load ``weights`` strictly)."""
+    if is_timm(model.arch):
+        module = to_timm(model)
+        config = json.loads(json.dumps(dict(getattr(module, "pretrained_cfg", None) or {}), default=str))
+        description = {**timm_description(model), "pretrained_cfg": config,
+                       "pretrained_cfg_note": "timm's config of the architecture's default pretrained weights (their "
+                                              "input size, interpolation, mean/std, 1000 classes); this model's own "
+                                              "classes and input are `classes` and `preprocessing`"}
+        return PlainModel("timm", description, timm_state_dict(model), module)
+    return PlainModel("torchvision", torchvision_description(model), torchvision_state_dict(model), to_torchvision(model))
+
+
+def try_export_archive(module: nn.Module, mean: Sequence[float], std: Sequence[float], crop_size: int,
+                       ) -> torch.export.ExportedProgram | ArchiveNotWritten:
+    """:func:`export_archive`, or an :class:`ArchiveNotWritten` saying why ``torch.export`` failed."""
+    try:
+        return export_archive(module, mean, std, crop_size)
+    except Exception as exc:  # noqa: BLE001 - any capture failure: the weights are exported anyway
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return ArchiveNotWritten(f"torch.export could not capture the model: {type(exc).__name__}: {first}"[:2000])
+
+
 def weights_fingerprint(state_dict: Mapping[str, Tensor]) -> str:
     """SHA-256 over the sorted keys, dtypes, shapes and bytes of a state dict: ties the
     metadata to the weights file it was written with."""
@@ -101,6 +161,7 @@ def library_versions() -> dict[str, str | None]:
     return {
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        "timm": _version("timm"),
         "safetensors": _version("safetensors"),
         "evotune": _version("evotune"),
         "python": platform.python_version(),
@@ -108,9 +169,10 @@ def library_versions() -> dict[str, str | None]:
 
 
 def model_from_export(weights: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> nn.Module:
-    """The torchvision model of an export (CPU, eval mode), built from its metadata and
+    """The torchvision or timm model of an export (CPU, eval mode), built from its metadata and
     loaded with its safetensors state dict (strict). Raises ``ValueError`` when the two
-    files do not belong together."""
+    files do not belong together; a timm export without timm installed raises
+    :class:`~evotune.backbones.UnknownArchitectureError` saying how to install it."""
     if metadata.get("format") != EXPORT_FORMAT:
         raise ValueError(
             f"The model metadata has format {metadata.get('format')!r}, expected {EXPORT_FORMAT!r}: "
@@ -122,9 +184,13 @@ def model_from_export(weights: Mapping[str, Tensor], metadata: Mapping[str, Any]
             "The exported weights do not match the metadata (their SHA-256 differs): the two files come "
             "from different exports. Load both from the same version (predict.model_version)."
         )
-    with torch.device("meta"):
-        model = construct_from_description(metadata["architecture"]["torchvision"])
-    model = model.to_empty(device="cpu")
+    architecture = metadata["architecture"]
+    if "timm" in architecture:  # timm's own init on the CPU: non-persistent buffers are set as timm sets them
+        model = timm_from_description(architecture["timm"])
+    else:
+        with torch.device("meta"):
+            model = construct_from_description(architecture["torchvision"])
+        model = model.to_empty(device="cpu")
     model.load_state_dict(dict(weights), strict=True)
     return model.eval()
 
@@ -175,7 +241,8 @@ def compare_logits(reference: Tensor, other: Tensor) -> dict[str, Any]:
 def build_metadata(
     *,
     model: StagedModel,
-    description: Mapping[str, Any],
+    plain: PlainModel,
+    archive: torch.export.ExportedProgram | ArchiveNotWritten,
     classes: Sequence[str],
     preprocessing: Mapping[str, Any],
     mean: Sequence[float],
@@ -188,19 +255,35 @@ def build_metadata(
     weights_sha256: str,
     backbone_source: str,
 ) -> dict:
-    """The metadata JSON (plain values only)."""
+    """The metadata JSON (plain values only): a dict of sections; a new field goes in its section
+    (``preprocessing`` takes every key of the splits' preprocessing record as it is)."""
     crop = int(preprocessing["center_crop"])
+    lib = plain.library
+    if isinstance(archive, ArchiveNotWritten):
+        archive_section: dict[str, Any] = {"written": False, "reason": archive.reason,
+                                           "instead": "the safetensors weights (weights) load into the plain model"}
+    else:
+        archive_section = {
+            "written": True,
+            "format": "torch.export ExportedProgram (.pt2)",
+            "load": "torch.export.load(path).module()",
+            "input": f"uint8 [N, 3, {crop}, {crop}] RGB after decode/resize/crop (N >= 1); "
+                     "the normalisation is inside",
+            "output": f"logits [N, {len(classes)}] in the order of classes",
+            "device": "cpu (for a GPU: torch.export.passes.move_to_device_pass(program, 'cuda'))",
+        }
     genome = retrained.genome
     block_names = list(model.block_names)
     block_lrs = list(retrained.block_lrs)
     return {
         "format": EXPORT_FORMAT,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "classes": [str(c) for c in classes],
         "num_classes": len(classes),
         "architecture": {
             "name": model.arch,
-            "torchvision": dict(description),
+            "library": lib,
+            lib: dict(plain.description),
             "block_names": block_names,
             "backbone_source": backbone_source,
         },
@@ -212,18 +295,11 @@ def build_metadata(
         },
         "weights": {
             "format": "safetensors",
-            "keys": "torchvision state dict (load_state_dict(strict=True) on architecture.torchvision)",
+            "keys": f"{lib} state dict (load_state_dict(strict=True) on the model architecture.{lib}.python builds)",
             "input": f"float32 [N, 3, {crop}, {crop}] RGB, normalised as preprocessing.normalize",
             "output": f"logits [N, {len(classes)}] in the order of classes",
         },
-        "archive": {
-            "format": "torch.export ExportedProgram (.pt2)",
-            "load": "torch.export.load(path).module()",
-            "input": f"uint8 [N, 3, {crop}, {crop}] RGB after decode/resize/crop (N >= 1); "
-                     "the normalisation is inside",
-            "output": f"logits [N, {len(classes)}] in the order of classes",
-            "device": "cpu (for a GPU: torch.export.passes.move_to_device_pass(program, 'cuda'))",
-        },
+        "archive": archive_section,
         "selection": {
             "rule": selection,
             "seed": int(run.seed),

@@ -11,7 +11,8 @@
    export files to one version.
 
 :class:`ComparePipelineHooks` builds the ``compare`` pipeline from the run's
-``compare.methods`` (conf and ``--params``) before the session reads its pipelines.
+``compare.methods`` (conf and ``--params``), and ``__default__`` from its ``default_pipeline``,
+before the session reads its pipelines.
 """
 
 from __future__ import annotations
@@ -67,12 +68,12 @@ def check_saved_backbone(pipeline, catalog, params) -> None:
     wanted = params["backbone"].get("arch")
     saved = catalog.load("backbone")
     if wanted and saved.arch != wanted:
-        env = "--env paper " if "paper" in params else ""
+        how = ("`kedro run --env paper` with the same --params" if "paper" in params else
+               "`kedro run --pipelines pretrained` with the same --params (or the whole `kedro run`)")
         raise InputMismatchError(
             f"The newest saved backbone is a {saved.arch} (made {saved.created or 'by an older run'}), "
             f"but this run's parameters ask for backbone.arch {wanted}; nothing was run. Make the backbone and "
-            f"the data of this setting first: `kedro run {env}--pipelines pretrained` with the same --params "
-            "(or the whole `kedro run`)."
+            f"the data of this setting first: {how}."
         )
 
 
@@ -143,12 +144,15 @@ class ProgressHooks:
 class ComparePipelineHooks:
     @hook_impl
     def after_context_created(self, context) -> None:
-        """The ``compare`` pipeline holds the methods of this run's ``compare.methods``."""
+        """The ``compare`` pipeline holds the methods of this run's ``compare.methods``; ``__default__`` is the
+        run environment's ``default_pipeline`` when it sets one (``conf/paper``: ``pretrained``)."""
         from kedro.framework.project import PACKAGE_NAME, pipelines
 
-        from .pipeline_registry import select_compare_methods
+        from .pipeline_registry import select_compare_methods, select_default_pipeline
 
-        compare = context.config_loader["parameters"].get("compare")
+        params = context.config_loader["parameters"]
+        compare = params.get("compare")
         changed = select_compare_methods(compare.get("methods") if isinstance(compare, dict) else None)
+        changed = select_default_pipeline(params.get("default_pipeline")) or changed  # conf/paper: pretrained
         if changed and PACKAGE_NAME:
             pipelines.configure(f"{PACKAGE_NAME}.pipeline_registry")  # registered again with these methods

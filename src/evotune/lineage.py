@@ -13,7 +13,7 @@ stage, of the backbone it starts from (``backbone_id``); every stage checks them
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -32,7 +32,7 @@ def dataset_fingerprint(target_index: pd.DataFrame) -> str:
 
 def now() -> str:
     """The creation time recorded in artifacts (UTC, ISO 8601)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_same_lineage(stage: str, key: str, artifacts: dict[str, Any], rerun: str) -> str:

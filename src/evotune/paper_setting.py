@@ -9,11 +9,14 @@ merges runtime parameters into the configuration *before* interpolation, so
 in the table resolves to ``null``.
 
 :func:`check_paper_setting` turns every problem of a paper run into one clear
-error before anything trains: unknown names (with the valid ones), missing
-ImageNet weights (the expected file and its URL: nothing is downloaded) and
-missing data (the folder or file torchvision / the CSV source expects; nothing
-is downloaded). It only looks at the file system (no decoding, no model), so
-it takes milliseconds. Call it early, e.g. from the project's validation hook::
+error before anything trains: unknown names (with the valid ones), ImageNet
+weights that are neither in the torch hub cache nor downloadable, and data that
+is neither there nor downloadable (``download: true``, the paper environment's
+default). Offline (``EVOTUNE_OFFLINE=1``, or a host that does not answer) each
+message names the file, where it goes and its URL. It looks at the file system
+and, for what is missing, asks the file's host once (a HEAD request, see
+:mod:`evotune.downloads`); it loads no data and no model. Call it early, e.g.
+from the project's validation hook::
 
     from evotune.paper_setting import check_paper_setting
     check_paper_setting(params)      # no-op when params has no `paper` key
@@ -24,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .downloads import unreachable
 from .errors import EvotuneError
 
 #: what must exist under ``data.source.root`` for each torchvision dataset (offline)
@@ -70,7 +74,7 @@ def paper_setting_problems(params: dict[str, Any], *, check_files: bool = True) 
     if image.get("crop_size") != spec.input_size:
         problems.append(f"data.image.crop_size is {image.get('crop_size')} but {arch} expects {spec.input_size}px.")
     if check_files:
-        problems += _weights_problems(arch, backbone)
+        problems += weights_problems(arch, backbone)
         problems += _data_problems(dataset, data.get("source"))
     return problems
 
@@ -86,15 +90,21 @@ def check_paper_setting(params: dict[str, Any], *, check_files: bool = True) -> 
         )
 
 
-def _weights_problems(arch: str, backbone: dict) -> list[str]:
-    weights = str(backbone.get("weights", "imagenet"))
-    if weights != "imagenet":
-        if weights not in ("none", "source") and not Path(weights).expanduser().is_file():
-            return [f"backbone.weights: the checkpoint file '{weights}' does not exist."]
-        return []
-    from .backbones import imagenet_weights_problem
+def weights_problems(arch: str, backbone: dict) -> list[str]:
+    """Why ``backbone.weights`` cannot be used here (empty when it can: a cached or downloadable
+    file, a checkpoint that exists, none or source). The one check of the weights before a run."""
+    from .backbones import imagenet_variant, imagenet_weights_problem, is_weights_url, url_weights_problem
 
-    problem = imagenet_weights_problem(arch, backbone.get("torch_home"))
+    weights = str(backbone.get("weights", "imagenet")).strip()
+    variant = imagenet_variant(weights)
+    if variant is not None:
+        problem = imagenet_weights_problem(arch, backbone.get("torch_home"), variant)
+    elif is_weights_url(weights):
+        problem = url_weights_problem(weights, backbone.get("torch_home"))
+    elif weights.lower() not in ("none", "random", "scratch", "source") and not Path(weights).expanduser().is_file():
+        problem = f"backbone.weights: the checkpoint file '{weights}' does not exist."
+    else:
+        problem = None
     return [] if problem is None else [problem]
 
 
@@ -109,12 +119,25 @@ def _data_problems(dataset: str, source: dict | None) -> list[str]:
         missing = [root / e for e in expected if not (root / e).exists()] if root.is_dir() else [root]
         if not missing:
             return []
-        how = "download: true needs internet" if source.get("download") else "it is never downloaded (download: false)"
+        where = (f"{missing[0]} does not exist (root '{root}', absolute '{root.resolve()}')")
+        from .data.sources import torchvision_download_url
+
+        url = torchvision_download_url(name)
+        if source.get("download"):
+            why = unreachable(url) if url else None
+            if why is None:
+                return []  # downloaded by torchvision when the data stage starts
+            return [
+                f"data of {dataset} (torchvision {name}) missing: {where}. This machine cannot download it ({why}; "
+                f"download: true): on a machine with internet download {url} (torchvision's download of {name}) "
+                f"and copy the extracted files so that {', '.join(str(root / e) for e in expected) or root} exist, "
+                f"or point data.source.root (paper.datasets.{dataset}.root) at the folder holding them."
+            ]
         return [
-            f"data of {dataset} (torchvision {name}) missing: {missing[0]} does not exist (root "
-            f"'{root}', absolute '{root.resolve()}'). Copy the extracted files so that "
+            f"data of {dataset} (torchvision {name}) missing: {where}. Copy the extracted files so that "
             f"{', '.join(str(root / e) for e in expected) or root} exist, or point data.source.root "
-            f"(paper.datasets.{dataset}.root) at the folder holding them; {how}."
+            f"(paper.datasets.{dataset}.root) at the folder holding them, or set "
+            f"paper.datasets.{dataset}.download: true (torchvision downloads {url or 'it'})."
         ]
     if kind == "csv":
         out = []

@@ -10,6 +10,9 @@
 * ``compare``: the baselines against BioTune (after a run): the methods of the run's
   ``compare.methods`` only (:func:`select_compare_methods`).
 * ``predict``: classify a folder (or a CSV of paths) with the newest exported model.
+* ``__default__`` of a run environment whose parameters set ``default_pipeline`` (``conf/paper``:
+  ``pretrained``): that pipeline, so that ``kedro run --env paper`` runs the paper's setting
+  (:func:`select_default_pipeline`).
 * each stage alone: ``source_pretraining``, ``data_processing``, ``backbone``,
   ``search``, ``retrain``, ``fidelity``, ``export``, ``reporting``.
 
@@ -62,6 +65,29 @@ def select_compare_methods(methods: Any) -> bool:
     return changed
 
 
+#: the pipeline ``__default__`` is (the run's ``default_pipeline`` parameter; None: the embedded run)
+_default_pipeline: str | None = None
+
+
+def select_default_pipeline(name: Any) -> bool:
+    """Make ``__default__`` the pipeline ``name`` (the run's ``default_pipeline`` parameter; None or a name
+    that is no pipeline: the embedded run, and the parameter check names the problem); whether that changed.
+
+    :class:`evotune.hooks.ComparePipelineHooks` calls it with each session's merged parameters before the
+    session reads its pipelines: ``conf/paper`` sets ``default_pipeline: pretrained``, so a plain
+    ``kedro run --env paper`` runs the paper's setting (ImageNet weights, no source pretraining).
+    """
+    global _default_pipeline
+    chosen = name if isinstance(name, str) and name in DEFAULT_PIPELINE_CHOICES else None
+    changed = chosen != _default_pipeline
+    _default_pipeline = chosen
+    return changed
+
+
+#: what ``default_pipeline`` may name
+DEFAULT_PIPELINE_CHOICES = ("pretrained",)
+
+
 def stage_pipelines() -> dict[str, Pipeline]:
     """Each stage by name, in the order a full run goes through them."""
     return {
@@ -79,11 +105,12 @@ def stage_pipelines() -> dict[str, Pipeline]:
 def register_pipelines() -> dict[str, Pipeline]:
     stages = stage_pipelines()
     target = sum((stages[name] for name in TARGET_STAGES), Pipeline([]))
-    return {
+    registry = {
         **stages,
         "compare": compare.create_pipeline(_compare_methods),
         "predict": predict.create_pipeline(),
         "pretrained": target + backbone.create_pretrained_pipeline(),
         "search_worker": search.create_worker_pipeline(),
-        "__default__": stages["source_pretraining"] + stages["backbone"] + target,
     }
+    default = registry[_default_pipeline] if _default_pipeline else stages["source_pretraining"] + stages["backbone"] + target
+    return {**registry, "__default__": default}

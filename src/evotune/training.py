@@ -159,18 +159,32 @@ def device_setting(value: bool | str, device: torch.device) -> bool:
     raise ValueError(f"expected auto, true or false, got {value!r}")
 
 
+#: what ``auto`` tries, in order (the first available wins; the CPU always is)
+AUTO_DEVICES = ("cuda", "mps", "cpu")
+
+
+def _available(device_type: str) -> bool:
+    """Whether torch can use ``device_type`` here (``mps``: Apple's Metal GPUs)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    if device_type == "mps":
+        return torch.backends.mps.is_available()
+    return True
+
+
 def resolve_device(name: str = "auto", param: str = "training.device") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU. An explicit missing device is an error
-    naming ``param``, the parameter that set it."""
+    """``auto`` picks CUDA when present, else Apple's MPS, else the CPU (:data:`AUTO_DEVICES`).
+    An explicit device that is not there is an error naming ``param``, the parameter that set it."""
     if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(next(d for d in AUTO_DEVICES if _available(d)))
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise ParameterError(f"{param} is '{name}', not a torch device; use 'auto', 'cpu' or 'cuda[:i]'.") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"{param} is '{name}', not a torch device; use 'auto', 'cpu', 'cuda[:i]' or 'mps'.") from exc
+    if not _available(device.type):
+        what = {"cuda": "CUDA", "mps": "MPS (Apple's Metal GPUs)"}.get(device.type, device.type)
         raise ParameterError(
-            f"{param} is '{name}' but CUDA is not available here; "
+            f"{param} is '{name}' but {what} is not available here; "
             f"set {param} to 'auto' or 'cpu'."
         )
     return device
@@ -196,20 +210,27 @@ def _cuda_indices(device: torch.device) -> list[int]:
 
 @contextlib.contextmanager
 def fork_global_rng(device: torch.device) -> Iterator[None]:
-    """Inside: torch's global generators (the CPU one, and ``device``'s when it is a CUDA device)
-    may be seeded and drawn from; when the block ends they are as they were before it."""
+    """Inside: torch's global generators (the CPU one, and ``device``'s when it is a CUDA device or
+    Apple's MPS) may be seeded and drawn from; when the block ends they are as they were before it."""
     with torch.random.fork_rng(devices=_cuda_indices(device)):
-        yield
+        mps_state = torch.mps.get_rng_state() if device.type == "mps" else None
+        try:
+            yield
+        finally:
+            if mps_state is not None:
+                torch.mps.set_rng_state(mps_state)
 
 
 def seed_global_rng(seed: int, device: torch.device) -> None:
-    """Seed torch's global CPU generator, and ``device``'s when it is a CUDA device, from ``seed``
-    (:func:`global_rng_seed`). Unlike ``torch.manual_seed`` it leaves other CUDA devices alone,
-    so that it changes nothing outside :func:`fork_global_rng`."""
+    """Seed torch's global CPU generator, and ``device``'s when it is a CUDA device or MPS, from
+    ``seed`` (:func:`global_rng_seed`). Unlike ``torch.manual_seed`` it leaves other CUDA devices
+    alone, so that it changes nothing outside :func:`fork_global_rng`."""
     value = global_rng_seed(seed)
     torch.default_generator.manual_seed(value)
     for index in _cuda_indices(device):
         torch.cuda.default_generators[index].manual_seed(value)
+    if device.type == "mps":  # dropout and stochastic depth on MPS tensors draw from its generator
+        torch.mps.manual_seed(value)
 
 
 # --------------------------------------------------------------------------- data
@@ -477,6 +498,7 @@ def macro_accuracy(conf: Tensor) -> float:
     present = support > 0
     if not bool(present.any()):
         return 0.0
+    conf, support, present = conf.cpu(), support.cpu(), present.cpu()  # float64 on the CPU (MPS has none)
     recall = conf.diag()[present].double() / support[present].double()
     return float(recall.mean())
 

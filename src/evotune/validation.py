@@ -8,6 +8,7 @@ not an hour into a search.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ __all__ = ["ParameterError", "validate_run"]
 
 def validate_run(params: dict[str, Any], node_names) -> None:
     """Raise :class:`ParameterError` listing every problem found in what this run will use."""
-    from .backbones import get_arch, imagenet_weights_problem
+    from .backbones import get_arch
     from .pipelines.backbone.nodes import BackboneParams
     from .retraining import retrain_config, retrain_seeds
     from .search.config import SearchConfig
@@ -35,10 +36,21 @@ def validate_run(params: dict[str, Any], node_names) -> None:
             problems.append(str(exc).strip('"'))
             return None
 
-    if "paper" in params:
-        from .paper_setting import check_paper_setting
+    if params.get("default_pipeline") is not None:
+        from .pipeline_registry import DEFAULT_PIPELINE_CHOICES
 
-        check(lambda: check_paper_setting(params, check_files=bool(nodes & {"ingest_index", "load_pretrained_backbone"})))
+        if params["default_pipeline"] not in DEFAULT_PIPELINE_CHOICES:
+            problems.append(f"default_pipeline is {params['default_pipeline']!r}; it may name "
+                            f"{', '.join(DEFAULT_PIPELINE_CHOICES)} (or be removed: the embedded run).")
+    if "paper" in params:  # each problem on its own line, so that one the checks below find too is said once
+        from .paper_setting import paper_setting_problems
+
+        paper_problems = paper_setting_problems(params, check_files=bool(nodes & {"ingest_index",
+                                                                                  "load_pretrained_backbone"}))
+        problems += paper_problems
+        paper_data_missing = any(p.startswith("data of ") for p in paper_problems)
+    else:
+        paper_data_missing = False
     if any(n.startswith("compare.") for n in nodes):
         from .methods import check_compare_params
 
@@ -72,20 +84,16 @@ def validate_run(params: dict[str, Any], node_names) -> None:
                 "set them to the same architecture."
             )
     if "load_pretrained_backbone" in nodes and backbone is not None:
-        weights = backbone.weights
-        if weights == "imagenet":
-            spec = check(get_arch, backbone.arch)
-            problem = imagenet_weights_problem(spec.name, backbone.torch_home) if spec is not None else None
-            if problem is not None:
-                problems.append(problem)
-        elif weights not in ("none", "source") and not Path(weights).is_file():
-            problems.append(f"backbone.weights: the checkpoint file '{weights}' does not exist.")
-        elif weights == "source":
+        from .paper_setting import weights_problems
+
+        if backbone.weights == "source":
             problems.append("backbone.weights: source needs the default pipeline (`kedro run`), "
                             "which pretrains the source model first.")
+        elif check(get_arch, backbone.arch) is not None:
+            problems += weights_problems(backbone.arch, dataclasses.asdict(backbone))
 
     training_nodes = {"evolutionary_search", "search_worker", "retrain_best_genome", "evaluate_on_test",
-                      "measure_search_fidelity"}
+                      "measure_search_fidelity", "confirm_pick"}
     if nodes & training_nodes or any(n.startswith("compare.") for n in nodes):
         cfg = check(TrainConfig.from_params, params.get("training"))
         if cfg is not None:
@@ -105,6 +113,11 @@ def validate_run(params: dict[str, Any], node_names) -> None:
                                                             "source_pretraining"), "source_pretraining.data"))
     if nodes & {"evolutionary_search", "search_worker", "ingest_index"} or any(n.startswith("compare.") for n in nodes):
         check(SearchConfig.from_params, params.get("search"))  # ingest_index: the pre-run data check's chunk count
+    if "confirm_pick" in nodes or any(n.startswith("compare.") and n.endswith(".confirm") for n in nodes):
+        from .search.confirm import ConfirmConfig
+
+        check(ConfirmConfig.from_params, params.get("confirm"))
+        check(SearchConfig.from_params, params.get("search"))
     if "retrain_best_genome" in nodes:
         check(retrain_seeds, params.get("retrain"))
         check(retrain_config, params.get("training"), params.get("retrain"))
@@ -122,17 +135,11 @@ def validate_run(params: dict[str, Any], node_names) -> None:
         seeds = (params.get("retrain") or {}).get("seeds") or []
         if exp is not None and exp.selection == "seed" and "retrain_best_genome" in nodes and exp.seed not in seeds:
             problems.append(f"export.seed is {exp.seed}, which is not one of retrain.seeds {list(seeds)}.")
-        arch = str((params.get("backbone") or {}).get("arch", ""))
-        if arch.strip().lower().startswith("timm/"):
-            problems.append(
-                f"backbone.arch {arch}: the export stage writes a torchvision model, and a timm model has none. "
-                "Run the stages up to the report without it: `kedro run --to-nodes write_report`."
-            )
     if "predict_images" in nodes:
         from .pipelines.predict.nodes import PredictParams
 
         check(PredictParams.from_params, params.get("predict"))
-    if "ingest_index" in nodes:
+    if "ingest_index" in nodes and not paper_data_missing:  # the paper check named the missing data (once)
         from .pipelines.data_processing.nodes import check_data_params
 
         check(check_data_params, params.get("data"))

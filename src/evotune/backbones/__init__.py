@@ -39,7 +39,14 @@ from .registry import (
     torchvision_state_dict,
 )
 from .staged import StagedModel, count_parameters, head_linears, redraw_head, replace_head
-from .weights import build_model, imagenet_weights_path, imagenet_weights_problem
+from .weights import (
+    build_model,
+    imagenet_variant,
+    imagenet_weights_path,
+    imagenet_weights_problem,
+    is_weights_url,
+    url_weights_problem,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -56,8 +63,10 @@ __all__ = [
     "count_parameters",
     "get_arch",
     "head_linears",
+    "imagenet_variant",
     "imagenet_weights_path",
     "imagenet_weights_problem",
+    "is_weights_url",
     "load_checkpoint",
     "make_checkpoint",
     "model_from_checkpoint",
@@ -68,5 +77,6 @@ __all__ = [
     "torchvision_constructor",
     "torchvision_description",
     "torchvision_key_map",
+    "url_weights_problem",
     "torchvision_state_dict",
 ]

@@ -23,30 +23,42 @@ group spans several (timm puts a ViT's final ``norm`` with its last block: ``blo
 A ViT's groups are its encoder layers one by one (14 blocks for ViT-B/16), as timm's coarse
 grouping has them; the torchvision ``vit_b_16`` entry groups them by three instead.
 
+Export
+------
+:func:`timm_state_dict` gives the weights back keyed as timm's own model (a staged key without its
+``stages.<i>.`` prefix), so that ``timm.create_model(name, num_classes=K, **kwargs)`` loads them
+strictly; :func:`timm_description` records that call and :func:`to_timm` builds the plain model
+(``evotune.export``).
+
 Weights
 -------
-``weights: imagenet`` reads the model's default pretrained weights from the local Hugging Face
-hub cache (``HF_HUB_CACHE``, by default ``~/.cache/huggingface/hub``), never downloading:
-:func:`timm_weights_problem` names the cache folder and the file to put there. A timm weights
-file (``.safetensors``, ``.pth``, ``.bin``) can be given as a local path instead.
+``weights: imagenet`` reads the model's default pretrained weights from the Hugging Face hub cache
+(``HF_HUB_CACHE``, by default ``~/.cache/huggingface/hub``), downloading them there through the hub
+(``hf_hub_download``) on first use. Offline (``EVOTUNE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, or a hub
+that does not answer) :func:`timm_weights_problem` names the cache folder, the file to put there and
+its URL. A timm weights file (``.safetensors``, ``.pth``, ``.bin``) can be given as a local path instead.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
+import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
 from .registry import PARAMS_FILE, ArchSpec, BackboneWeightsError, UnknownArchitectureError
 from .staged import StagedModel
 
-__all__ = ["TIMM_PREFIX", "build_timm", "is_timm", "staged_from_timm", "timm_spec", "timm_weights_problem"]
+__all__ = ["TIMM_PREFIX", "build_timm", "is_timm", "staged_from_timm", "timm_description", "timm_from_description",
+           "timm_spec", "timm_state_dict", "timm_weights_problem", "to_timm"]
 
 TIMM_PREFIX = "timm/"
 #: weights files a ``backbone.weights`` path may name for a timm model (loaded by timm)
@@ -299,7 +311,12 @@ def timm_weights_file(arch: str, hf_cache: str | os.PathLike | None = None) -> P
 
 
 def timm_weights_problem(arch: str, hf_cache: str | os.PathLike | None = None) -> str | None:
-    """The one message saying why ``arch``'s pretrained weights cannot be used here, or None."""
+    """The one message saying why ``arch``'s pretrained weights cannot be used here, or None (cached, or
+    downloadable: the Hugging Face hub answers and the run is not switched offline)."""
+    from huggingface_hub import hf_hub_url
+
+    from ..downloads import download_problem
+
     spec = timm_spec(arch)
     if spec.imagenet_weights is None:
         return (f"timm model {arch!r} has no pretrained weights on the Hugging Face hub: set `backbone.weights` "
@@ -308,15 +325,34 @@ def timm_weights_problem(arch: str, hf_cache: str | os.PathLike | None = None) -
         return None
     repo = spec.imagenet_weights
     folder = _hf_cache(hf_cache) / ("models--" + repo.replace("/", "--"))
-    return (
-        f"Pretrained weights of {arch} missing: expected {_HF_FILES[0]} of the Hugging Face repo {repo} in the "
-        f"local hub cache {_hf_cache(hf_cache)} (as {folder}/snapshots/<revision>/{_HF_FILES[0]}; "
-        f"HF_HUB_CACHE={os.environ.get('HF_HUB_CACHE', 'unset')}). Weights are never downloaded here: on a "
-        f"machine with internet run `hf download {repo} {_HF_FILES[0]}` and copy its cache folder {folder.name} "
-        f"into {_hf_cache(hf_cache)} (or set HF_HUB_CACHE / backbone.torch_home to a cache holding it), or set "
-        f"`backbone.weights` in {PARAMS_FILE} to the path of that {_HF_FILES[0]} file, of an evotune backbone "
-        "checkpoint, or to none for random initialisation."
-    )
+    return download_problem(
+        f"Pretrained weights of {arch} (the Hugging Face repo {repo})", hf_hub_url(repo, _HF_FILES[0]),
+        f"{folder}/snapshots/<revision>/{_HF_FILES[0]} in the local hub cache",
+        f" (HF_HUB_CACHE={os.environ.get('HF_HUB_CACHE', 'unset')}): `hf download {repo} {_HF_FILES[0]}` there "
+        f"fetches it; then copy its cache folder {folder.name} into {_hf_cache(hf_cache)} (or set HF_HUB_CACHE to a "
+        f"cache holding it), or set `backbone.weights` in {PARAMS_FILE} to the path of that {_HF_FILES[0]} file, "
+        "of an evotune backbone checkpoint, or to none for random initialisation")
+
+
+def _download_timm_weights(arch: str, hf_cache: str | os.PathLike | None) -> Path:
+    """Download ``arch``'s default pretrained weights through the Hugging Face hub into its cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo = timm_spec(arch).imagenet_weights
+    last: Exception | None = None
+    for filename in _HF_FILES:
+        try:
+            return Path(hf_hub_download(repo, filename, cache_dir=_hf_cache(hf_cache)))
+        except EntryNotFoundError as exc:
+            last = exc
+        except Exception as exc:  # noqa: BLE001 - network, offline, gated repo: one message
+            raise BackboneWeightsError(
+                f"Pretrained weights of {arch}: the download of {filename} from the Hugging Face repo {repo} failed "
+                f"({type(exc).__name__}: {exc}). Run again when the hub answers, or see the offline advice of "
+                f"`kedro run` with EVOTUNE_OFFLINE=1.") from exc
+    raise BackboneWeightsError(f"Pretrained weights of {arch}: the Hugging Face repo {repo} has none of "
+                               f"{', '.join(_HF_FILES)} ({last}).")
 
 
 def _check_size(model: nn.Module) -> torch.Tensor:
@@ -338,7 +374,7 @@ def build_timm(
     """A :class:`StagedModel` of ``timm/<model_name>`` (CPU, training mode), its head for ``num_classes``.
 
     ``weights``: None / ``"none"``: timm's random init; ``"imagenet"``: the default pretrained weights
-    from the local Hugging Face hub cache (``hf_cache`` or ``HF_HUB_CACHE``); a path ending in
+    from the Hugging Face hub cache (``hf_cache`` or ``HF_HUB_CACHE``), downloaded there when missing; a path ending in
     ``.safetensors`` / ``.pth`` / ``.bin``: a timm weights file. ``timm_kwargs`` go to
     ``timm.create_model`` (e.g. ``img_size``, ``depth`` for a small variant).
     """
@@ -348,10 +384,12 @@ def build_timm(
         model = _create(arch, num_classes, timm_kwargs)
     else:
         if kind.strip().lower() == "imagenet":
-            problem = timm_weights_problem(arch, hf_cache)
-            if problem is not None:
-                raise BackboneWeightsError(problem)
             path = timm_weights_file(arch, hf_cache)
+            if path is None:
+                problem = timm_weights_problem(arch, hf_cache)
+                if problem is not None:
+                    raise BackboneWeightsError(problem)
+                path = _download_timm_weights(arch, hf_cache)
         else:
             path = Path(os.path.expanduser(kind))
             if not path.is_file():
@@ -365,3 +403,62 @@ def build_timm(
     staged = staged_from_timm(arch, model, check_input=_check_size(model) if check else None)
     staged.timm_kwargs = dict(timm_kwargs or {})
     return staged
+
+
+# --------------------------------------------------------------------------------------
+# Export: back to a plain timm model
+# --------------------------------------------------------------------------------------
+_STAGE_KEY = re.compile(r"stages\.(\d+)\.(.+)")
+
+
+def timm_description(model: StagedModel) -> dict[str, Any]:
+    """How to build ``model``'s bare timm model, as plain JSON-ready values:
+    ``{"model_name", "num_classes", "kwargs" (the create_model options of a variant), "python"
+    (the one-line expression)}``; :func:`timm_from_description` builds it."""
+    name = _model_name(model.arch)
+    kwargs = {str(k): v for k, v in dict(getattr(model, "timm_kwargs", None) or {}).items()}
+    shown = [json.dumps(name), f"num_classes={int(model.num_classes)}"] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return {"model_name": name, "num_classes": int(model.num_classes), "kwargs": kwargs,
+            "python": f"timm.create_model({', '.join(shown)})"}
+
+
+def timm_from_description(description: Mapping[str, Any]) -> nn.Module:
+    """The timm model a :func:`timm_description` names (timm's random init, CPU, training mode;
+    on the current default device: wrap in ``torch.device("meta")`` to skip allocation)."""
+    return _create(TIMM_PREFIX + str(description["model_name"]), int(description["num_classes"]),
+                   description.get("kwargs"))
+
+
+def timm_state_dict(model: StagedModel) -> OrderedDict[str, Tensor]:
+    """``model``'s weights keyed as its timm model expects (contiguous CPU copies, in timm's key
+    order): ``timm.create_model(name, num_classes=K, **kwargs).load_state_dict(..., strict=True)``
+    accepts it. A stage holds the timm model's modules under their timm names, so a key is the
+    staged key without its ``stages.<i>.`` prefix; the keys and shapes are checked against a
+    fresh timm model of the same name, classes and options."""
+    state = model.state_dict()
+    renamed: dict[str, str] = {}
+    for key in state:
+        m = _STAGE_KEY.fullmatch(key)
+        if m is None or m.group(2) in renamed:
+            raise ValueError(f"{model.arch}: the staged key {key!r} has no unique timm counterpart")
+        renamed[m.group(2)] = key
+    with torch.device("meta"):
+        fresh = timm_from_description(timm_description(model)).state_dict()
+    differ = sorted(set(fresh) ^ set(renamed))
+    if differ:
+        raise ValueError(f"{model.arch}: the model's keys differ from a fresh timm model's (e.g. {differ[:3]}); "
+                         "was it modified (e.g. LoRA surgery)?")
+    out: OrderedDict[str, Tensor] = OrderedDict()
+    for key, ref in fresh.items():
+        t = state[renamed[key]]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ValueError(f"{model.arch}: {key} has shape {tuple(t.shape)}, a fresh timm model's {tuple(ref.shape)}")
+        out[key] = t.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def to_timm(model: StagedModel) -> nn.Module:
+    """A plain timm model (CPU) holding ``model``'s weights, in ``model``'s train/eval mode."""
+    plain = timm_from_description(timm_description(model))
+    plain.load_state_dict(timm_state_dict(model), strict=True)
+    return plain.train(model.training)

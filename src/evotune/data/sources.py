@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from ..downloads import offline
 from .errors import DataSourceError
 
 log = logging.getLogger(__name__)
@@ -374,6 +375,28 @@ TORCHVISION_DATASETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: where torchvision downloads a dataset from, for those whose URL is no public attribute of its class
+_DOWNLOAD_URLS = {
+    "Flowers102": "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/102flowers.tgz",
+    "FGVCAircraft": "https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
+    "DTD": "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+}
+
+
+def torchvision_download_url(name: str) -> str | None:
+    """The URL torchvision downloads the dataset ``name`` from (its first file), or None."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name, None)
+    if name in ("MNIST", "FashionMNIST") and cls is not None:
+        return cls.mirrors[0] + cls.resources[0][0]
+    if name in ("USPS", "SVHN") and cls is not None:
+        return cls.split_list["train"][0]
+    if name in ("CIFAR10", "CIFAR100", "STL10") and cls is not None:
+        return cls.url
+    return _DOWNLOAD_URLS.get(name)
+
+
 class TorchvisionSource(ImageSource):
     kind = "torchvision"
 
@@ -407,12 +430,13 @@ class TorchvisionSource(ImageSource):
         cls = getattr(tvd, self.name)
         kwargs = {**self.spec["splits"][split], **self.options}
         layout = self.spec["layout"].replace("<root>", str(self.root))
-        if not self.download and not self.root.exists():
+        download = self.download and not offline()  # EVOTUNE_OFFLINE=1: torchvision does not try the network
+        if not download and not self.root.exists():
             raise DataSourceError(self._missing_message(layout, f"the folder {self.root} does not exist"))
-        if self.download:
+        if download:
             self.root.mkdir(parents=True, exist_ok=True)
         try:
-            ds = cls(str(self.root), download=self.download, **kwargs)
+            ds = cls(str(self.root), download=download, **kwargs)
         except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError, OSError, URLError, ...
             cause = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise DataSourceError(self._missing_message(layout, cause)) from exc
@@ -420,11 +444,26 @@ class TorchvisionSource(ImageSource):
         return ds
 
     def _missing_message(self, layout: str, cause: str) -> str:
+        if self.download and "corrupted" in cause:  # torchvision's MD5 check of a downloaded file
+            return (
+                f"torchvision {self.name}: a file downloaded into root '{self.root}' ({self.prefix}.root) is corrupt "
+                f"or truncated: its MD5 differs from torchvision's ({cause}). It is never used: run again to download "
+                f"it again, or copy the files in by hand so that torchvision finds {layout}."
+            )
+        url = torchvision_download_url(self.name) or "its files"
+        if self.download and offline():
+            return (
+                f"torchvision {self.name} was not found in root '{self.root}' ({self.prefix}.root) ({cause}), and "
+                f"this run is switched offline (EVOTUNE_OFFLINE or HF_HUB_OFFLINE is set), so it cannot download "
+                f"it: on a machine with internet download {url} and copy the extracted files so that torchvision "
+                f"finds {layout}."
+            )
         if self.download:
             return (
                 f"torchvision {self.name}: could not download or open it in root '{self.root}' "
                 f"({self.prefix}.root) ({cause}). {self.prefix}.download: true needs internet access; offline, "
-                f"copy the files in by hand so that torchvision finds {layout}, and set download: false."
+                f"download {url} on a machine with internet and copy the extracted files so that torchvision "
+                f"finds {layout}."
             )
         return (
             f"torchvision {self.name} was not found in root '{self.root}' ({self.prefix}.root; "

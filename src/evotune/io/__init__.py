@@ -2,8 +2,8 @@
 
 from .links import NewestVersionLinksDataset
 from .study_store import StudyStoreDataset
-from .torch_dataset import SafetensorsDataset, TorchDataset, TorchExportDataset
+from .torch_dataset import ArchiveNotWritten, SafetensorsDataset, TorchDataset, TorchExportDataset
 from .typed import TypedJSONDataset, TypedTorchDataset
 
-__all__ = ["NewestVersionLinksDataset", "SafetensorsDataset", "StudyStoreDataset", "TorchDataset", "TorchExportDataset",
-           "TypedJSONDataset", "TypedTorchDataset"]
+__all__ = ["ArchiveNotWritten", "NewestVersionLinksDataset", "SafetensorsDataset", "StudyStoreDataset", "TorchDataset",
+           "TorchExportDataset", "TypedJSONDataset", "TypedTorchDataset"]

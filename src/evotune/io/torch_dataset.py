@@ -10,6 +10,7 @@ plain containers (dicts, lists, strings, numbers and tensors), which lets ``load
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -148,14 +149,27 @@ class SafetensorsDataset(_BytesDataset):
         return load(raw)
 
 
+@dataclass(frozen=True)
+class ArchiveNotWritten:
+    """What :class:`TorchExportDataset` saves in place of a program when ``torch.export`` could not
+    capture the model: a short text file saying why (``torch.export.load`` refuses it), loaded back
+    as this object. The versioned entry keeps one file per version, so the export's files stay together."""
+
+    reason: str
+
+    MARKER = b"evotune: no torch.export archive\n"
+
+
 class TorchExportDataset(_BytesDataset):
     """A ``torch.export.ExportedProgram`` saved with ``torch.export.save`` (a ``.pt2``
     archive: graph, weights and constants; loaded with ``torch.export.load``, no Python
-    source of the model needed)."""
+    source of the model needed), or an :class:`ArchiveNotWritten`."""
 
     _what = "torch.export archive"
 
     def _encode(self, data: Any) -> bytes:
+        if isinstance(data, ArchiveNotWritten):
+            return ArchiveNotWritten.MARKER + data.reason.encode() + b"\n"
         if not isinstance(data, torch.export.ExportedProgram):
             raise DatasetError(f"TorchExportDataset saves a torch.export.ExportedProgram, got {type(data).__name__}.")
         buffer = io.BytesIO()
@@ -163,4 +177,6 @@ class TorchExportDataset(_BytesDataset):
         return buffer.getvalue()
 
     def _decode(self, raw: bytes) -> Any:
+        if raw.startswith(ArchiveNotWritten.MARKER):
+            return ArchiveNotWritten(raw[len(ArchiveNotWritten.MARKER):].decode().strip())
         return torch.export.load(io.BytesIO(raw))

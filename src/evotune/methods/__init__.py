@@ -10,6 +10,7 @@
 name                      kind     module
 ========================  =======  ==============================================
 full_finetune             plan     :mod:`.full_finetune`
+from_scratch              plan     :mod:`.from_scratch` (a reference row: random weights)
 linear_probe              plan     :mod:`.linear_probe`
 surgical                  plan     :mod:`.surgical` (variants: one per block)
 auto_rgn                  plan     :mod:`.auto_rgn`
@@ -18,6 +19,9 @@ lora                      plan     :mod:`.lora`
 deft                      search   :mod:`.deft`
 random_search             search   :mod:`.random_search`
 tpe                       search   :mod:`.tpe`
+nsga2                     search   :mod:`.nsga2` (two objectives: val accuracy, trainable share)
+biotune_confirmed         pick     BioTune's search, ``confirm.rule`` confirmed (:mod:`evotune.search.confirm`)
+biotune_parsimonious      pick     BioTune's search, ``confirm.rule`` parsimonious
 ========================  =======  ==============================================
 """
 
@@ -27,15 +31,31 @@ from typing import Any
 
 from ..errors import ParameterError
 from ..params import check_type, require, section
-from . import auto_rgn, deft, full_finetune, linear_probe, lora, random_search, sp_regularization, surgical, tpe
+from . import (
+    auto_rgn,
+    deft,
+    from_scratch,
+    full_finetune,
+    linear_probe,
+    lora,
+    nsga2,
+    random_search,
+    sp_regularization,
+    surgical,
+    tpe,
+)
 from .base import (
     Budget,
+    GenomeShare,
     Method,
+    PickMethod,
     PlanMethod,
     SearchMethod,
     SearchOutcome,
+    block_parameter_counts,
     evaluation_chunk,
     generation_equivalent,
+    mask_share,
     trainable_parameters,
 )
 
@@ -43,6 +63,7 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         full_finetune.METHOD,
+        from_scratch.METHOD,
         linear_probe.METHOD,
         surgical.METHOD,
         auto_rgn.METHOD,
@@ -52,6 +73,11 @@ METHODS: dict[str, Method] = {
         deft.METHOD,
         random_search.METHOD,
         tpe.METHOD,
+        nsga2.METHOD,
+        PickMethod("biotune_confirmed", "BioTune's search; its top confirm.top_k genomes trained again on every chunk "
+                   "with confirm.seeds, the best confirmed picked", {}, rule="confirmed"),
+        PickMethod("biotune_parsimonious", "BioTune's search; among its confirmed top genomes not significantly worse "
+                   "than the best, the fewest trainable parameters", {}, rule="parsimonious"),
     )
 }
 
@@ -60,6 +86,7 @@ BIOTUNE = "biotune"
 
 PLAN_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, PlanMethod))
 SEARCH_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, SearchMethod))
+PICK_METHODS = tuple(n for n, m in METHODS.items() if isinstance(m, PickMethod))
 
 
 def get_method(name: str, parameter: str = "compare.methods") -> Method:
@@ -98,6 +125,9 @@ def check_compare_params(compare: dict[str, Any], population: int | None = None)
     seeds = check(lambda: check_type(require(compare, "seeds", "compare"), list[int], "compare.seeds"))
     if seeds is not None and not seeds:
         problems.append("compare.seeds must list at least one seed")
+    budgets = check(lambda: check_type(require(compare, "budgets", "compare"), list[float], "compare.budgets"))
+    if budgets is not None and (not budgets or any(not 0.0 < float(b) <= 1.0 for b in budgets)):
+        problems.append(f"compare.budgets must list fractions in (0, 1] of BioTune's evaluations, got {budgets}")
     resamplings = check(lambda: check_type(require(compare, "resamplings", "compare"), int, "compare.resamplings"))
     if resamplings is not None and resamplings < 1:
         problems.append(f"compare.resamplings must be at least 1 (1 = the run's split only), got {resamplings}")
@@ -108,16 +138,21 @@ def check_compare_params(compare: dict[str, Any], population: int | None = None)
 __all__ = [
     "BIOTUNE",
     "METHODS",
+    "PICK_METHODS",
     "PLAN_METHODS",
     "SEARCH_METHODS",
     "Budget",
+    "GenomeShare",
     "Method",
+    "PickMethod",
     "PlanMethod",
     "SearchMethod",
     "SearchOutcome",
+    "block_parameter_counts",
     "check_compare_params",
     "evaluation_chunk",
     "generation_equivalent",
     "get_method",
+    "mask_share",
     "trainable_parameters",
 ]

@@ -61,17 +61,17 @@ def relative_gradient_norms(model: StagedModel, params: list[torch.Tensor], batc
         for aux in model.aux_logits:
             loss = loss + aux_loss_weight * F.cross_entropy(aux.float(), y)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        with torch.no_grad():  # on the device, one transfer at the end
+        with torch.no_grad():  # on the device, one transfer per batch
             ratios = torch.stack([
                 torch.zeros((), device=p.device) if g is None
                 else g.float().norm() / p.float().norm().clamp_min(1e-12)
                 for p, g in zip(params, grads)
             ]) if params else torch.zeros(0)
-        sums = ratios.double() if sums is None else sums + ratios.double()
+        ratios = ratios.to("cpu", torch.float64)  # summed in float64 on the CPU (Apple's MPS has no float64)
+        sums = ratios if sums is None else sums + ratios
         seen += 1
     if seen == 0:
         raise ValueError("auto_rgn: the training data yielded no batch to measure gradient norms on")
-    sums = sums.cpu()
     return sums / seen
 
 

@@ -39,8 +39,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..backbones import StagedModel
+from ..backbones import StagedModel, count_parameters
 from ..errors import ParameterError
+from ..genome import decode
 from ..params import check_type, missing_message
 from ..search.config import SearchConfig
 from ..search.evolution import EvalRequest
@@ -148,11 +149,23 @@ class SearchMethod(Method):
         evo: SearchConfig,
         *,
         n_chunks: int = 1,
+        block_params: Sequence[int] | None = None,
+        total_params: int | None = None,
         **params: Any,
     ) -> SearchOutcome:
+        """Run the search at BioTune's budget. ``block_params`` / ``total_params``: the parameter count of
+        each backbone block and of the whole model, for the trainable share of a genome (a multi-objective
+        search's second objective); by default counted on ``evaluate.trainer.model`` (a
+        :class:`~evotune.search.evaluator.GenomeEvaluator`'s model)."""
         p = self.resolve_params(params)
         seed = evo.seed if p.get("seed") is None else int(p["seed"])
-        budget = Budget(evaluate, evo, n_chunks)
+        if block_params is None and isinstance(getattr(getattr(evaluate, "trainer", None), "model", None),
+                                               StagedModel):
+            block_params, total_params = block_parameter_counts(evaluate.trainer.model)
+        share = None
+        if block_params is not None:
+            share = GenomeShare(list(block_params), total_params, evo.force_head_trainable)
+        budget = Budget(evaluate, evo, n_chunks, share=share)
         extra = self.run(budget, num_blocks, seed, **{k: v for k, v in p.items() if k != "seed"}) or {}
         if budget.remaining:
             raise RuntimeError(f"{self.name} stopped after {budget.used} of {budget.total} evaluations")
@@ -165,6 +178,16 @@ class SearchMethod(Method):
             rows=budget.rows,
             extra={**extra, "seed": seed},
         )
+
+
+@dataclass(frozen=True)
+class PickMethod(Method):
+    """BioTune's own search (``compare.biotune``) with another final pick (``confirm.rule`` ``rule``): its top
+    genomes confirmed on every chunk with ``confirm.seeds`` on each resampling (:mod:`evotune.search.confirm`),
+    the picked genome retrained and tested like BioTune's."""
+
+    rule: str = "confirmed"
+    kind: ClassVar[str] = "pick"
 
 
 # --------------------------------------------------------------------------- budget
@@ -189,8 +212,10 @@ class Budget:
     """
 
     def __init__(self, evaluate: Callable[[list[EvalRequest]], list[float]], evo: SearchConfig,
-                 n_chunks: int) -> None:
+                 n_chunks: int, share: GenomeShare | None = None) -> None:
         self.evaluate_fn = evaluate
+        #: a genome's trainable share (None when the model's parameter counts are not known)
+        self.share = share
         self.evo = evo
         self.n_chunks = max(int(n_chunks), 1)
         self.total = int(evo.evaluations)
@@ -234,6 +259,33 @@ class Budget:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def block_parameter_counts(model: StagedModel) -> tuple[list[int], int]:
+    """The parameter count of each block of ``model`` (head last) and of the whole model."""
+    return [count_parameters(model, [i]) for i in range(model.num_blocks)], count_parameters(model)
+
+
+def mask_share(mask: str, block_params: Sequence[int], total_params: int) -> float:
+    """The share of the model's parameters a block mask (``"001111"``, head last) trains: the parameters
+    of its blocks over all of the model's, the count the comparison's ``trainable_share`` of a genome uses."""
+    if len(mask) != len(block_params):
+        raise ValueError(f"mask {mask!r} has {len(mask)} blocks, the model {len(block_params)}")
+    return float(sum(n for c, n in zip(mask, block_params) if c == "1")) / float(total_params)
+
+
+@dataclass(frozen=True)
+class GenomeShare:
+    """``share(genes)``: the trainable share of a genome, decoded with the search's head policy."""
+
+    block_params: list[int]
+    total_params: int | None
+    force_head: bool
+
+    def __call__(self, genes) -> float:
+        total = self.total_params if self.total_params is not None else sum(self.block_params)
+        return mask_share(decode(genes, 1.0, force_head=self.force_head).mask, self.block_params, total)
+
 
 
 def trainable_parameters(model: StagedModel, plan: TrainingPlan) -> int:

@@ -14,6 +14,7 @@ FIGURE_FILES: dict[str, str] = {
     "training_curves": "training_curves.png",
     "confusion_matrix": "confusion_matrix.png",
     "search_fidelity": "search_fidelity.png",
+    "pareto_front": "pareto_front.png",
 }
 FIGURE_TITLES: dict[str, str] = {
     "fitness": "Fitness per generation",
@@ -23,6 +24,7 @@ FIGURE_TITLES: dict[str, str] = {
     "training_curves": "Training curves of the retrained best genome",
     "confusion_matrix": "Test confusion matrix",
     "search_fidelity": "Search fidelity: search score vs test macro accuracy",
+    "pareto_front": "Accuracy vs cost: the Pareto front of the search",
 }
 #: title of the comparison's figure (``compare_figure``), which the report links when ``compare`` has run
 COMPARE_FIGURE_TITLE = "Comparison: test macro accuracy vs trainable parameters"
@@ -31,6 +33,7 @@ COMPARE_FIGURE_TITLE = "Comparison: test macro accuracy vs trainable parameters"
 METHOD_LABELS: dict[str, str] = {
     "biotune": "BioTune",
     "full_finetune": "Full fine-tuning",
+    "from_scratch": "From scratch",
     "linear_probe": "Linear probing",
     "surgical": "Surgical fine-tuning",
     "auto_rgn": "Auto-RGN",
@@ -40,6 +43,9 @@ METHOD_LABELS: dict[str, str] = {
     "deft": "DEFT",
     "random_search": "Random search",
     "tpe": "TPE",
+    "nsga2": "NSGA-II",
+    "biotune_confirmed": "BioTune (confirmed pick)",
+    "biotune_parsimonious": "BioTune (parsimonious pick)",
 }
 
 

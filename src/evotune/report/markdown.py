@@ -202,6 +202,66 @@ def comparison_section(compare_links: Mapping[str, Mapping[str, str] | None]) ->
     return out
 
 
+def pareto_section(table: pd.DataFrame, figure_path: str | None, best_genome: GenomeRecord) -> list[str]:
+    """The accuracy-versus-cost front of the search (:mod:`evotune.report.pareto`): its genomes in a table,
+    the chosen one marked, the figure, and where optuna-dashboard shows it."""
+    from .pareto import front_markdown, front_study_name
+
+    out = ["## Accuracy versus cost: the Pareto front", ""]
+    if not len(table):
+        return out + ["No valid evaluation: no front.", ""]
+    chosen = table[table["chosen"]]
+    where = ("on the share front" if len(chosen) and bool(chosen["on_share_front"].iloc[0])
+             else "not on the share front" if len(chosen) else "not among the evaluations")
+    out.append(
+        f"{len(table)} valid evaluations; {int(table['on_share_front'].sum())} on the front of validation macro "
+        f"accuracy against trainable share, {int(table['on_time_front'].sum())} on the front against training "
+        f"time. The chosen genome `{best_genome.key}` is {where}. Validation accuracies are on each evaluation's "
+        "search chunk (mean over the search seeds), so genomes judged on other chunks are not strictly comparable.")
+    out.append("")
+    if best_genome.storage:
+        out.append(f"optuna-dashboard shows the front: study `{front_study_name(best_genome.study_name)}` in "
+                   f"`{best_genome.storage}` (three objectives).")
+        out.append("")
+    out.append(front_markdown(table))
+    out.append("")
+    if figure_path:
+        out += [f"Figure: [{FIGURE_TITLES['pareto_front']}]({figure_path}) (under Figures below).", ""]
+    return out
+
+
+def confirmation_section(picked: GenomeRecord, table: pd.DataFrame | None) -> list[str]:
+    """How the retrained genome was picked (``confirm.rule``, :mod:`evotune.search.confirm`), the confirmed genomes
+    and the confirmation's cost."""
+    rule = picked.pick_rule or "best"
+    out = ["## The final pick", ""]
+    if rule == "best" or table is None or not len(table):
+        out += [f"Rule `best` (`confirm.rule`, the paper's): the search's best genome `{picked.key}` is retrained; "
+                "no confirmation (`confirm.rule confirmed` or `parsimonious` trains the search's top genomes again "
+                "on every search chunk with more seeds).", ""]
+        return out
+    n_chunks = len(table["val_accs"].iloc[0]) if len(table) else 0
+    out.append(
+        f"Rule `{rule}` (`confirm.rule`): the search's {len(table)} best distinct genomes trained again on every "
+        f"search chunk with the confirmation seeds ({n_chunks} trainings each); picked `{picked.key}` (mask "
+        f"`{picked.mask}`), the search's best being `{picked.search_best_key}`. Cost: "
+        f"{int(picked.confirm_trainings or 0)} trainings, {format_duration(picked.confirm_seconds or 0.0)}, beside the "
+        f"search's {picked.trainings} trainings and {format_duration(picked.search_seconds)}.")
+    out.append("")
+    rows = []
+    for r in table.itertuples():
+        diff = "" if pd.isna(r.diff_to_best) else (
+            f"{100 * r.diff_to_best:+.2f}" + ("" if pd.isna(r.diff_low) else
+                                               f" [{100 * r.diff_low:+.2f}, {100 * r.diff_high:+.2f}]"))
+        rows.append([f"`{r.key}`", int(r.search_rank), f"`{r.mask}`", _pct(1.0 - float(r.search_fitness)),
+                     _pct(r.confirmed_val_acc), diff, _pct(r.trainable_share, 1), "yes" if r.not_worse else "no",
+                     "**picked**" if r.picked else ""])
+    out.append(markdown_table(["genome", "search rank", "mask", "search val acc (%)", "confirmed val acc (%)",
+                               "diff to confirmed best (pp, 95 % CI)", "trainable (%)", "not worse", ""], rows))
+    out.append("")
+    return out
+
+
 def markdown_report(
     best_genome: GenomeRecord,
     summary: pd.DataFrame,
@@ -210,6 +270,8 @@ def markdown_report(
     figure_paths: Mapping[str, str],
     fidelity: FidelitySummary | None = None,
     compare_links: Mapping[str, Mapping[str, str] | None] | None = None,
+    pareto: pd.DataFrame | None = None,
+    confirmation: pd.DataFrame | None = None,
 ) -> str:
     """The report a reader opens first (markdown).
 
@@ -217,6 +279,9 @@ def markdown_report(
     name) to its path relative to the report; the figures are linked in that order.
     ``fidelity``: the search-fidelity measurement (its section; none without it).
     ``compare_links``: the comparison's files (:func:`comparison_section`; no section without it).
+    ``pareto``: the search's accuracy-versus-cost front (:func:`pareto_section`; no section without it).
+    ``confirmation``: the confirmation stage's table (:func:`confirmation_section`; with ``best_genome`` the
+    picked genome, its section whenever the record says how it was picked).
     """
     tm = test_metrics
     arch = best_genome.arch
@@ -264,6 +329,8 @@ def markdown_report(
     out.append("")
     out.append(_best_genome_table(best_genome))
     out.append("")
+    if best_genome.pick_rule is not None:
+        out += confirmation_section(best_genome, confirmation)
 
     # search settings and cost
     gens = summary["generation"].astype(int) if len(summary) else pd.Series(dtype=int)
@@ -304,6 +371,9 @@ def markdown_report(
     out.append("")
     out.append(_per_seed_table(test_metrics_per_seed))
     out.append("")
+
+    if pareto is not None:
+        out += pareto_section(pareto, figure_paths.get("pareto_front"), best_genome)
 
     if fidelity is not None:
         out += fidelity_section(fidelity, figure_paths.get("search_fidelity"))

@@ -1,6 +1,6 @@
 """What a search writes: the best genome (:class:`GenomeRecord`) and its tables.
 
-One builder each, for BioTune and for the search baselines (DEFT, random search, TPE):
+One builder each, for BioTune and for the search baselines (DEFT, random search, TPE, NSGA-II):
 
 * :func:`genome_record` -> ``best_genome`` / ``compare.<method>.best_genome``
   (a typed artifact, stored as JSON by :class:`evotune.io.TypedJSONDataset`);
@@ -57,10 +57,19 @@ class GenomeRecord(Artifact):
     genotype: list[float] | None = None  # DEFT: the best individual's genotype
     de_generations: int | None = None  # DEFT: differential-evolution generations run
     n_startup_trials: int | None = None  # TPE: random trials before the model
+    population_size: int | None = None  # NSGA-II: its population
+    front_size: int | None = None  # NSGA-II: genomes on its final Pareto front (val acc vs trainable share)
+    # the confirmation stage (evotune.search.confirm; picked_genome): the rule that picked this genome, the
+    # search's own best, and what the confirmation cost and measured
+    pick_rule: str | None = None
+    search_best_key: str | None = None
+    confirm_trainings: int | None = None
+    confirm_seconds: float | None = None
+    confirmed_val_acc: float | None = None
 
 
 #: what a search baseline's outcome may add to its record (``SearchOutcome.extra``)
-BASELINE_EXTRAS = ("seed", "genotype", "de_generations", "n_startup_trials")
+BASELINE_EXTRAS = ("seed", "genotype", "de_generations", "n_startup_trials", "population_size", "front_size")
 
 
 def genome_record(genes, *, fitness: float, key: str, backbone: dict, block_names: list[str], base_lr: float,

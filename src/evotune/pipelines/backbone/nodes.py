@@ -13,6 +13,8 @@ from ...backbones import (
     BackboneCheckpoint,
     build_model,
     get_arch,
+    imagenet_variant,
+    is_weights_url,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
@@ -31,7 +33,7 @@ class BackboneParams:
     """The ``backbone`` parameters (conf/base/parameters_backbone.yml)."""
 
     arch: str
-    weights: str  # source | imagenet | none | <checkpoint path>
+    weights: str  # source | imagenet | IMAGENET1K_V1 | IMAGENET1K_V2 | DEFAULT | <URL> | none | <checkpoint path>
     head_seed: int
     torch_home: str | None
     num_classes: int | None
@@ -100,16 +102,17 @@ def backbone_from_source(source_model: BackboneCheckpoint, target_train: Split, 
 
 
 def load_pretrained_backbone(target_train: Split, backbone_params: dict, data_params: dict) -> BackboneCheckpoint:
-    """``backbone.weights``: ``imagenet`` (torchvision, from the local torch cache), ``none``
-    (random init), or the path of a checkpoint file written by this project."""
+    """``backbone.weights``: ``imagenet`` or a torchvision enum member name (``IMAGENET1K_V1``, ...;
+    torchvision, from the torch hub cache, downloaded there on first use), the URL of a torchvision-format
+    file, ``none`` (random init), or the path of a checkpoint file written by this project."""
     bp = BackboneParams.from_params(backbone_params)
     arch_name = bp.arch
     spec = get_arch(arch_name)
     weights = bp.weights
     n = target_num_classes(target_train, bp)
-    if weights in ("imagenet", "none"):
+    if weights == "none" or imagenet_variant(weights) is not None or is_weights_url(weights):
         model = build_model(
-            arch_name, n, weights=None if weights == "none" else "imagenet",
+            arch_name, n, weights=None if weights == "none" else weights,
             torch_home=bp.torch_home,
         )
         replace_head(model, n, generator=_head_generator(bp))

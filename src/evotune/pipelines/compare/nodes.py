@@ -34,9 +34,11 @@ The pipeline holds only the methods of ``compare.methods``, and BioTune (see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 
 from ...data.resampling import SplitResamplings, has_official_test, make_resamplings, on_resampling
@@ -46,9 +48,13 @@ from ...evaluation import MethodMetrics, combine_resamplings, evaluate_variants
 from ...lineage import check_same_lineage, now
 from ...methods import BIOTUNE, SearchMethod, check_compare_params, get_method
 from ...params import check_type, require
+from ...report import budget as budgets
 from ...report import comparison as report
 from ...retraining import BestGenomes, TrainedMethod, retrain_config, retrain_search_method, retrain_seeds
 from ...retraining import train_plan_method as train_plan
+from ...search.config import SearchConfig
+from ...search.confirm import ConfirmConfig, run_confirmation
+from ...search.records import genome_record
 from ...search.runner import run_baseline, run_biotune
 from ...search.store import StudyStore
 from ...training import TrainConfig
@@ -196,6 +202,52 @@ def search_baseline(
                      compare_resamplings, compare_params, method)
 
 
+def confirm_searched_genomes(
+    backbone: dict,
+    target_train: Split,
+    target_val: Split,
+    target_test: Split,
+    compare_resamplings: SplitResamplings,
+    biotune_trials: pd.DataFrame,
+    biotune_genomes: BestGenomes,
+    compare_params: dict,
+    method_params: dict | None,
+    confirm_params: dict,
+    search_params: dict,
+    training_params: dict,
+    *,
+    method: str,
+) -> tuple[BestGenomes, pd.DataFrame]:
+    """BioTune's search on each resampling (``compare.biotune``'s trials and best genomes) with another final pick
+    (the method's ``confirm.rule``; ``confirm.top_k`` and ``confirm.seeds``): the picked genome of each resampling
+    (its record counts the confirmation's trainings in ``trainings``, so the table's cost includes them) and the
+    confirmation tables (with a ``resampling`` column)."""
+    check_compare_params(compare_params)
+    m = get_method(method)
+    m.resolve_params(method_params or {})
+    cfg = ConfirmConfig.from_params({**confirm_params, "rule": m.rule})
+    stage = f"compare.{method}.confirm"
+    rerun = f"kedro run --pipelines compare (its {BIOTUNE} search and the {method} confirmation together)"
+    by_r = dict(zip(biotune_genomes.resamplings, biotune_genomes.genomes))
+    genomes, tables, rs = [], [], []
+    for r, bb, train, val, _ in _each_resampling(stage, backbone, target_train, target_val, target_test,
+                                                 compare_resamplings, compare_params):
+        if r not in by_r:
+            raise InputMismatchError(f"{stage}: {BIOTUNE}'s best_genomes has no genome for resampling {r}; nothing "
+                                     f"was run. Make them again together: {rerun}.")
+        best = by_r[r]
+        check_same_lineage(stage, "dataset", {"target_train": train, "best_genome": best}, rerun)
+        check_same_lineage(stage, "backbone_id", {"backbone": bb, "best_genome": best}, rerun)
+        trials = biotune_trials[biotune_trials["resampling"] == r]
+        table, picked = run_confirmation(bb, train, val, trials, best, cfg, search_params, training_params)
+        genomes.append(dataclasses.replace(picked, method=method,
+                                           trainings=int(picked.trainings) + int(picked.confirm_trainings or 0)))
+        tables.append(table.assign(resampling=r))
+        rs.append(r)
+    return (BestGenomes(method=method, resamplings=rs, genomes=genomes),
+            pd.concat(tables, ignore_index=True))
+
+
 def retrain_searched_genome(
     backbone: dict,
     target_train: Split,
@@ -251,6 +303,107 @@ def evaluate_method(backbone: dict, trained: list[TrainedMethod], target_train: 
         metrics, per_seed = evaluate_variants(bb, t, test, cfg)
         tested.append((r, test.dataset, metrics, per_seed))
     return combine_resamplings(tested, compare_resamplings.dataset)
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def _budgets(compare_params: dict) -> list[float]:
+    return [float(b) for b in check_type(require(compare_params, "budgets", "compare"), list[float], "compare.budgets")]
+
+
+def evaluate_budgets(
+    backbone: dict,
+    target_train: Split,
+    target_val: Split,
+    target_test: Split,
+    compare_resamplings: SplitResamplings,
+    search_trials: pd.DataFrame,
+    best_genomes: BestGenomes,
+    metrics: MethodMetrics,
+    compare_params: dict,
+    search_params: dict,
+    training_params: dict,
+    retrain_params: dict,
+    *,
+    method: str,
+) -> pd.DataFrame:
+    """On each resampling, the search's best-so-far genome at each of ``compare.budgets`` (fractions of BioTune's
+    evaluations) retrained and tested exactly as its final genome (:mod:`evotune.report.budget`); where it is the
+    final genome (100 % included) the method's own test (``metrics``) is reused, nothing retrained."""
+    check_compare_params(compare_params)
+    fractions = _budgets(compare_params)
+    evo = SearchConfig.from_params(search_params)
+    cfg = retrain_config(training_params, retrain_params)
+    test_cfg = TrainConfig.from_params(training_params)
+    seeds = _seeds(compare_params)
+    stage = f"compare.{method}.budget"
+    rerun = f"kedro run --pipelines compare (its {method} search, retrain, test and budget together)"
+    by_r = dict(zip(best_genomes.resamplings, best_genomes.genomes))
+    tested = {rm.resampling: rm for rm in metrics.resamplings}
+    rows = []
+    for r, bb, train, val, test in _each_resampling(stage, backbone, target_train, target_val, target_test,
+                                                    compare_resamplings, compare_params):
+        if r not in by_r or r not in tested or "resampling" not in search_trials.columns:
+            raise InputMismatchError(f"{stage}: no search, genome or test for resampling {r}; nothing was run. "
+                                     f"Make them again together: {rerun}.")
+        final, full = by_r[r], tested[r]
+        check_same_lineage(stage, "dataset", {"target_train": train, "best_genome": final}, rerun)
+        trials = budgets.in_request_order(search_trials[search_trials["resampling"] == r])
+        names = [c for c in trials.columns if c.startswith("gene_")]
+        for b in fractions:
+            n = budgets.budget_evaluations(len(trials), b)
+            best = budgets.best_so_far(trials, n)
+            if best is None:
+                continue
+            genes = [float(best[c]) for c in names]
+            # all of the budget: the method's final genome, whatever tie the trials' order would break otherwise
+            same = b >= 1.0 or (str(best["key"]) == final.key and np.allclose(genes, final.genes))
+            if same:
+                accs, mask, key = list(full.macro_accuracy), final.mask, final.key
+            else:
+                fresh = genome_record(genes, fitness=float(best["fitness"]), key=str(best["key"]), backbone=bb,
+                                      block_names=list(final.block_names), base_lr=cfg.base_lr,
+                                      force_head=final.force_head_trainable, study_name=final.study_name,
+                                      storage=final.storage, evaluations=n, trainings=0, device=final.device,
+                                      search_seconds=0.0, created=now())
+                record = dataclasses.replace(final, **{f: getattr(fresh, f) for f in (
+                    "genes", "threshold", "mask", "block_lrs", "lr_multipliers", "fitness", "key", "evaluations")})
+                trained = retrain_search_method(bb, train, val, record, method, seeds, cfg)
+                tested_b, per_seed = evaluate_variants(bb, trained, test, test_cfg)
+                accs, mask, key = [float(a) for a in per_seed["macro_accuracy"]], record.mask, record.key
+            searched = budgets.search_trainings(trials, n, len(evo.seeds))
+            rows.append({"method": method, "resampling": r, "budget": float(b), "evaluations": n,
+                         "search_trainings": searched, "trainings": searched + len(seeds), "key": key, "mask": mask,
+                         "retrained": not same, "seeds": list(seeds), "macro_accuracy": accs,
+                         "macro_accuracy_mean": float(np.mean(accs))})
+            log.info("%s: %.0f %% of the budget (%d evaluations): genome %s (mask %s) tests at %.4f%s", stage,
+                     100 * b, n, key, mask, float(np.mean(accs)), "" if not same else " (the final genome)")
+    return pd.DataFrame(rows, columns=budgets.BUDGET_COLUMNS)
+
+
+def budget_table(compare_params: dict, *budget_metrics_and_reference) -> pd.DataFrame:
+    """Every search method's test macro accuracy at each budget, with its 95 % CI over the resamplings and the
+    trainings spent; full fine-tuning's metrics, when compared (the last input), are the budget-1 reference."""
+    check_compare_params(compare_params)
+    frames = [x for x in budget_metrics_and_reference if isinstance(x, pd.DataFrame)]
+    ref = next((x for x in budget_metrics_and_reference if isinstance(x, MethodMetrics)), None)
+    reference = None
+    if ref is not None:
+        reference = {"method": ref.method, "trainings": len(_seeds(compare_params)),
+                     "scores": {rm.resampling: rm.macro_accuracy_mean for rm in ref.resamplings}}
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=budgets.BUDGET_COLUMNS)
+    return budgets.budget_table(rows, reference)
+
+
+def budget_markdown(table: pd.DataFrame) -> str:
+    """The budget table as markdown."""
+    return budgets.budget_markdown(table)
+
+
+def budget_figure(table: pd.DataFrame):
+    """Test macro accuracy against trainings, one line per search method through its budgets."""
+    return budgets.budget_figure(table)
 
 
 # --------------------------------------------------------------------------- table and figure

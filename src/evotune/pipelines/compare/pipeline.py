@@ -9,8 +9,12 @@ Templates (datasets below are named inside the namespace, e.g. ``compare.lora.me
 node loops over the resamplings:
 
 * plan methods:   ``train`` -> ``trained`` ; ``test`` -> ``metrics``, ``metrics_per_seed``
+* BioTune's pick rules (``biotune_confirmed``, ``biotune_parsimonious``): ``confirm`` (reads
+  ``compare.biotune.search_trials`` and ``compare.biotune.best_genomes``) -> ``best_genomes``, ``confirmation`` ;
+  ``retrain`` -> ``trained`` ; ``test`` -> ``metrics``, ``metrics_per_seed``
 * search methods and BioTune: ``search`` -> ``search_trials``, ``best_genomes`` ; ``retrain`` -> ``trained`` ;
-  ``test`` -> ``metrics``, ``metrics_per_seed``
+  ``test`` -> ``metrics``, ``metrics_per_seed`` ; ``budget`` -> ``budget_metrics`` (the best-so-far genome at
+  each of ``compare.budgets``, retrained and tested)
 
 Each namespace reads its own parameters ``params:compare.<method>`` (mapped to the template's
 ``params:method``; BioTune has none: its search is ``search``) and the shared ``params:compare``
@@ -18,7 +22,9 @@ Each namespace reads its own parameters ``params:compare.<method>`` (mapped to t
 The free inputs ``backbone``, ``target_train``, ``target_val``, ``target_test``, ``target_index``,
 ``search_study_store`` are shared. Then the nodes ``compare.table`` -> ``compare_table`` (every
 method's ``metrics``), ``compare.table_markdown`` -> ``compare_table_markdown`` and
-``compare.figure`` -> ``compare_figure``.
+``compare.figure`` -> ``compare_figure``; ``compare.budget_table`` -> ``compare_budget_table`` (every search's
+``budget_metrics``, full fine-tuning's ``metrics`` as the budget-1 reference when compared),
+``compare.budget_table_markdown`` and ``compare.budget_figure``.
 
 The pipeline holds only the methods it is built for (and BioTune): the registry builds it from
 the run's ``compare.methods`` (see :mod:`evotune.pipeline_registry`), so a run trains and writes
@@ -32,11 +38,16 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from ...methods import BIOTUNE, METHODS, PLAN_METHODS, SEARCH_METHODS
+from ...methods import BIOTUNE, METHODS, PICK_METHODS, PLAN_METHODS, SEARCH_METHODS
 from .nodes import (
+    budget_figure,
+    budget_markdown,
+    budget_table,
     comparison_figure,
     comparison_markdown,
     comparison_table,
+    confirm_searched_genomes,
+    evaluate_budgets,
     evaluate_method,
     resample_splits,
     retrain_searched_genome,
@@ -65,6 +76,13 @@ def _retrain_node(method: str) -> Node:
                 outputs="trained", name="retrain")
 
 
+def _budget_node(method: str) -> Node:
+    return Node(_bind(evaluate_budgets, method),
+                inputs=["backbone", *SPLITS, "search_trials", "best_genomes", "metrics", "params:compare",
+                        "params:search", "params:training", "params:retrain"],
+                outputs="budget_metrics", name="budget")
+
+
 def plan_template(method: str) -> Pipeline:
     return Pipeline([
         Node(_bind(train_plan_method, method),
@@ -82,6 +100,23 @@ def search_template(method: str) -> Pipeline:
              outputs=["search_trials", "best_genomes"], name="search"),
         _retrain_node(method),
         _test_node(),
+        _budget_node(method),
+    ])
+
+
+#: what a pick method reads of BioTune's own modular pipeline (template input -> BioTune's dataset)
+BIOTUNE_OUTPUTS = {"biotune_search_trials": f"compare.{BIOTUNE}.search_trials",
+                   "biotune_best_genomes": f"compare.{BIOTUNE}.best_genomes"}
+
+
+def pick_template(method: str) -> Pipeline:
+    return Pipeline([
+        Node(_bind(confirm_searched_genomes, method),
+             inputs=["backbone", *SPLITS, "biotune_search_trials", "biotune_best_genomes",
+                     "params:compare", "params:method", "params:confirm", "params:search", "params:training"],
+             outputs=["best_genomes", "confirmation"], name="confirm"),
+        _retrain_node(method),
+        _test_node(),
     ])
 
 
@@ -92,6 +127,7 @@ def biotune_template() -> Pipeline:
              outputs=["search_trials", "best_genomes"], name="search"),
         _retrain_node(BIOTUNE),
         _test_node(),
+        _budget_node(BIOTUNE),
     ])
 
 
@@ -111,12 +147,15 @@ def method_pipeline(method: str) -> Pipeline:
     """The namespaced modular pipeline of one method."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; valid methods are {', '.join(METHODS)}")
-    template = plan_template(method) if method in PLAN_METHODS else search_template(method)
-    shared = ("compare", "training", "retrain") + (("search",) if method in SEARCH_METHODS else ())
+    template = (plan_template(method) if method in PLAN_METHODS else pick_template(method) if method in PICK_METHODS
+                else search_template(method))
+    shared = ("compare", "training", "retrain") + (("search",) if method in SEARCH_METHODS else ()) + (
+        ("search", "confirm") if method in PICK_METHODS else ())
     return Pipeline(
         template,
         namespace=f"compare.{method}",
-        inputs=SHARED_INPUTS & set(template.inputs()),
+        inputs={**{i: i for i in SHARED_INPUTS & set(template.inputs())},
+                **{i: o for i, o in BIOTUNE_OUTPUTS.items() if i in template.inputs()}},
         parameters={"params:method": f"params:compare.{method}", **{f"params:{p}": f"params:{p}" for p in shared}},
         tags=["compare"],
     )
@@ -144,6 +183,15 @@ def create_pipeline(methods: Iterable[str] | None = None, **kwargs) -> Pipeline:
                  name="table_markdown", namespace="compare"),
             Node(comparison_figure, inputs="compare_table", outputs="compare_figure", name="figure",
                  namespace="compare"),
+            Node(budget_table,
+                 inputs=["params:compare", *[f"compare.{m}.budget_metrics" for m in (BIOTUNE, *methods)
+                                             if m == BIOTUNE or m in SEARCH_METHODS],
+                         *(["compare.full_finetune.metrics"] if "full_finetune" in methods else [])],
+                 outputs="compare_budget_table", name="budget_table", namespace="compare"),
+            Node(budget_markdown, inputs="compare_budget_table", outputs="compare_budget_table_markdown",
+                 name="budget_table_markdown", namespace="compare"),
+            Node(budget_figure, inputs="compare_budget_table", outputs="compare_budget_figure",
+                 name="budget_figure", namespace="compare"),
         ],
         tags=["compare"],
     )

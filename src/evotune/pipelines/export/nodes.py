@@ -1,4 +1,4 @@
-"""Node: export one retrained model (``export`` parameters, parameters_export.yml)."""
+"""Node: export one retrained model, torchvision or timm (``export`` parameters, parameters_export.yml)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ from typing import Any
 
 import torch
 
-from ...backbones import (
-    model_from_checkpoint,
-    to_torchvision,
-    torchvision_description,
-    torchvision_state_dict,
-)
+from ...backbones import model_from_checkpoint
 from ...errors import ParameterError
-from ...export import build_metadata, compare_logits, export_archive, select_run, weights_fingerprint
+from ...export import (
+    ArchiveNotWritten,
+    build_metadata,
+    compare_logits,
+    plain_model,
+    select_run,
+    try_export_archive,
+    weights_fingerprint,
+)
 from ...lineage import check_same_lineage
 from ...metrics import classification_metrics
 from ...params import require_keys
@@ -50,20 +53,24 @@ class ExportParams:
 
 
 @torch.no_grad()
-def _verify(model, tv_model, program, images: torch.Tensor, mean, std, batch: int = 64) -> dict:
-    """The in-project model, the torchvision model and the archive on the same images (CPU)."""
+def _verify(model, plain, program, images: torch.Tensor, mean, std, batch: int = 64) -> dict:
+    """The in-project model, the plain (torchvision or timm) model and the archive, when there is
+    one, on the same images (CPU)."""
     norm = Normalizer(mean, std, torch.device("cpu"), channels_last=False)
-    archive = program.module()
-    ref, tv, arc = [], [], []
+    archive = None if isinstance(program, ArchiveNotWritten) else program.module()
+    ref, own, arc = [], [], []
     for start in range(0, len(images), batch):
         x = images[start:start + batch]
         ref.append(model(norm(x)))
-        tv.append(tv_model(norm(x)))
-        arc.append(archive(x))
-    ref, tv, arc = torch.cat(ref), torch.cat(tv), torch.cat(arc)
-    out = {"images": int(len(images)), "torchvision": compare_logits(ref, tv), "archive": compare_logits(ref, arc)}
-    for what in ("torchvision", "archive"):
-        if not out[what]["ok"]:
+        own.append(plain.module(norm(x)))
+        if archive is not None:
+            arc.append(archive(x))
+    ref, own = torch.cat(ref), torch.cat(own)
+    out = {"images": int(len(images)), plain.library: compare_logits(ref, own)}
+    if archive is not None:
+        out["archive"] = compare_logits(ref, torch.cat(arc))
+    for what in (plain.library, "archive"):
+        if what in out and not out[what]["ok"]:
             raise RuntimeError(f"The exported {what} model does not reproduce the trained model on the test split: {out[what]}")
     return out
 
@@ -78,10 +85,11 @@ def _test_metrics(model, target_test: dict, backbone: dict, training_params: dic
 
 def export_best_model(
     backbone: dict, retrained_models: TrainedVariant, target_test: dict, export_params: dict, training_params: dict
-) -> tuple[dict, torch.export.ExportedProgram, dict]:
-    """The chosen retrained seed as a torchvision safetensors state dict, a torch.export archive
-    (uint8 images in) and the metadata JSON; both exports are checked against the trained
-    model on the first ``export.verify_images`` test images."""
+) -> tuple[dict, torch.export.ExportedProgram | ArchiveNotWritten, dict]:
+    """The chosen retrained seed as a safetensors state dict of its library's own model (torchvision
+    or timm), a torch.export archive (uint8 images in; where torch.export cannot capture the model,
+    an :class:`ArchiveNotWritten` saying why) and the metadata JSON; the exports are checked against
+    the trained model on the first ``export.verify_images`` test images."""
     p = ExportParams.from_params(export_params)
     rerun = "kedro run --from-nodes retrain_best_genome (or the whole kedro run)"
     check_same_lineage("export_best_model", "dataset", {"backbone": backbone, "retrained_models": retrained_models,
@@ -104,21 +112,24 @@ def export_best_model(
         raise ValueError(f"target_test holds {crop}px images but records a {preprocessing['center_crop']}px crop.")
     mean, std = backbone.mean, backbone.std
 
-    description = torchvision_description(model)
-    weights = torchvision_state_dict(model)
-    tv_model = to_torchvision(model).eval()
-    program = export_archive(tv_model, mean, std, crop)
+    plain = plain_model(model)
+    plain.module.eval()
+    program = try_export_archive(plain.module, mean, std, crop)
+    if isinstance(program, ArchiveNotWritten):
+        log.warning("no torch.export archive for %s (%s); the safetensors weights and the metadata are exported",
+                    model.arch, program.reason)
     if p.verify_images:
-        verification = _verify(model, tv_model, program, target_test.images[: p.verify_images], mean, std)
-        log.info("export check on %d test images: max |logit diff| torchvision %.2e, archive %.2e",
-                 verification["images"], verification["torchvision"]["max_abs_logit_diff"],
-                 verification["archive"]["max_abs_logit_diff"])
+        verification = _verify(model, plain, program, target_test.images[: p.verify_images], mean, std)
+        log.info("export check on %d test images: max |logit diff| %s %.2e, archive %s", verification["images"],
+                 plain.library, verification[plain.library]["max_abs_logit_diff"],
+                 f"{verification['archive']['max_abs_logit_diff']:.2e}" if "archive" in verification else "not written")
     else:
         verification = {"images": 0, "skipped": "export.verify_images is 0"}
     test_metrics = _test_metrics(model, target_test, backbone, training_params)  # last: moves the model
 
+    weights = plain.weights
     metadata = build_metadata(
-        model=model, description=description, classes=list(target_test.classes),
+        model=model, plain=plain, archive=program, classes=list(target_test.classes),
         preprocessing=preprocessing, mean=mean, std=std, run=run, retrained=retrained_models,
         selection=p.selection, test_metrics=test_metrics, verification=verification,
         weights_sha256=weights_fingerprint(weights), backbone_source=str(backbone.source),

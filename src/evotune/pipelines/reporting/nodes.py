@@ -8,12 +8,15 @@ from collections.abc import Mapping
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ...backbones import model_from_checkpoint
 from ...evaluation import TestMetrics
 from ...fidelity import FidelitySummary
 from ...lineage import check_same_lineage
-from ...report import figures, labels, markdown, summary
+from ...methods import block_parameter_counts
+from ...report import figures, labels, markdown, pareto, summary
 from ...retraining import TrainedVariant
 from ...search.records import GenomeRecord
+from ...search.store import StudyStore
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,31 @@ def plot_search_fidelity(search_fidelity: pd.DataFrame, search_fidelity_summary:
     return fig, fig
 
 
+def tabulate_pareto_front(search_trials: pd.DataFrame, best_genome: GenomeRecord, backbone: dict,
+                          search_study_store: StudyStore) -> pd.DataFrame:
+    """The search's accuracy-versus-cost front (:func:`evotune.report.pareto.front_table`: every valid evaluation
+    with its validation accuracy, trainable share and training seconds, the fronts flagged, the chosen genome
+    marked), also written as the three-objective study ``<search study>-front`` for optuna-dashboard's Pareto
+    view (:func:`evotune.report.pareto.record_front_study`; not with an in-memory storage)."""
+    check_same_lineage("pareto_front", "backbone_id", {"backbone": backbone, "best_genome": best_genome},
+                       "kedro run --from-nodes evolutionary_search (or the whole kedro run)")
+    model = model_from_checkpoint(backbone)
+    if list(model.block_names) != list(best_genome.block_names):
+        raise ValueError(f"pareto_front: the backbone's blocks {list(model.block_names)} are not the search's "
+                         f"{best_genome.block_names}; rerun the search (kedro run --from-nodes evolutionary_search).")
+    counts, total = block_parameter_counts(model)
+    table = pareto.front_table(search_trials, counts, total, best_genome.key)
+    pareto.record_front_study(search_study_store.url, best_genome.study_name, table)
+    return table
+
+
+def plot_pareto_front(pareto_front: pd.DataFrame) -> tuple[Figure, Figure]:
+    """Validation accuracy against trainable share and against training time, the fronts and the chosen genome;
+    twice, like the search figures."""
+    fig = pareto.plot_front(pareto_front)
+    return fig, fig
+
+
 def write_report(
     best_genome: GenomeRecord,
     generation_summary: pd.DataFrame,
@@ -87,11 +115,14 @@ def write_report(
     test_metrics_per_seed: pd.DataFrame,
     search_fidelity_summary: FidelitySummary,
     compare_links: Mapping[str, Mapping[str, str] | None],
+    pareto_front: pd.DataFrame | None = None,
+    confirmation: pd.DataFrame | None = None,
 ) -> tuple[str, str]:
     """The markdown report, twice: the versioned archive and the ``latest`` copy, whose relative links
     ``figures/<name>.png`` resolve to the figures saved beside it by the plotting nodes, and whose links to
     the comparison (``compare_links``: the newest versions ``kedro run --pipelines compare`` wrote, if any)
-    are relative to it too."""
+    are relative to it too. ``best_genome`` is the genome the run retrained (``picked_genome``: the search's best
+    under ``confirm.rule`` best); ``pareto_front`` and ``confirmation`` get their sections."""
     check_same_lineage("write_report", "dataset", {"best_genome": best_genome, "test_metrics": test_metrics},
                        "kedro run --from-nodes retrain_best_genome (or the whole kedro run)")
     fidelity = search_fidelity_summary
@@ -101,7 +132,7 @@ def write_report(
     figure_paths = {name: f"{FIGURES_DIR}/{fname}" for name, fname in labels.FIGURE_FILES.items()
                     if name != "search_fidelity" or fidelity.enabled}
     text = markdown.markdown_report(best_genome, generation_summary, test_metrics, test_metrics_per_seed,
-                                    figure_paths, fidelity, compare_links)
+                                    figure_paths, fidelity, compare_links, pareto_front, confirmation)
     log.info("report: test macro accuracy %.4f +- %.4f over %d seed(s)", test_metrics.macro_accuracy_mean,
              test_metrics.macro_accuracy_std, test_metrics.n_seeds)
     return text, text

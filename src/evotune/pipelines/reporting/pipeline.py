@@ -3,10 +3,12 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import (
     plot_confusion_matrix,
     plot_gene_trajectories,
+    plot_pareto_front,
     plot_search_fidelity,
     plot_search_figures,
     plot_training_curves,
     summarise_generations,
+    tabulate_pareto_front,
     tabulate_retrain_history,
     write_report,
 )
@@ -25,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_search_figures,
-                inputs=["generation_summary", "search_population", "best_genome"],
+                inputs=["generation_summary", "search_population", "picked_genome"],
                 outputs=[f"{f}_plot" for f in SEARCH_FIGURES] + [f"{f}_plot_latest" for f in SEARCH_FIGURES],
                 name="plot_search_figures",
             ),
@@ -37,13 +39,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 tabulate_retrain_history,
-                inputs=["retrained_models", "best_genome"],
+                inputs=["retrained_models", "picked_genome"],
                 outputs="retrain_history",
                 name="tabulate_retrain_history",
             ),
             Node(
                 plot_training_curves,
-                inputs=["retrain_history", "best_genome"],
+                inputs=["retrain_history", "picked_genome"],
                 outputs=["training_curves_plot", "training_curves_plot_latest"],
                 name="plot_training_curves",
             ),
@@ -60,9 +62,21 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="plot_search_fidelity",
             ),
             Node(
+                tabulate_pareto_front,
+                inputs=["search_trials", "picked_genome", "backbone", "search_study_store"],
+                outputs="pareto_front",
+                name="pareto_front",
+            ),
+            Node(
+                plot_pareto_front,
+                inputs="pareto_front",
+                outputs=["pareto_front_plot", "pareto_front_plot_latest"],
+                name="plot_pareto_front",
+            ),
+            Node(
                 write_report,
-                inputs=["best_genome", "generation_summary", "test_metrics", "test_metrics_per_seed",
-                        "search_fidelity_summary", "compare_links"],
+                inputs=["picked_genome", "generation_summary", "test_metrics", "test_metrics_per_seed",
+                        "search_fidelity_summary", "compare_links", "pareto_front", "confirmation"],
                 outputs=["report", "report_latest"],
                 name="write_report",
             ),

@@ -8,7 +8,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 retrain_best_genome,
-                inputs=["backbone", "target_train", "target_val", "best_genome", "params:retrain", "params:training"],
+                inputs=["backbone", "target_train", "target_val", "picked_genome", "params:retrain", "params:training"],
                 outputs="retrained_models",
                 name="retrain_best_genome",
             ),

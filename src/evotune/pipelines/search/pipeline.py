@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import run_search, run_search_worker
+from .nodes import confirm_pick, run_search, run_search_worker
 
 SEARCH_INPUTS = [
     "backbone", "target_train", "target_val", "search_study_store", "params:search", "params:training",
@@ -15,7 +15,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=SEARCH_INPUTS,
                 outputs=["search_trials", "search_population", "best_genome"],
                 name="evolutionary_search",
-            )
+            ),
+            Node(
+                confirm_pick,
+                inputs=["backbone", "target_train", "target_val", "search_trials", "best_genome", "params:confirm",
+                        "params:search", "params:training"],
+                outputs=["confirmation", "picked_genome"],
+                name="confirm_pick",
+            ),
         ]
     )
 
