@@ -1,6 +1,7 @@
 # The two commands of README.md:
 #   make run   - install the runtime into .venv (first time) and run the default pipeline (`kedro run`)
-#   make test  - install the runtime and the test extras into .venv (first time) and run the test suite
+#   make test  - install the runtime and the test extras into .venv (first time) and run the fast test tier
+# make test-all adds the integration tier (docs/guides/testing.md).
 # Everything else here is a helper for them.
 
 PYTHON ?= python3
@@ -18,7 +19,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run quick test test-all test-tracking viz notebook benchmark upgrade constraints
+.PHONY: install run quick test test-integration test-all test-tracking mutation viz notebook benchmark upgrade constraints
 
 # constraints.txt pins every installed version to what the tests last passed with.
 $(RUN_STAMP): pyproject.toml constraints.txt
@@ -45,8 +46,16 @@ quick: $(RUN_STAMP)
 	$(BIN)/kedro run --params "$(QUICK_PARAMS)$(if $(PARAMS),$(comma)$(PARAMS))" $(ARGS)
 comma := ,
 
+# The two test tiers (pytest markers, pyproject.toml): the fast tier is unit tests and in-process pipeline
+# runs; the integration tier (marker `integration`) runs CLI subprocesses, SIGKILL, workers and PostgreSQL.
+# Tests marked `slow` run only in test-all.
+FAST_TIER := not slow and not integration
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -m "$(FAST_TIER)" $(ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m "integration and not slow" $(ARGS)
 
 # The optional MLflow tracking (extra [mlflow]) in a venv of its own, so that `make` and every kedro
 # command stay free of it (mlflow adds ~40 packages, pins pyarrow < 26, and its plugin adds ~5 s to
@@ -68,8 +77,17 @@ $(MLFLOW_STAMP): $(STAMP) pyproject.toml constraints-mlflow.txt
 test-tracking: $(MLFLOW_STAMP)
 	$(MLFLOW_VENV)/bin/python -m pytest tests/test_tracking.py $(ARGS)
 
+# both tiers and the slow tests, then the MLflow tracking test in its own venv
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "" $(ARGS)
+	$(MAKE) test-tracking
+
+# Mutation testing of the pure modules (genome, evolution, metrics, significance, fidelity statistics):
+# mutmut ([tool.mutmut] in pyproject.toml) mutates them in a copy (mutants/) and runs the tests that reach
+# each mutant; then the survivors are listed. Long (about an hour on the 2-core machine): not in any tier.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm,mutation]"
+	nice $(BIN)/mutmut run $(ARGS); $(BIN)/mutmut results
 
 viz: $(RUN_STAMP)
 	$(BIN)/kedro viz run --no-browser $(ARGS)

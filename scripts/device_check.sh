@@ -7,6 +7,8 @@
 # 2. installs the wheels in .whl/ (scripts/fetch_device_wheels.sh made them) into a
 #    --target folder and checks that the project imports    -> OUT_DIR/gpu.txt
 # 3. runs the tests marked `cuda` (tests/test_cuda.py)       -> OUT_DIR/cuda_tests.log
+#    and, with a GPU, the fast test tier (`make test`'s selection) once with the GPU visible
+#                                                            -> OUT_DIR/fast_tier.log
 # 4. runs scripts/benchmark_evaluation.py --preset flowers --device cuda --seeds 684 559 629
 #                                                            -> OUT_DIR/bench_gpu.json, OUT_DIR/bench.log
 # 5. extrapolates the paper's full search from it            -> OUT_DIR/extrapolation.json
@@ -18,6 +20,8 @@
 # Environment:
 #   PYTHON=python3                 the interpreter (the GPU machine: Python 3.12 with torch, torchvision)
 #   DEVICE_CHECK_BUDGET_S=460      the whole script's time limit (the benchmark gets what is left)
+#   DEVICE_CHECK_SUITE=1           run the fast tier with the GPU visible (default: 1 with a GPU, 0 without);
+#                                  it gets up to DEVICE_CHECK_SUITE_S=300 s on top of the budget
 #   DEVICE_CHECK_SITE=/tmp/evotune-site   where the wheels are installed
 #   DEVICE_CHECK_ALLOW_CPU=1       dry run without a GPU: same flow, cuda tests skipped, a tiny
 #                                  benchmark on the CPU, wheels not installed when the project
@@ -159,6 +163,20 @@ rc=$?
 if [ "$CPU_RUN" = 1 ] && [ "$rc" -eq 0 ]; then note="(dry run: skipped without a GPU)"; else note=""; fi
 record cuda_tests $rc $(( $(date +%s) - s )) "$(grep -E '[0-9]+ (passed|failed|skipped|error)' "$OUT/cuda_tests.log" | tail -1 | tr -d '=') $note"
 tail -n 30 "$OUT/cuda_tests.log"
+
+# ---------------------------------------------------------------- 3b. the fast tier with the GPU visible
+# (issue 28: `make test` must pass on the machines users have, which have GPUs)
+SUITE=${DEVICE_CHECK_SUITE:-$([ "${GPU_NAME#none}" = "$GPU_NAME" ] && echo 1 || echo 0)}
+if [ "$SUITE" = 1 ]; then
+  s=$(date +%s)
+  limit=${DEVICE_CHECK_SUITE_S:-300}
+  BUDGET=$(( BUDGET + limit ))
+  timeout -k 10 "$limit" "$PY" -m pytest -m "not slow and not integration" -p no:cacheprovider -q --timeout 250 \
+    > "$OUT/fast_tier.log" 2>&1
+  rc=$?
+  record fast_tier $rc $(( $(date +%s) - s )) "$(grep -E '[0-9]+ (passed|failed|skipped|error)' "$OUT/fast_tier.log" | tail -1 | tr -d '=')"
+  tail -n 15 "$OUT/fast_tier.log"
+fi
 
 # ---------------------------------------------------------------- 4. the benchmark
 s=$(date +%s)

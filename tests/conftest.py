@@ -3,6 +3,7 @@
 import copy
 import functools
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ os.environ["EVOTUNE_OFFLINE"] = "1"  # tests never download (tests/test_download
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: torch's global state as the session found it: no test module may change it at import (collection), and every
+#: test gets it back (a thread count left at 1 would make later results depend on which files were collected)
+TORCH_STATE = {"num_threads": torch.get_num_threads(), "dtype": torch.get_default_dtype(),
+               "grad": torch.is_grad_enabled()}
+
+#: the user's caches and settings the suite must not read: weights caches (torch hub, Hugging Face) and the
+#: variables that relocate them. The session sets its own, empty ones (subprocesses inherit them).
+CACHE_VARIABLES = ("TORCH_HOME", "HF_HOME")
+RELOCATING = ("XDG_CACHE_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "TIMM_CACHE_DIR")
 
 #: what the data stage records in every split (see evotune.lineage): the tiny splits of a test belong together
 TINY_LINEAGE = {"dataset": "tiny", "dataset_name": "make_split"}
@@ -82,6 +93,72 @@ def _backbone_checkpoint(model, num_classes: int, **meta):
     ckpt = make_checkpoint(model, num_classes=num_classes, **meta)
     return dataclasses.replace(ckpt, dataset=TINY_LINEAGE["dataset"], backbone_id=tensor_fingerprint(ckpt.state_dict)[:12],
                                created="2026-01-01T00:00:00Z")
+
+
+def _torch_state() -> dict:
+    return {"num_threads": torch.get_num_threads(), "dtype": torch.get_default_dtype(), "grad": torch.is_grad_enabled()}
+
+
+def pytest_collection_finish(session):
+    """A test module that changes torch's global state at import (e.g. ``torch.set_num_threads(1)``) fails the
+    run: it would change every later test of the session. Use the ``one_thread`` fixture instead."""
+    changed = {k: (v, TORCH_STATE[k]) for k, v in _torch_state().items() if v != TORCH_STATE[k]}
+    if changed:
+        raise pytest.UsageError(f"a test module changed torch's global state at import (now, before): {changed}; "
+                                "use a fixture that restores it (conftest's one_thread)")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    """Every test leaves torch's thread count, default dtype and grad mode as it found them."""
+    before = _torch_state()
+    yield
+    torch.set_num_threads(before["num_threads"])
+    torch.set_default_dtype(before["dtype"])
+    torch.set_grad_enabled(before["grad"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_caches(tmp_path_factory):
+    """Empty torch hub and Hugging Face caches for the whole session, whatever the user's environment holds
+    (weights a user downloaded must not change what a test sees). Returns {variable: path}."""
+    home = tmp_path_factory.mktemp("caches")
+    paths = {name: home / name.lower() for name in CACHE_VARIABLES}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in RELOCATING:
+            mp.delenv(name, raising=False)
+        for name, path in paths.items():
+            path.mkdir()
+            mp.setenv(name, str(path))
+        yield paths
+
+
+def copy_project(dst: Path) -> Path:
+    """A copy of the project at ``dst`` as a fresh clone has it: pyproject.toml, .telemetry, conf/ with an empty
+    conf/local (a user's own conf/local is not read), empty data layers. The package is the installed one."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy2(ROOT / name, dst / name)
+    shutil.copytree(ROOT / "conf", dst / "conf", ignore=shutil.ignore_patterns("local"))
+    (dst / "conf" / "local").mkdir()
+    (dst / "src").mkdir()
+    for layer in sorted((ROOT / "data").iterdir()) if (ROOT / "data").is_dir() else ():
+        if layer.is_dir():
+            (dst / "data" / layer.name).mkdir(parents=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def project_copy(tmp_path_factory) -> Path:
+    """A copy of the project (:func:`copy_project`): tests that read conf/ or data/ the way Kedro does read it
+    here, never the checkout's conf/local or data/."""
+    return copy_project(tmp_path_factory.mktemp("project") / "evotune")
+
+
+@pytest.fixture(scope="session")
+def conf_dir(project_copy) -> Path:
+    """conf/ of :func:`project_copy`: conf/base and the other environments, conf/local empty."""
+    return project_copy / "conf"
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from evotune import backbones as B
 from evotune.backbones.staged import _head_linear
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors (conftest): restored after the module
 
 ALL_ARCHS = list(B.ARCHITECTURES)
 #: the architectures whose forward the tests run: ViT-B/16 takes 224 x 224 inputs only (35 GFLOP for

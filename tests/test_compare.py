@@ -122,8 +122,8 @@ def test_the_hook_reads_the_runs_merged_parameters():
         select_compare_methods(list(METHODS))
 
 
-def test_catalog_factories_version_every_compare_output():
-    conf = OmegaConfigLoader("conf", env="local", **settings.CONFIG_LOADER_ARGS)
+def test_catalog_factories_version_every_compare_output(conf_dir):
+    conf = OmegaConfigLoader(str(conf_dir), env="local", **settings.CONFIG_LOADER_ARGS)
     catalog = DataCatalog.from_config(conf["catalog"])
     for name in ("compare.lora.metrics", "compare.deft.search_trials", "compare.deft.best_genomes", "compare_resamplings",
                  "compare.deft.budget_metrics", "compare_budget_table", "compare_budget_table_markdown",

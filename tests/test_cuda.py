@@ -206,6 +206,7 @@ def test_prefix_cache_on_cuda_equals_the_full_forward(deterministic_cuda, traine
     assert torch.equal(fast, plain)
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_search_killed_with_sigkill_resumes_on_cuda(tmp_path, monkeypatch, deterministic_cuda, base_parameters, make_split,
                                                    backbone_checkpoint):

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from evotune.backbones import build_model
 from evotune.errors import ParameterError
@@ -153,8 +154,12 @@ def test_the_node_scores_retrains_and_tests_every_genome(backbone, splits, train
     assert valid["test_macro_accs"].map(lambda a: all(0 <= x <= 1 for x in a)).all()
     assert summary.trainings == 2 * 1 + 2 * len(valid)
     assert summary.n == int(table["included"].sum()) and summary.generation == 1 and summary.chunk == 1
-    if summary.rho is not None:
-        assert -1 <= summary.ci_low <= summary.ci_high <= 1
+    # rho recomputed independently (scipy's Spearman) from the table's validation scores and mean test accuracies
+    inc = table[table["included"]]
+    expected = spearmanr(inc["val_score"].astype(float), inc["test_macro_acc_mean"].astype(float)).statistic
+    assert summary.n == len(inc) >= 3 and not math.isnan(expected), "the tiny table must give a defined rho"
+    assert summary.rho is not None and summary.rho == pytest.approx(expected, abs=1e-12)
+    assert summary.ci_low is not None and -1 <= summary.ci_low <= summary.ci_high <= 1
     # the report's section and figure
     md = "\n".join(M.fidelity_section(summary, "figures/search_fidelity.png"))
     assert "## Search fidelity" in md and f"n = {summary.n} genomes" in md

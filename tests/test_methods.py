@@ -261,14 +261,21 @@ def test_auto_rgn_sets_per_tensor_lrs_from_relative_gradient_norms(make_split, m
     model.train()
     params = [g["params"][0] for g in groups]
     buffers = {k: v.clone() for k, v in model.named_buffers()}
-    expected = relative_gradient_norms(model, params, iter(batches), 2)
-    expected = expected / expected.max()
+    # by hand: ordinary backward passes, ||grad w|| / ||w|| per tensor, mean over the 2 batches, over the max
+    ratios = torch.zeros(len(params), dtype=torch.float64)
+    for xb, yb, _ in batches:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model.forward_from(0, xb), yb).backward()
+        ratios += torch.tensor([float(p.grad.norm() / p.norm()) for p in params], dtype=torch.float64)
+    model.zero_grad(set_to_none=True)
+    expected = ratios / ratios.max()
+    assert relative_gradient_norms(model, params, iter(batches), 2).argmax() == expected.argmax()
     with torch.no_grad():
         for k, v in model.named_buffers():
             v.copy_(buffers[k])
     plan.on_epoch_start(model, opt, lambda: iter(batches))
     lrs = torch.tensor([g["lr"] for g in opt.param_groups], dtype=torch.float64)
-    torch.testing.assert_close(lrs, BASE_LR * expected)
+    torch.testing.assert_close(lrs, BASE_LR * expected, rtol=1e-4, atol=0)
     top = int(torch.argmax(expected))
     assert opt.param_groups[top]["lr"] == pytest.approx(BASE_LR)
     assert float(expected.min()) < 0.5  # the ratios do differ between tensors
@@ -372,17 +379,27 @@ def test_search_baselines_use_exactly_the_budget(name, method_params, search_con
 
 
 def test_tpe_learns_from_its_history(method_params, search_config):
-    evo = search_config(population=4, elite=2, generations=4, seed=0)  # 28 evaluations
+    """TPE against random search on the same budget, fitness and seeds: after its random start-up (the first
+    `population` proposals) TPE's proposals are much closer to the optimum, on every seed. A TPE fallen back to
+    random sampling is no better than random search (measured: TPE's mean 0.15-0.20 vs random's 0.35-0.42)."""
     target = np.array([0.9, 0.1, 0.9, 0.1, 0.2])
-    fits = []
 
-    def evaluate(reqs):
-        out = [float(np.abs(r.genes - target).mean()) for r in reqs]
-        fits.extend(out)
-        return out
+    def fitness_values(name: str, seed: int) -> list[float]:
+        evo = search_config(population=4, elite=2, generations=4, seed=seed)  # 28 evaluations
+        fits = []
 
-    get_method("tpe").search(evaluate, 4, evo, n_chunks=1, **method_params("tpe"))
-    assert np.mean(fits[-8:]) < np.mean(fits[:4])
+        def evaluate(reqs):
+            out = [float(np.abs(r.genes - target).mean()) for r in reqs]
+            fits.extend(out)
+            return out
+
+        get_method(name).search(evaluate, 4, evo, n_chunks=1, **method_params(name))
+        return fits
+
+    for seed in range(5):
+        tpe, rnd = fitness_values("tpe", seed), fitness_values("random_search", seed)
+        assert len(tpe) == len(rnd) == 28
+        assert np.mean(tpe[4:]) < 0.75 * np.mean(rnd[4:]), (seed, np.mean(tpe[4:]), np.mean(rnd[4:]))
 
 
 def test_nsga2_trades_accuracy_for_a_smaller_trainable_share(method_params, search_config, base_parameters):

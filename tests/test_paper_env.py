@@ -1,7 +1,6 @@
 """The `paper` Kedro environment: every one of the 9 datasets x 4 architectures resolves to the paper's
 settings, every parameter the pipelines read exists, and a setting that cannot run here fails fast."""
 
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,6 @@ from evotune.methods import METHODS, check_compare_params
 from evotune.paper_setting import PaperSettingError, check_paper_setting, paper_setting_problems
 from evotune.search.config import SearchConfig
 from evotune.training import TrainConfig
-
-ROOT = Path(__file__).resolve().parents[1]
 
 SOURCES = {
     "flowers102": ("torchvision", "Flowers102"),
@@ -29,10 +26,16 @@ PAPER_DATASETS = tuple(SOURCES)  # SPEC section 5: the paper's 9 datasets and 4 
 PAPER_ARCHS = ("resnet50", "densenet121", "vgg19", "inception_v3")
 
 
-def load_params(runtime_params: dict | None = None, env: str = "paper") -> dict:
-    loader = settings.CONFIG_LOADER_CLASS(str(ROOT / "conf"), env=env, runtime_params=runtime_params or {},
-                                          **settings.CONFIG_LOADER_ARGS)
-    return loader["parameters"]
+@pytest.fixture(scope="module")
+def load_params(conf_dir):
+    """``load_params(runtime_params=None, env="paper")``: the merged parameters of the project copy's conf/
+    (conftest's conf_dir: a user's own conf/local is not read)."""
+    def load(runtime_params: dict | None = None, env: str = "paper") -> dict:
+        loader = settings.CONFIG_LOADER_CLASS(str(conf_dir), env=env, runtime_params=runtime_params or {},
+                                              **settings.CONFIG_LOADER_ARGS)
+        return loader["parameters"]
+
+    return load
 
 
 def lookup(params: dict, dotted: str):
@@ -43,15 +46,15 @@ def lookup(params: dict, dotted: str):
 
 
 @pytest.fixture(scope="module")
-def pipelines():
+def pipelines(project_copy):
     from kedro.framework.project import pipelines as registry
     from kedro.framework.startup import bootstrap_project
 
-    bootstrap_project(ROOT)
+    bootstrap_project(project_copy)
     return {name: registry[name] for name in ("pretrained", "compare") if name in registry}
 
 
-def test_every_paper_setting_resolves(pipelines):
+def test_every_paper_setting_resolves(pipelines, load_params):
     assert "pretrained" in pipelines
     needed = {i[len("params:"):] for p in pipelines.values() for i in p.inputs() if i.startswith("params:")}
     default = load_params()
@@ -90,13 +93,13 @@ def test_every_paper_setting_resolves(pipelines):
             assert paper_setting_problems(p, check_files=False) == [], where
 
 
-def test_base_environment_is_untouched():
+def test_base_environment_is_untouched(load_params):
     p = load_params(env="local")
     assert "paper" not in p and p["backbone"]["arch"] == "resnet10"
     assert TrainConfig.from_params(p["training"]).frozen_bn == "eval"
 
 
-def test_unknown_names_are_reported_with_the_valid_ones():
+def test_unknown_names_are_reported_with_the_valid_ones(load_params):
     p = load_params({"paper": {"dataset": "imagenet", "arch": "resnet51"}})
     assert p["data"]["source"] is None
     with pytest.raises(PaperSettingError) as err:
@@ -106,7 +109,7 @@ def test_unknown_names_are_reported_with_the_valid_ones():
     assert "paper.arch 'resnet51'" in msg and "inception_v3" in msg
 
 
-def test_offline_setting_fails_fast_naming_the_missing_weights_and_data(tmp_path, monkeypatch):
+def test_offline_setting_fails_fast_naming_the_missing_weights_and_data(tmp_path, monkeypatch, load_params):
     monkeypatch.chdir(tmp_path)  # no data/ here
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty weights cache
 
@@ -131,7 +134,7 @@ def test_offline_setting_fails_fast_naming_the_missing_weights_and_data(tmp_path
     assert check_paper_setting(load_params(env="local")) is None  # not a paper run: nothing to check
 
 
-def test_present_files_pass(tmp_path, monkeypatch):
+def test_present_files_pass(tmp_path, monkeypatch, load_params):
     monkeypatch.chdir(tmp_path)
     p = load_params({"paper": {"dataset": "usps", "arch": "resnet50"}})
     from evotune.backbones import imagenet_weights_path

@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def project():
-    bootstrap_project(ROOT)
+def project(project_copy):
+    """The registry, bootstrapped in a copy of the project (conftest's project_copy: a fresh clone's conf/ and
+    empty data/, so a user's conf/local or an earlier `kedro run` in the checkout changes nothing here)."""
+    bootstrap_project(project_copy)
     configure_project("evotune")
     return pipelines
 
@@ -51,8 +53,8 @@ def test_every_pipeline_loads_when_it_is_the_one_requested(project, name):
         project.set_requested(None)
 
 
-def test_every_dataset_of_the_default_pipeline_is_in_the_catalog_and_versioned(project):
-    with KedroSession.create(project_path=ROOT) as session:
+def test_every_dataset_of_the_default_pipeline_is_in_the_catalog_and_versioned(project, project_copy):
+    with KedroSession.create(project_path=project_copy) as session:
         context = session.load_context()
         catalog = context.catalog
         params = context.params
@@ -69,12 +71,12 @@ def test_every_dataset_of_the_default_pipeline_is_in_the_catalog_and_versioned(p
         assert key in params
 
 
-def test_kedro_viz_builds_the_pipeline_headlessly(project, tmp_path):
+def test_kedro_viz_builds_the_pipeline_headlessly(project, project_copy, tmp_path):
     import fsspec
     from kedro_viz.api.rest.responses.save_responses import save_api_responses_to_fs
     from kedro_viz.server import load_and_populate_data
 
-    load_and_populate_data(ROOT, None, False, "evotune", None, None, False)
+    load_and_populate_data(project_copy, None, False, "evotune", None, None, False)
     save_api_responses_to_fs(str(tmp_path), fsspec.filesystem("file"), True)
     main = json.loads((tmp_path / "api" / "main").read_text())
     names = {n["name"] for n in main["nodes"]}

@@ -28,6 +28,7 @@ def load_script(name: str):
     return module
 
 
+@pytest.mark.integration
 def test_benchmark_embedded_times_both_paths_on_the_same_genomes(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_script("benchmark_evaluation.py", "--epochs", "2", "--n-train", "2", "--n-val", "2",
@@ -81,6 +82,7 @@ def trials_file(tmp_path, histories, seconds=3.0):
     return path
 
 
+@pytest.mark.integration
 def test_pruning_replay_cuts_what_the_rule_says_and_reports_a_cut_best(tmp_path):
     replay = load_script("pruning_replay.py")
     # e2 starts badly and ends best: a median rule after epoch 1 cuts it
@@ -101,6 +103,7 @@ def test_pruning_replay_cuts_what_the_rule_says_and_reports_a_cut_best(tmp_path)
     assert len(pd.read_csv(tmp_path / "replay.csv")) == 2  # with and without skipping seeds
 
 
+@pytest.mark.integration
 def test_pruning_replay_skips_the_other_seeds_of_a_cut_genome(tmp_path):
     replay = load_script("pruning_replay.py")
     path = trials_file(tmp_path, [[[0.5, 0.6]], [[0.8, 0.9]], [[0.1, 0.2], [0.9, 0.95]]])
@@ -111,6 +114,7 @@ def test_pruning_replay_skips_the_other_seeds_of_a_cut_genome(tmp_path):
     assert skip["epochs_saved_pct"] == pytest.approx(100 * 3 / 8)
 
 
+@pytest.mark.integration
 def test_pruning_replay_explains_a_file_that_is_not_a_trials_table(tmp_path):
     replay = load_script("pruning_replay.py")
     path = tmp_path / "old.csv"
@@ -146,6 +150,7 @@ def test_fitness_noise_components_recover_a_known_structure():
     assert f["signal_std"] < 1.0
 
 
+@pytest.mark.integration
 def test_fitness_noise_runs_the_search_evaluator_on_every_chunk_and_seed(tmp_path):
     out = tmp_path / "noise.json"
     proc = run_script("fitness_noise.py", "--classes", "3", "--train-per-class", "2", "--val-per-class", "2",

@@ -16,6 +16,9 @@ from evotune.pipelines.search.nodes import run_search
 from evotune.search.queue import UNITS_SUFFIX
 from evotune.search.store import StudyStore, make_storage
 
+#: the integration tier: search and worker processes, SIGKILL, PostgreSQL (make test-integration)
+pytestmark = pytest.mark.integration
+
 HERE = Path(__file__).parent
 #: conf/base's `training` with these values (tests/test_cuda.py sets the device here)
 TRAINING = {"epochs": 3, "patience": 3, "batch_size": 8, "eval_batch_size": 64, "device": "cpu"}
@@ -82,8 +85,11 @@ def test_search_killed_with_sigkill_resumes_without_repeating_work(tmp_path, inp
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and len(completed_units(storage)) < 3:
         time.sleep(0.2)
+    # killed while it runs (as test_cuda.py's twin checks): a search that ended first makes "resume" a plain replay
+    assert proc.poll() is None, "the search ended before it was killed: " + proc.err_path.read_text()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     done_before = {(t.user_attrs["key"], t.user_attrs["seed"]): t.value for t in completed_units(storage)}
     assert len(done_before) >= 3, "the search should have finished some trainings before the kill"
 
@@ -91,6 +97,7 @@ def test_search_killed_with_sigkill_resumes_without_repeating_work(tmp_path, inp
     after = completed_units(storage)
     uids = [(t.user_attrs["key"], t.user_attrs["seed"]) for t in after]
     assert len(uids) == len(set(uids)), "a finished training was repeated"
+    assert len(set(uids)) > len(done_before), "the resumed search trained nothing: the kill left no work"
     for t in after:  # trainings finished before the kill were reused, not redone
         uid = (t.user_attrs["key"], t.user_attrs["seed"])
         if uid in done_before:

@@ -181,7 +181,7 @@ def test_lora_adapts_a_timm_vision_transformer():
     assert list(model.state_dict()) == keys
 
 
-def test_a_timm_run_is_checked_before_it_starts(root):
+def test_a_timm_run_is_checked_before_it_starts(conf_dir):
     """Validation knows timm names: the whole default pipeline, export included (a timm model exports as a timm
     model), passes; a model of a fixed input size that the task's images do not have stops before training."""
     from kedro.config import OmegaConfigLoader
@@ -190,7 +190,7 @@ def test_a_timm_run_is_checked_before_it_starts(root):
     from evotune.pipeline_registry import register_pipelines
     from evotune.validation import ParameterError, validate_run
 
-    params = OmegaConfigLoader(str(root / "conf"), base_env="base", default_run_env="local")["parameters"]
+    params = OmegaConfigLoader(str(conf_dir), base_env="base", default_run_env="local")["parameters"]
     params["backbone"]["arch"] = params["source_pretraining"]["arch"] = "timm/resnet10t"
     configure_project("evotune")
     default = [n.name for n in register_pipelines()["__default__"].nodes]

@@ -117,6 +117,7 @@ def store_files(project: Path) -> set[str]:
     return found
 
 
+@pytest.mark.integration
 def test_a_run_without_tracking_writes_no_store(project):
     """With the extra installed, kedro-mlflow's own hook would open a store for every run."""
     before = store_files(project)
@@ -128,6 +129,7 @@ def test_a_run_without_tracking_writes_no_store(project):
         assert (project / STORE).stat().st_mtime == before_mtime
 
 
+@pytest.mark.integration
 def test_a_tracked_run_records_params_metrics_report_and_model(project):
     pytest.importorskip("kedro_mlflow", reason=f"MLflow tracking is an optional extra: {EXTRA}")
     from mlflow.tracking import MlflowClient

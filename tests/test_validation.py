@@ -11,8 +11,8 @@ from evotune.validation import ParameterError, validate_run
 
 
 @pytest.fixture(scope="module")
-def base_params(root):
-    loader = OmegaConfigLoader(str(root / "conf"), base_env="base", default_run_env="local")
+def base_params(conf_dir):
+    loader = OmegaConfigLoader(str(conf_dir), base_env="base", default_run_env="local")
     return loader["parameters"]
 
 
