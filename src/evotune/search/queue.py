@@ -199,7 +199,7 @@ class UnitQueue:
         units = []
         for t in stale:
             try:
-                self.study._storage.set_trial_state_values(t._trial_id, FAIL)
+                self.study.tell(t.number, state=FAIL)
             except Exception:  # finished meanwhile
                 continue
             # killed between Study.ask and the first suggest: an enqueued unit's genes are still only its fixed params
