@@ -24,7 +24,8 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
@@ -55,6 +56,16 @@ def _pid_gone(worker: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Optuna's heartbeat and retry are marked experimental, and its heartbeat is meant for ``optimize``
+    (here the training records it: :meth:`TrialQueue.beat`): warnings a user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
 
 
 class TrialQueue:
@@ -93,8 +104,7 @@ class TrialQueue:
     def claim(self) -> optuna.trial.Trial | None:
         """Take one waiting evaluation, or None when none is waiting."""
         while self.study.get_trials(deepcopy=False, states=(WAITING,)):
-            with warnings.catch_warnings():  # Optuna's heartbeat is recorded by the training (beat), not optimize
-                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            with _quiet():
                 trial = self.study.ask(self.distributions)
             if "key" not in trial.user_attrs:  # another process took the last waiting one first
                 self.study.tell(trial, state=FAIL)
@@ -119,11 +129,14 @@ class TrialQueue:
     def release(self, trial: optuna.trial.Trial) -> None:
         """Give a claimed evaluation back: failed, and queued again with the trainings it finished."""
         self.study.tell(trial, state=FAIL)
-        optuna.storages.RetryHeartbeatStaleTrialCallback()(self.study, self.study.get_trials(deepcopy=False)[trial.number])
+        with _quiet():
+            optuna.storages.RetryHeartbeatStaleTrialCallback()(self.study,
+                                                               self.study.get_trials(deepcopy=False)[trial.number])
 
     def requeue_stale(self) -> int:
         """Fail the RUNNING evaluations whose process is gone and queue them again; how many."""
-        optuna.storages.fail_stale_trials(self.study)  # a database's silent heartbeats (and their retries)
+        with _quiet():
+            optuna.storages.fail_stale_trials(self.study)  # a database's silent heartbeats (and their retries)
         now, heartbeat = time.time(), self.heartbeat is not None
         stale = []
         for t in self.study.get_trials(deepcopy=False, states=(RUNNING,)):
@@ -135,14 +148,14 @@ class TrialQueue:
             if (not worker and now - started > min(self.stale_after_s, ORPHAN_AFTER_S)) or (
                     worker and (_pid_gone(worker) or silent)):
                 stale.append(t)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback()
         n = 0
         for t in stale:
             try:
                 self.study.tell(t.number, state=FAIL)
             except (ValueError, RuntimeError):  # finished (or failed by another process) meanwhile
                 continue
-            retry(self.study, t)
+            with _quiet():
+                optuna.storages.RetryHeartbeatStaleTrialCallback()(self.study, t)
             n += 1
             log.warning("evaluation %s was left running by %s: queued again", t.user_attrs["key"],
                         t.user_attrs.get("worker") or "a process killed while claiming it")
