@@ -14,7 +14,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-all test-tracking viz notebook benchmark upgrade constraints
+.PHONY: install run test test-all test-tracking typecheck viz notebook benchmark upgrade constraints
 
 # constraints.txt pins every installed version to what the tests last passed with. timm is an optional
 # extra for users (pip install -e ".[timm]", ~40 MB); make installs it so that its tests run here and in CI.
@@ -53,6 +53,10 @@ test-tracking: $(MLFLOW_STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "" $(ARGS)
+
+# the type checker on src/ (mypy; its settings and the modules not checked yet: pyproject.toml [tool.mypy])
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy $(ARGS)
 
 viz: $(STAMP)
 	$(BIN)/kedro viz run --no-browser $(ARGS)

@@ -25,7 +25,7 @@ import copy
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from kedro.config import MissingConfigException, OmegaConfigLoader
@@ -90,7 +90,7 @@ class ProjectConfigLoader(OmegaConfigLoader):
         merged = merge_parameters(merged, runtime)
         # `${runtime_params:a.b, default}` as Kedro resolves it (the resolver is process-global: this loader's values)
         OmegaConf.register_new_resolver("runtime_params", partial(_select, OmegaConf.create(runtime)), replace=True)
-        return OmegaConf.to_container(OmegaConf.create(merged), resolve=True)
+        return cast("dict[str, Any]", OmegaConf.to_container(OmegaConf.create(merged), resolve=True))
 
     def _parameter_files(self, folder: Path) -> list[Path]:
         """The parameter files of one environment folder, as Kedro finds them (hidden ones left out)."""
@@ -120,7 +120,7 @@ def _env_configs(files: list[Path]) -> dict[Path, dict[str, Any]]:
     seen: dict[str, Path] = {}
     for path in files:
         try:
-            cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+            cfg = cast("dict[str, Any]", OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {})
         except yaml.YAMLError as exc:
             raise ParameterError(f"Invalid YAML or JSON file {path}: {str(exc).splitlines()[0]}. Fix it.") from None
         for k in cfg:

@@ -23,7 +23,7 @@ from ..genome import WORST_FITNESS, decode, genome_key
 from ..progress import StageProgress, format_seconds
 from ..training import DeviceData, Trainer, TrainingPlan
 from .evolution import EvalRequest
-from .queue import COMPLETE, FAIL, RUNNING, WAITING, TrialQueue
+from .queue import COMPLETE, FAIL, RUNNING, WAITING, Genes, TrialQueue
 
 if TYPE_CHECKING:
     from ..data.split import Split
@@ -96,7 +96,7 @@ class Progress:
         )
 
 
-def evaluation_facts(genes: Sequence[float], runs: list[dict[str, Any]], *, base_lr: float, force_head: bool,
+def evaluation_facts(genes: Genes, runs: list[dict[str, Any]], *, base_lr: float, force_head: bool,
                      device: str) -> tuple[float, dict[str, Any]]:
     """An evaluation's fitness and facts from its trainings (one per seed, in seed order)."""
     d = decode(genes, base_lr, force_head=force_head)
@@ -241,6 +241,7 @@ class GenomeEvaluator:
                 "to a new name (or delete the study) to start afresh."
             )
         attrs = {k: t.user_attrs[k] for k in (*FACTS, *self.extra_attrs) if k in t.user_attrs}
+        assert t.value is not None  # a COMPLETE trial
         fit = float(t.value)
         self._fitness[r.key] = fit
         self.rows.append({"key": r.key, **attrs, "genes": [float(x) for x in r.genes], "fitness": fit,

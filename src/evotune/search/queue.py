@@ -28,9 +28,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import optuna
 
 from ..genome import gene_names, genome_key
+
+#: a genome: its genes in order (the evolution's numpy arrays, or floats)
+Genes = Sequence[float] | np.ndarray
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,8 @@ class TrialQueue:
         # the study's storage (:func:`~evotune.search.store.make_storage`) when it records Optuna's heartbeat
         self.heartbeat = storage if isinstance(storage, optuna.storages.RDBStorage) else None
         self.names = gene_names(block_names)
-        self.distributions = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self.names}
+        self.distributions: dict[str, optuna.distributions.BaseDistribution] = {
+            n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self.names}
         self.stale_after_s = stale_after_s
         self.me = worker_id()
         self._study_id: int | None = None
@@ -91,11 +96,11 @@ class TrialQueue:
                 out[key] = t
         return out
 
-    def enqueue(self, key: str, genes: Sequence[float], attrs: dict[str, Any]) -> None:
+    def enqueue(self, key: str, genes: Genes, attrs: dict[str, Any]) -> None:
         self.study.enqueue_trial({n: float(g) for n, g in zip(self.names, genes, strict=True)},
                                  user_attrs={"key": key, "genome": genome_key(genes), **attrs})
 
-    def add(self, key: str, genes: Sequence[float], fitness: float, attrs: dict[str, Any]) -> None:
+    def add(self, key: str, genes: Genes, fitness: float, attrs: dict[str, Any]) -> None:
         """Record an evaluation that trains nothing (a genome that selects no block)."""
         self.study.add_trial(optuna.trial.create_trial(
             params={n: float(g) for n, g in zip(self.names, genes, strict=True)}, distributions=self.distributions,

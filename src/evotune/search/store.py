@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 
 from ..lineage import tensor_fingerprint
 from .config import SearchConfig
@@ -69,7 +70,7 @@ def make_storage(storage: str | None, grace_period_s: float | None = None) -> op
     if storage.startswith("journal://"):
         path = Path(storage[len("journal://") :])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     engine_kwargs = {}
     if storage.startswith("sqlite:///"):
         path = Path(storage[len("sqlite:///") :])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,10 @@ from ...metrics import classification_metrics
 from ...params import require_keys
 from ...retraining import TrainedVariant
 from ...training import DeviceData, Normalizer, TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    from ...backbones.checkpoint import BackboneCheckpoint
+    from ...data.split import Split
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ def _verify(model, tv_model, program, images: torch.Tensor, mean, std, batch: in
     return out
 
 
-def _test_metrics(model, target_test: dict, backbone: dict, training_params: dict) -> dict:
+def _test_metrics(model, target_test: Split, backbone: BackboneCheckpoint, training_params: dict) -> dict:
     """The exported seed's test metrics, computed as evaluate_on_test computes them (the
     project's evaluation, on the training device)."""
     trainer = Trainer(model, TrainConfig.from_params(training_params), mean=backbone.mean, std=backbone.std)
@@ -77,7 +81,7 @@ def _test_metrics(model, target_test: dict, backbone: dict, training_params: dic
 
 
 def export_best_model(
-    backbone: dict, retrained_models: TrainedVariant, target_test: dict, export_params: dict, training_params: dict
+    backbone: BackboneCheckpoint, retrained_models: TrainedVariant, target_test: Split, export_params: dict, training_params: dict
 ) -> tuple[dict, torch.export.ExportedProgram, dict]:
     """The chosen retrained seed as a torchvision safetensors state dict, a torch.export archive
     (uint8 images in) and the metadata JSON; both exports are checked against the trained
