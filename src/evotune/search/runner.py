@@ -39,7 +39,7 @@ from .evaluator import ChunkData, GenomeEvaluator, Progress, chunk_data
 from .evolution import Individual, biotune_search
 from .queue import TrialQueue
 from .records import GenomeRecord, genome_record, population_rows, trials_table
-from .store import StudyStore, config_fingerprint, study_name_for
+from .store import StudyStore, config_fingerprint, open_study, study_name_for
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def prepare(stage: str, backbone: BackboneCheckpoint, train: Split, val: Split, 
     check_same_lineage(stage, "dataset", {"backbone": backbone, "target_train": train, "target_val": val}, rerun)
     trainer, train_chunks, val_chunks, chunks = evaluation_setup(backbone, train, val, cfg, training)
     name = study_name_for(cfg, training, backbone, train, val, train_chunks, val_chunks, study_name=study_prefix)
-    study, storage = store.open(name, cfg.stale_after_s)
+    study, storage = open_study(store.url, name, grace_period_s=cfg.stale_after_s)
     blocks = list(trainer.model.block_names)
     queue = TrialQueue(study, blocks, storage=storage, stale_after_s=cfg.stale_after_s)
     return SearchSetup(cfg, training, trainer, chunks, blocks, store, study, queue)

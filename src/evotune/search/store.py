@@ -126,10 +126,9 @@ class StudyStore:
         """Whether other processes (workers, a rerun) can see the studies."""
         return bool(self.url)
 
-    def open(self, study_name: str, grace_period_s: float | None = None
-             ) -> tuple[optuna.Study, optuna.storages.BaseStorage | None]:
-        """A search study and its storage (:func:`open_study`)."""
-        return open_study(self.url, study_name, grace_period_s=grace_period_s)
+    def open(self, study_name: str) -> optuna.Study:
+        """A search study (:func:`open_study`)."""
+        return open_study(self.url, study_name)[0]
 
 
 def study_name_for(cfg: SearchConfig, training: Any, backbone: BackboneCheckpoint, train: Split, val: Split,
