@@ -25,5 +25,5 @@ def run_search(backbone: BackboneCheckpoint, target_train: Split, target_val: Sp
 def run_search_worker(backbone: BackboneCheckpoint, target_train: Split, target_val: Split, search_study_store: StudyStore,
                       search_params: dict, training_params: dict) -> pd.DataFrame:
     """A worker process of a running search (``kedro run --pipelines search_worker``): trains
-    queued units of the same study until the search ends (:func:`evotune.search.runner.run_worker`)."""
+    queued evaluations of the same study until the search ends (:func:`evotune.search.runner.run_worker`)."""
     return run_worker(backbone, target_train, target_val, search_study_store, search_params, training_params)
