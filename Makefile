@@ -19,7 +19,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: install run quick test test-integration test-all test-tracking mutation viz notebook benchmark upgrade constraints
+.PHONY: install run quick test test-integration test-all test-tracking typecheck mutation viz notebook benchmark upgrade constraints
 
 # constraints.txt pins every installed version to what the tests last passed with.
 $(RUN_STAMP): pyproject.toml constraints.txt
@@ -88,6 +88,10 @@ test-all: $(STAMP)
 mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,timm,mutation]"
 	nice $(BIN)/mutmut run $(ARGS); $(BIN)/mutmut results
+
+# the type checker on src/ (mypy; its settings and the modules not checked yet: pyproject.toml [tool.mypy])
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy $(ARGS)
 
 viz: $(RUN_STAMP)
 	$(BIN)/kedro viz run --no-browser $(ARGS)

@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = seed_list(scfg.seeds, args.seeds)
     genomes = genomes_to_test(args.genomes, trainer.model.num_blocks, args.genome_seed)
     evaluator = GenomeEvaluator(trainer, chunks, seeds=seeds, base_lr=tcfg.base_lr,
-                                force_head=scfg.force_head_trainable, recorder=None)
+                                force_head=scfg.force_head_trainable)
     settings = {
         "checkpoint": str(args.checkpoint) if args.checkpoint else "pretrained here", "arch": backbone.arch,
         "classes": len(train.classes), "train_per_class": split_options(data_params)["train_per_class"],

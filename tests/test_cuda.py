@@ -226,23 +226,19 @@ def test_search_killed_with_sigkill_resumes_on_cuda(tmp_path, monkeypatch, deter
     assert d["training"]["device"] == "cuda"
     proc = survival.spawn("search", path)
     deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and len(survival.completed_units(storage)) < 3:
+    while time.time() < deadline and proc.poll() is None and len(survival.trainings(storage)) < 3:
         time.sleep(0.2)
     assert proc.poll() is None, "the search ended before it was killed: " + proc.err_path.read_text()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = {(t.user_attrs["key"], t.user_attrs["seed"]): t.value for t in survival.completed_units(storage)}
+    done_before = survival.trained_once(survival.trainings(storage))
     assert len(done_before) >= 3
-    assert {t.user_attrs.get("device", "cuda") for t in survival.completed_units(storage)} <= {"cuda", "cuda:0"}
+    assert {run["device"] for run in done_before.values()} <= {"cuda", "cuda:0"}
 
     trials, _, best = run_search(*survival.run_args(d))
-    after = survival.completed_units(storage)
-    uids = [(t.user_attrs["key"], t.user_attrs["seed"]) for t in after]
-    assert len(uids) == len(set(uids)), "a finished training was repeated"
-    for t in after:
-        uid = (t.user_attrs["key"], t.user_attrs["seed"])
-        if uid in done_before:
-            assert t.value == done_before[uid]
+    after = survival.trained_once(survival.trainings(storage))  # a finished training was never repeated
+    for uid, run in done_before.items():
+        assert after[uid] == run
     mem = dict(d, storage=None)
     ref_trials, _, ref_best = run_search(*survival.run_args(mem))
     assert trials["fitness"].tolist() == pytest.approx(ref_trials["fitness"].tolist())

@@ -117,19 +117,19 @@ def test_retrain_and_test_evaluation(backbone, splits, training, search_params):
 def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits, monkeypatch, training, search_params):
     import math
 
-    import evotune.search.evaluator as search_mod
+    from evotune.search.evaluator import GenomeEvaluator
 
-    real = search_mod.train_unit
+    real = GenomeEvaluator.train
     calls = []
 
-    def flaky(trainer, chunks, unit, **kw):
-        calls.append(unit.key)
-        out = real(trainer, chunks, unit, **kw)
+    def flaky(self, key, *args, **kw):
+        calls.append(key)
+        out = real(self, key, *args, **kw)
         if len(calls) == 2:  # the second training's loss became NaN
             out.update(val_acc=0.0, diverged=True)
         return out
 
-    monkeypatch.setattr(search_mod, "train_unit", flaky)
+    monkeypatch.setattr(GenomeEvaluator, "train", flaky)
     train, val, _ = splits
     trials, _, best = run_search(backbone, train, val, MEMORY, search_params(), training)
     assert len(trials) == 4 + 2 * (2 * 1 + 4 - 1)  # the search finished
@@ -234,32 +234,29 @@ def _assert_readable(study, names, metric, description):
     return done
 
 
-def test_the_studies_read_well_in_the_dashboard(backbone, splits, tmp_path, training, search_params):
-    """The search study and its units study, loaded through Optuna's API as optuna-dashboard loads them."""
+def test_the_study_reads_well_in_the_dashboard(backbone, splits, tmp_path, training, search_params):
+    """One study per search, loaded through Optuna's API as optuna-dashboard loads it: one trial per
+    evaluation, its trainings (by seed) among its user attributes."""
     from evotune.genome import gene_names
-    from evotune.search.queue import UNIT_METRIC, UNITS_DESCRIPTION, UNITS_SUFFIX
     from evotune.search.store import SEARCH_DESCRIPTION, SEARCH_METRIC
 
     train, val, _ = splits
     url = f"sqlite:///{tmp_path}/study.db"
-    trials, _, best = run_search(backbone, train, val, StudyStore(url), search_params(generations=1), training)
+    trials, _, best = run_search(backbone, train, val, StudyStore(url), search_params(generations=1, seeds=[1, 2]),
+                                 training)
     names = gene_names(best.block_names)
     assert names == [f"gene_{b}" for b in best.block_names] + ["gene_threshold"]
     assert [c for c in trials.columns if c.startswith("gene_")] == names  # the trials table's columns
     studies = _studies(url)
-    assert set(studies) == {best.study_name, best.study_name + UNITS_SUFFIX}
-    search = studies[best.study_name]
-    done = _assert_readable(search, names, SEARCH_METRIC, SEARCH_DESCRIPTION)
-    assert len(done) == len(trials)
-    assert search.user_attrs["units_study"] == best.study_name + UNITS_SUFFIX
-    units = _assert_readable(studies[best.study_name + UNITS_SUFFIX], names, UNIT_METRIC, UNITS_DESCRIPTION)
-    # an evaluation's start and end are its trainings': within the span of its units (claimed, then told)
-    for t in done:
-        own = [u for u in units if u.user_attrs["key"] == t.user_attrs["key"]]
-        assert len(own) == (1 if t.user_attrs["valid"] else 0)
-        if own:
-            assert min(u.datetime_start for u in own) <= t.datetime_start
-            assert t.datetime_complete <= max(u.datetime_complete for u in own)
+    assert set(studies) == {best.study_name}
+    done = _assert_readable(studies[best.study_name], names, SEARCH_METRIC, SEARCH_DESCRIPTION)
+    assert len(done) == len(trials) and len(studies[best.study_name].trials) == len(trials)  # nothing else
+    by_key = {t.user_attrs["key"]: t for t in done}
+    for row in trials.itertuples():
+        t = by_key[row.key]
+        assert t.value == row.fitness and t.user_attrs["val_accs"] == row.val_accs
+        if row.valid:
+            assert [t.user_attrs["runs"][s]["val_acc"] for s in ("1", "2")] == row.val_accs
 
 
 @pytest.mark.parametrize("name", ["tpe", "random_search", "deft", "nsga2"])
@@ -287,100 +284,72 @@ def test_a_search_baselines_study_reads_well_and_resumes(name, backbone, splits,
     assert best_again.genes == best.genes
 
 
-def test_a_study_recorded_under_the_old_gene_names_resumes(backbone, splits, tmp_path, training, search_params,
-                                                          monkeypatch):
-    """A study written before the genes were named after their blocks (parameters g00..g06), by a search
-    that stopped half-way, is read and resumed: its evaluations are reused (matched by key and genes),
-    the rest are recorded under the new names, and the search ends as an uninterrupted one."""
-    import evotune.search.queue as queue_mod
-    import evotune.search.store as store_mod
-    from evotune.genome import gene_names
+def _queued(blocks=("stem", "layer1", "fc"), storage=None, **kw):
+    """A TrialQueue on a fresh study (in memory, or the storage at ``storage``) holding one queued evaluation."""
+    import optuna
 
-    train, val, _ = splits
-    store = StudyStore(f"sqlite:///{tmp_path}/study.db")
-    record = store_mod.TrialRecorder.record
+    from evotune.search.queue import TrialQueue
+    from evotune.search.store import make_storage
 
-    def stop_after_five(self, *args, **kw):
-        if self.completed == 5:
-            raise RuntimeError("stopped")
-        return record(self, *args, **kw)
-
-    with monkeypatch.context() as m:
-        old = lambda block_names: store_mod.index_gene_names(len(block_names) + 1)  # noqa: E731
-        m.setattr(store_mod, "gene_param_names", old)
-        m.setattr(queue_mod, "gene_param_names", old)
-        m.setattr(store_mod.TrialRecorder, "record", stop_after_five)
-        with pytest.raises(RuntimeError, match="stopped"):
-            run_search(backbone, train, val, store, search_params(generations=1), training)
-    trials, _, best = run_search(backbone, train, val, store, search_params(generations=1), training)
-    assert trials["cached"].tolist() == [True] * 5 + [False] * (len(trials) - 5)
-    uninterrupted = run_search(backbone, train, val, MEMORY, search_params(generations=1), training)
-    assert trials["fitness"].tolist() == uninterrupted[0]["fitness"].tolist()
-    assert best.genes == uninterrupted[2].genes
-    study = _studies(store.url)[best.study_name]
-    assert [list(t.params) for t in study.trials] == ([[f"g{i:02d}" for i in range(7)]] * 5
-                                                      + [gene_names(best.block_names)] * (len(trials) - 5))
+    opened = make_storage(storage, kw.pop("grace_period_s", None))
+    queue = TrialQueue(optuna.create_study(storage=opened), list(blocks), storage=opened, **kw)
+    queue.enqueue("g0/init/0", (0.9, 0.2, 0.7, 0.5), {"generation": 0, "role": "init", "chunk": 0})
+    return queue
 
 
-def test_a_unit_queued_under_the_old_gene_names_is_queued_again(monkeypatch):
-    """A unit left waiting by an earlier version (genes under g00..) is not trained with genes Optuna
-    would sample for the new names: it is failed and the search queues it again under the new ones."""
-    import evotune.search.queue as queue_mod
-    import evotune.search.store as store_mod
-    from evotune.search.queue import Unit, UnitQueue
-
-    blocks = ["stem", "layer1", "fc"]
-    unit = Unit("g0/init/0", 1, 0, (0.9, 0.2, 0.7, 0.5))
-    with monkeypatch.context() as m:
-        old = lambda block_names: store_mod.index_gene_names(len(block_names) + 1)  # noqa: E731
-        m.setattr(queue_mod, "gene_param_names", old)
-        legacy = UnitQueue(None, "s", blocks)
-        legacy.enqueue_missing([unit])
-    queue = UnitQueue(None, "s", blocks, study=legacy.study)
-    assert queue.claim() is None  # the old unit is failed, not trained
-    assert queue.enqueue_missing([unit]) == 1
-    trial, claimed = queue.claim()
-    assert claimed == unit and list(trial.params) == ["gene_stem", "gene_layer1", "gene_fc", "gene_threshold"]
-    assert store_mod.genes_from_params({"g00": 0.9, "g01": 0.2, "g02": 0.7, "g03": 0.5}, queue.names) == unit.genes
-    with pytest.raises(RuntimeError, match="another backbone"):
-        store_mod.genes_from_params({"gene_x": 0.1}, queue.names)
-
-
-def test_a_unit_claimed_by_a_process_killed_before_naming_itself_is_queued_again(monkeypatch):
-    """A process killed between `Study.ask` and naming itself on the unit leaves it RUNNING with no worker and no
+def test_a_claim_of_a_process_killed_before_naming_itself_is_queued_again(monkeypatch):
+    """A process killed between `Study.ask` and naming itself on the trial leaves it RUNNING with no worker and no
     heartbeat: it is queued again once it has been running ORPHAN_AFTER_S, not waited on forever (a resumed
-    search hung on such a unit in CI)."""
+    search hung on such a claim in CI)."""
     import evotune.search.queue as queue_mod
-    from evotune.search.queue import Unit, UnitQueue
 
-    blocks = ["stem", "layer1", "fc"]
-    unit = Unit("g0/init/0", 1, 0, (0.9, 0.2, 0.7, 0.5))
-    queue = UnitQueue(None, "s", blocks)
-    queue.enqueue_missing([unit])
+    queue = _queued()
     orphan = queue.study.ask(queue.distributions)  # the killed process's claim: no `worker`, no `alive_at`
-    assert orphan.user_attrs["key"] == unit.key and "worker" not in orphan.user_attrs
+    assert orphan.user_attrs["key"] == "g0/init/0" and "worker" not in orphan.user_attrs
     assert queue.requeue_stale() == 0 and queue.claim() is None  # just claimed: its process may still name itself
     later = time.time() + queue_mod.ORPHAN_AFTER_S + 1
     monkeypatch.setattr(queue_mod.time, "time", lambda: later)
     assert queue.requeue_stale() == 1
-    trial, claimed = queue.claim()
-    assert claimed == unit and trial.user_attrs["worker"] == queue.me
+    trial = queue.claim()
+    assert queue.genes(trial) == (0.9, 0.2, 0.7, 0.5) and trial.user_attrs["worker"] == queue.me
 
 
-def test_a_unit_claimed_by_a_process_killed_inside_ask_is_queued_again_with_its_genes(monkeypatch):
+def test_a_claim_of_a_process_killed_inside_ask_is_queued_again_with_its_genes(monkeypatch):
     """Killed inside `Study.ask`, after the trial became RUNNING but before its parameters were set, the claim
-    holds no genes yet (only Optuna's fixed params of the enqueued unit): the requeue reads them there (it
-    raised 'the study was written for another backbone' in CI's SIGKILL test)."""
+    holds no genes yet (only Optuna's fixed params of the queued trial): the retry keeps them."""
     import evotune.search.queue as queue_mod
-    from evotune.search.queue import Unit, UnitQueue
 
-    unit = Unit("g0/init/1", 2, 1, (0.1, 0.8, 0.3, 0.6))
-    queue = UnitQueue(None, "s", ["stem", "layer1", "fc"])
-    queue.enqueue_missing([unit])
+    queue = _queued()
     orphan = queue.study.ask()  # no distributions: the RUNNING trial has no parameters yet
     assert orphan.params == {}
     later = time.time() + queue_mod.ORPHAN_AFTER_S + 1
     monkeypatch.setattr(queue_mod.time, "time", lambda: later)
     assert queue.requeue_stale() == 1
-    trial, claimed = queue.claim()
-    assert claimed == unit
+    assert queue.genes(queue.claim()) == (0.9, 0.2, 0.7, 0.5)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_silent_claim_is_queued_again_with_the_trainings_it_finished(kind, tmp_path, monkeypatch):
+    """A claim whose process went silent (another host: no pid to look at) is failed and queued again once
+    silent search.stale_after_s: on a database by Optuna's heartbeat (fail_stale_trials and
+    RetryHeartbeatStaleTrialCallback), on a journal file by its alive_at. The retry carries the trainings
+    the dead claim finished (user attribute runs), so they are not trained again."""
+    import evotune.search.queue as queue_mod
+
+    url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal://{tmp_path}/s.log"
+    queue = _queued(storage=url, stale_after_s=1, grace_period_s=1)
+    other = _queued(storage=url, stale_after_s=1)  # the same storage, another study: untouched
+    trial = queue.claim()
+    trial.set_user_attr("runs", {"1": {"val_acc": 0.5}})
+    trial.set_user_attr("worker", "another-host:1")  # not this host's: only silence tells it is gone
+    queue.me = "this-host:2"
+    if kind == "sqlite":
+        time.sleep(3.5)  # the database's clock (whole seconds in SQLite) decides Optuna's heartbeat: nothing to patch
+    else:
+        later = time.time() + 2
+        monkeypatch.setattr(queue_mod.time, "time", lambda: later)
+    queue.requeue_stale()
+    retry = queue.claim()
+    assert retry is not None and retry.number != trial.number
+    assert retry.user_attrs["runs"] == {"1": {"val_acc": 0.5}} and queue.genes(retry) == (0.9, 0.2, 0.7, 0.5)
+    assert [t.state.name for t in other.study.trials] == ["WAITING"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,10 @@ from .lineage import now
 from .metrics import classification_metrics, mean_std
 from .retraining import SearchSummary, TrainedMethod, TrainedVariant
 from .training import DeviceData, TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    from .backbones.checkpoint import BackboneCheckpoint
+    from .data.split import Split
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +132,7 @@ class MethodMetrics(TestMetrics):
 
 
 def evaluate_variant(
-    backbone: dict, variant: TrainedVariant, target_test: dict, cfg: TrainConfig, *, trained_as: str = "retrained_models"
+    backbone: BackboneCheckpoint, variant: TrainedVariant, target_test: Split, cfg: TrainConfig, *, trained_as: str = "retrained_models"
 ) -> tuple[TestMetrics, pd.DataFrame]:
     """Test every seed of ``variant`` once: accuracy, macro accuracy, macro F1, kappa, confusion matrix.
     ``trained_as`` names the trained models' input in ``inputs_created``."""
@@ -172,7 +176,7 @@ def evaluate_variant(
     return metrics, per_seed
 
 
-def evaluate_variants(backbone: dict, trained: TrainedMethod, target_test: dict, cfg: TrainConfig
+def evaluate_variants(backbone: BackboneCheckpoint, trained: TrainedMethod, target_test: Split, cfg: TrainConfig
                 ) -> tuple[MethodMetrics, pd.DataFrame]:
     """Test every variant once; the reported one is the best by mean validation accuracy (the first on ties)."""
     tables, tested = [], []

@@ -210,7 +210,7 @@ def score_like_the_search(genomes: list[np.ndarray], backbone: Any, train: Any, 
     chunk = generation % max(search.n_chunks, 1)
     with track("search fidelity: random genomes scored as the search does", len(genomes) * len(search.seeds)) as stage:
         evaluator = GenomeEvaluator(trainer, chunks, seeds=search.seeds, base_lr=training.base_lr,
-                                    force_head=search.force_head_trainable, recorder=None,
+                                    force_head=search.force_head_trainable,
                                     progress=Progress(len(genomes), stage, name="fidelity"))
         evaluator([EvalRequest(f"fidelity/random/{i}", g, generation, "random", chunk)
                    for i, g in enumerate(genomes)])

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .artifacts import Artifact
 from .backbones import count_parameters, model_from_checkpoint
@@ -33,6 +33,10 @@ from .progress import StageProgress, track
 from .search.evaluator import genome_plan
 from .search.records import GenomeRecord
 from .training import DeviceData, TrainConfig, Trainer, TrainingPlan
+
+if TYPE_CHECKING:
+    from .backbones.checkpoint import BackboneCheckpoint
+    from .data.split import Split
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +158,7 @@ def train_seeds(
 
 
 def retrain_genome(
-    backbone: dict, target_train: dict, target_val: dict, genome: GenomeRecord, seeds: Sequence[int], cfg: TrainConfig,
+    backbone: BackboneCheckpoint, target_train: Split, target_val: Split, genome: GenomeRecord, seeds: Sequence[int], cfg: TrainConfig,
     *, method: str = "biotune", params: dict | None = None,
 ) -> TrainedVariant:
     """A searched genome (BioTune's, or a search baseline's) trained on all training chunks, once per seed."""
@@ -180,7 +184,7 @@ def retrain_genome(
 
 
 def train_plan_method(
-    backbone: dict, target_train: dict, target_val: dict, method: str, method_params: dict | None,
+    backbone: BackboneCheckpoint, target_train: Split, target_val: Split, method: str, method_params: dict | None,
     seeds: Sequence[int], cfg: TrainConfig,
 ) -> TrainedMethod:
     """Every variant of a fixed-plan method (full fine-tuning, surgical, LoRA, ...) trained once per seed."""
@@ -211,7 +215,7 @@ def train_plan_method(
 
 
 def retrain_search_method(
-    backbone: dict, target_train: dict, target_val: dict, best_genome: GenomeRecord, method: str, seeds: Sequence[int],
+    backbone: BackboneCheckpoint, target_train: Split, target_val: Split, best_genome: GenomeRecord, method: str, seeds: Sequence[int],
     cfg: TrainConfig,
 ) -> TrainedMethod:
     """A search baseline's best genome retrained exactly as BioTune's (:func:`retrain_genome`)."""

@@ -440,11 +440,17 @@ class TrainingPlan:
         return k
 
 
+#: batch and instance norm, and dropout of every kind, by torch's public classes
+NORM_MODULES = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
+                torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d)
+DROPOUT_MODULES = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
+                   torch.nn.FeatureAlphaDropout)
+
 #: the module types :func:`mode_dependent` looks for, each with the attributes whose value 0
 #: makes it compute the same in both modes (None: always mode dependent)
 MODE_DEPENDENT_TYPES: dict[type, tuple[str, ...] | None] = {
-    torch.nn.modules.batchnorm._NormBase: None,  # batch norm, and instance norm (with running statistics or not)
-    torch.nn.modules.dropout._DropoutNd: ("p",),  # dropout of every kind
+    **dict.fromkeys(NORM_MODULES, None),  # batch norm, and instance norm (with running statistics or not)
+    **dict.fromkeys(DROPOUT_MODULES, ("p",)),  # dropout of every kind
     StochasticDepth: ("p",),  # EfficientNet, Swin, ConvNeXt
     torch.nn.MultiheadAttention: ("dropout",),  # torchvision's vision transformers
     ShiftedWindowAttention: ("dropout", "attention_dropout"),  # Swin (V1 and V2)

@@ -229,7 +229,7 @@ def _seq(**modules: nn.Module) -> nn.Sequential:
 
 def _group(modules: nn.Sequential, indices: Sequence[int]) -> nn.Module:
     """One module of ``modules`` as is, or several as a Sequential keeping their keys."""
-    items = list(modules._modules.items())
+    items = list(modules.named_children())
     if len(indices) == 1:
         return items[indices[0]][1]
     return nn.Sequential(OrderedDict(items[i] for i in indices))
@@ -264,7 +264,7 @@ def _stage_densenet(m: nn.Module) -> list[nn.Module]:
 
 
 def _stage_vgg(m: nn.Module) -> list[nn.Module]:
-    items = list(m.features._modules.items())
+    items = list(m.features.named_children())
     stages: list[nn.Module] = []
     current: list[tuple[str, nn.Module]] = []
     for key, module in items:
@@ -273,7 +273,7 @@ def _stage_vgg(m: nn.Module) -> list[nn.Module]:
             stages.append(nn.Sequential(OrderedDict(current)))
             current = []
     if current:  # trailing layers after the last pool (not in torchvision VGGs)
-        stages[-1] = nn.Sequential(OrderedDict(list(stages[-1]._modules.items()) + current))
+        stages[-1] = nn.Sequential(OrderedDict(list(stages[-1].named_children()) + current))
     stages.append(_seq(avgpool=m.avgpool, flatten=nn.Flatten(1), classifier=m.classifier))
     return stages
 

@@ -111,8 +111,8 @@ class _ViTStem(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         n, _, h, w = x.shape
         p = self.patch_size
-        torch._assert(h == self.image_size, f"Wrong image height! Expected {self.image_size} but got {h}!")
-        torch._assert(w == self.image_size, f"Wrong image width! Expected {self.image_size} but got {w}!")
+        if h != self.image_size or w != self.image_size:  # torchvision's check (there with torch's private _assert)
+            raise ValueError(f"Wrong image size! Expected {self.image_size}x{self.image_size} but got {h}x{w}!")
         x = self.conv_proj(x).reshape(n, self.hidden_dim, (h // p) * (w // p)).permute(0, 2, 1)
         x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)
         return self.dropout(x + self.pos_embedding)

@@ -101,9 +101,9 @@ def _create(arch: str, num_classes: int, kwargs: Mapping[str, Any] | None, **ext
 # --------------------------------------------------------------------------------------
 def _groups(model: nn.Module) -> list[list[str]]:
     """Parameter names per coarse group of timm's ``group_matcher``, in group order."""
-    from timm.models._manipulate import group_with_matcher
+    from timm.models import group_parameters
 
-    grouped = group_with_matcher(list(model.named_parameters()), model.group_matcher(coarse=True))
+    grouped = group_parameters(model, model.group_matcher(coarse=True))
     return [list(names) for _, names in sorted(grouped.items())]
 
 
@@ -140,7 +140,7 @@ def _reads_mode(module: nn.Module) -> bool:
 
 class _Tracer(fx.Tracer):
     def __init__(self) -> None:
-        from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+        from timm.models import get_notrace_functions, get_notrace_modules
 
         super().__init__(autowrap_functions=tuple(get_notrace_functions()))
         self._notrace = tuple(get_notrace_modules())

@@ -25,13 +25,13 @@ class StudyStoreDataset(AbstractDataset[None, Any]):
     """Loads the :class:`~evotune.search.store.StudyStore` of ``storage`` (read-only)."""
 
     def __init__(self, *, storage: str | None, metadata: dict[str, Any] | None = None) -> None:
-        self._storage = storage or None
+        self._url = storage or None
         self.metadata = metadata
 
     def load(self) -> Any:
         from ..search.store import StudyStore
 
-        return StudyStore(self._storage)
+        return StudyStore(self._url)
 
     def save(self, data: None) -> None:
         raise DatasetError("The study store is written by the search through Optuna, not saved by Kedro.")
@@ -40,4 +40,4 @@ class StudyStoreDataset(AbstractDataset[None, Any]):
         return True
 
     def _describe(self) -> dict[str, Any]:
-        return {"storage": self._storage}
+        return {"storage": self._url}

@@ -122,7 +122,7 @@ class LoRAMultiheadAttention(_LoRA):
     def __init__(self, base: nn.MultiheadAttention, rank: int, alpha: float,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        if not base._qkv_same_embed_dim or base.in_proj_weight is None:
+        if base.in_proj_weight is None:  # torch packs q, k, v in one weight iff kdim == vdim == embed_dim
             raise ValueError("LoRAMultiheadAttention needs one input projection (kdim == vdim == embed_dim)")
         self.base = base
         self.rank = int(rank)
@@ -166,7 +166,7 @@ def _wrapper(module: nn.Module, parent: nn.Module) -> type[_LoRA] | None:
         return LoRAConv2d
     if isinstance(module, nn.Linear) and not isinstance(parent, _READS_LINEAR_WEIGHTS):
         return LoRALinear
-    if isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim:
+    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
         return LoRAMultiheadAttention
     return None
 

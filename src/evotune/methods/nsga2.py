@@ -28,7 +28,6 @@ import numpy as np
 import optuna
 
 from ..genome import WORST_FITNESS
-from ..search.store import index_gene_names
 from .base import Budget, SearchMethod
 
 #: the objectives, in the order they are told to the sampler
@@ -51,7 +50,7 @@ def run(budget: Budget, num_blocks: int, seed: int, population_size: int | None 
                       "swapping_prob": swapping_prob, "mutation_prob": mutation_prob}, budget.evo.population)
     if problems:
         raise ValueError("; ".join(problems))
-    names = index_gene_names(num_blocks + 1)
+    names = [f"g{i:02d}" for i in range(num_blocks + 1)]  # the sampler's own (in-memory) study
     dists = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in names}
     size = budget.evo.population if population_size is None else int(population_size)
     level = optuna.logging.get_verbosity()

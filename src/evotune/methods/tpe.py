@@ -20,13 +20,12 @@ import warnings
 import numpy as np
 import optuna
 
-from ..search.store import index_gene_names
 from .base import Budget, SearchMethod
 
 
 def run(budget: Budget, num_blocks: int, seed: int, n_startup_trials: int | None = None,
         multivariate: bool = True) -> dict:
-    names = index_gene_names(num_blocks + 1)  # kept: renamed, the seeded sampler would propose other genomes
+    names = [f"g{i:02d}" for i in range(num_blocks + 1)]  # kept: renamed, the seeded sampler would propose others
     dists = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in names}
     startup = budget.evo.population if n_startup_trials is None else int(n_startup_trials)
     level = optuna.logging.get_verbosity()

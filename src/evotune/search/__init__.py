@@ -3,8 +3,8 @@
 * :mod:`~evotune.search.config` - :class:`SearchConfig`, the ``search`` parameters (one chunk count);
 * :mod:`~evotune.search.evolution` - the evolutionary operators and loop (no training in it);
 * :mod:`~evotune.search.evaluator` - :class:`GenomeEvaluator`: genomes to fitness, by training on chunks;
-* :mod:`~evotune.search.store` - the study store (Optuna), the trial recorder, study names;
-* :mod:`~evotune.search.queue` - per-seed trainings queued in the store, and the workers' loop;
+* :mod:`~evotune.search.store` - the study store (Optuna, one study per search) and study names;
+* :mod:`~evotune.search.queue` - evaluations queued, claimed and told as trials of that study;
 * :mod:`~evotune.search.records` - :class:`GenomeRecord` and the trials and population tables;
 * :mod:`~evotune.search.runner` - the one runner, for BioTune, its workers and the search baselines.
 

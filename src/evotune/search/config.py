@@ -30,8 +30,9 @@ NOT_FINGERPRINTED = ("study_name", "stale_after_s", "worker_idle_timeout_s", "wo
 #: the version of the search's operators (evotune.search.evolution), part of the study's fingerprint:
 #: a change to what the operators draw for given fitness values gets a fresh study, since a study
 #: recorded by other operators cannot be replayed. 2: the mating pool holds the exploited elites and
-#: the first offspring are not mutated (the authors' code; issue 11)
-OPERATORS_VERSION = 2
+#: the first offspring are not mutated (the authors' code; issue 11). 3: one study per search, its trials
+#: the evaluations (no '-units' study), genes only as gene_<block> (issue 26: the g00.. names retired)
+OPERATORS_VERSION = 3
 
 
 @dataclass(frozen=True)

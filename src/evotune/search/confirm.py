@@ -4,7 +4,7 @@ The search's best genome is the best of many noisy evaluations, each on one sear
 search seeds: an optimistic, partly random pick. The confirmation evaluates the search's top ``k``
 distinct genomes again, on **every** search chunk, once per confirmation seed (seeds other than the
 search's, so the confirmation's noise is independent of the selection's), exactly as the search
-evaluates a genome (:func:`evotune.search.evaluator.train_unit`: same trainer, chunks, head policy
+evaluates a genome (evotune.search.evaluator.train_genome: same trainer, chunks, head policy
 and learning rates). The pick then follows ``confirm.rule``:
 
 * ``best``: the search's best genome, the paper's rule (the default); nothing is trained;
@@ -35,8 +35,7 @@ from ..params import from_params
 from ..report.significance import CONFIDENCE, t_interval
 from ..training import TrainConfig
 from .config import SearchConfig
-from .evaluator import train_unit
-from .queue import Unit
+from .evaluator import train_genome
 from .records import GenomeRecord, genome_record
 
 log = logging.getLogger(__name__)
@@ -141,17 +140,16 @@ def pick(table: pd.DataFrame, rule: str, confidence: float = CONFIDENCE) -> pd.D
 
 
 def confirm_genomes(trainer, chunks: dict, candidates: list[dict[str, Any]], cfg: ConfirmConfig, *,
-                    base_lr: float, force_head: bool, share, train_unit) -> pd.DataFrame:
-    """Train every candidate on every chunk once per confirmation seed (``train_unit``:
-    :func:`evotune.search.evaluator.train_unit`); the confirmation table before the pick."""
+                    base_lr: float, force_head: bool, share, train_genome) -> pd.DataFrame:
+    """Train every candidate on every chunk once per confirmation seed (``train_genome``:
+    :func:`evotune.search.evaluator.train_genome`); the confirmation table before the pick."""
     rows = []
     for rank, c in enumerate(candidates):
         accs, seconds = [], 0.0
         for chunk in sorted(chunks):
             for seed in cfg.seeds:
-                out = train_unit(trainer, chunks, Unit(f"confirm/{c['key']}", int(seed), int(chunk),
-                                                       tuple(float(g) for g in c["genes"])),
-                                 base_lr=base_lr, force_head=force_head)
+                out = train_genome(trainer, chunks, f"confirm/{c['key']}", int(seed), int(chunk),
+                                   tuple(float(g) for g in c["genes"]), base_lr=base_lr, force_head=force_head)
                 accs.append(0.0 if out["diverged"] else float(out["val_acc"]))
                 seconds += float(out["seconds"])
         d = decode(c["genes"], base_lr, force_head=force_head)
@@ -196,7 +194,7 @@ def run_confirmation(backbone, train, val, trials: pd.DataFrame, best: GenomeRec
     log.info("confirm.rule %s: %d genome(s) x %d chunk(s) x %d seed(s) = %d trainings", cfg.rule, len(candidates),
              len(chunks), len(cfg.seeds), len(candidates) * len(chunks) * len(cfg.seeds))
     table = pick(confirm_genomes(trainer, chunks, candidates, cfg, base_lr=training.base_lr,
-                                 force_head=scfg.force_head_trainable, share=share, train_unit=train_unit), cfg.rule)
+                                 force_head=scfg.force_head_trainable, share=share, train_genome=train_genome), cfg.rule)
     row = table[table["picked"]].iloc[0]
     chosen = candidates[int(row["search_rank"])]
     fresh = genome_record(chosen["genes"], fitness=chosen["fitness"], key=chosen["key"], backbone=backbone,

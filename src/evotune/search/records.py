@@ -14,7 +14,7 @@ One builder each, for BioTune and for the search baselines (DEFT, random search,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,9 @@ import pandas as pd
 from ..artifacts import Artifact
 from ..genome import decode, gene_names
 from .evolution import Individual
+
+if TYPE_CHECKING:
+    from ..backbones.checkpoint import BackboneCheckpoint
 
 
 @dataclass
@@ -46,8 +49,8 @@ class GenomeRecord(Artifact):
     device: str
     search_seconds: float
     # lineage (evotune.lineage)
-    dataset: str
-    backbone_id: str
+    dataset: str | None
+    backbone_id: str | None
     created: str
     # search baselines (compare): the method, its parameters and wall time, and its own facts
     method: str | None = None
@@ -72,7 +75,7 @@ class GenomeRecord(Artifact):
 BASELINE_EXTRAS = ("seed", "genotype", "de_generations", "n_startup_trials", "population_size", "front_size")
 
 
-def genome_record(genes, *, fitness: float, key: str, backbone: dict, block_names: list[str], base_lr: float,
+def genome_record(genes, *, fitness: float, key: str, backbone: BackboneCheckpoint, block_names: list[str], base_lr: float,
                   force_head: bool, study_name: str, storage: str | None, evaluations: int, trainings: int,
                   device: str, search_seconds: float, created: str, **extra: Any) -> GenomeRecord:
     """The :class:`GenomeRecord` of a search's best genome (BioTune's or a search baseline's);

@@ -4,7 +4,7 @@
 search chunks of the train and val splits (cut here, :func:`search_chunks`), and the study
 in the study store. Then
 
-* :func:`run_biotune` runs BioTune's evolution (its trainings queued in the store, so that
+* :func:`run_biotune` runs BioTune's evolution (its evaluations queued in its study, so that
   workers can share them and a killed search resumes);
 * :func:`run_worker` is a worker process of a running BioTune search;
 * :func:`run_baseline` runs a search baseline (DEFT, random search, TPE) with BioTune's
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,8 @@ import pandas as pd
 import torch
 
 from ..backbones import model_from_checkpoint
+from ..backbones.checkpoint import BackboneCheckpoint
+from ..data.split import Split
 from ..data.splitting import chunk_ids
 from ..errors import ParameterError
 from ..lineage import check_same_lineage, now
@@ -36,9 +37,9 @@ from ..training import TrainConfig, Trainer
 from .config import STORAGE_KEY, SearchConfig
 from .evaluator import ChunkData, GenomeEvaluator, Progress, chunk_data
 from .evolution import Individual, biotune_search
-from .queue import Unit, UnitQueue, work
+from .queue import TrialQueue
 from .records import GenomeRecord, genome_record, population_rows, trials_table
-from .store import StudyStore, TrialRecorder, config_fingerprint, study_name_for
+from .store import StudyStore, config_fingerprint, open_study, study_name_for
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 WORKER_LOG_COLUMNS = ["key", "seed", "chunk", "val_acc", "epochs", "seconds", "diverged", "device"]
 
 
-def search_chunks(train: dict, val: dict, *, n_chunks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def search_chunks(train: Split, val: Split, *, n_chunks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The search chunk of every train and val image (:func:`evotune.data.splitting.chunk_ids`,
     seeded by ``search.chunk_seed``, by default ``data.split.seed``)."""
     out = []
@@ -80,13 +81,14 @@ class SearchSetup:
     block_names: list[str]
     store: StudyStore
     study: optuna.Study
+    queue: TrialQueue
 
     @property
     def num_genes(self) -> int:
         return len(self.block_names) + 1
 
 
-def evaluation_setup(backbone: dict, train: dict, val: dict, cfg: SearchConfig, training: TrainConfig
+def evaluation_setup(backbone: BackboneCheckpoint, train: Split, val: Split, cfg: SearchConfig, training: TrainConfig
                      ) -> tuple[Trainer, torch.Tensor, torch.Tensor, dict[int, ChunkData]]:
     """What evaluating a genome as the search does needs: the trainer, the search chunk of every
     train and val image, and each chunk's images on the trainer's device (:func:`prepare`, and
@@ -96,7 +98,7 @@ def evaluation_setup(backbone: dict, train: dict, val: dict, cfg: SearchConfig, 
     return trainer, train_chunks, val_chunks, chunk_data(trainer, train, val, train_chunks, val_chunks, cfg.n_chunks)
 
 
-def prepare(stage: str, backbone: dict, train: dict, val: dict, store: StudyStore, search_params: dict,
+def prepare(stage: str, backbone: BackboneCheckpoint, train: Split, val: Split, store: StudyStore, search_params: dict,
             training_params: dict, *, rerun: str, study_prefix: str | None = None) -> SearchSetup:
     """Check the inputs, build the trainer, cut the search chunks and open the study."""
     cfg = SearchConfig.from_params(search_params)
@@ -105,24 +107,23 @@ def prepare(stage: str, backbone: dict, train: dict, val: dict, store: StudyStor
     check_same_lineage(stage, "dataset", {"backbone": backbone, "target_train": train, "target_val": val}, rerun)
     trainer, train_chunks, val_chunks, chunks = evaluation_setup(backbone, train, val, cfg, training)
     name = study_name_for(cfg, training, backbone, train, val, train_chunks, val_chunks, study_name=study_prefix)
-    return SearchSetup(cfg, training, trainer, chunks, list(trainer.model.block_names), store, store.open(name))
+    study, storage = open_study(store.url, name, grace_period_s=cfg.stale_after_s)
+    blocks = list(trainer.model.block_names)
+    queue = TrialQueue(study, blocks, storage=storage, stale_after_s=cfg.stale_after_s)
+    return SearchSetup(cfg, training, trainer, chunks, blocks, store, study, queue)
 
 
-def _queue(s: SearchSetup) -> UnitQueue:
-    return UnitQueue(s.store.url, s.study.study_name, s.block_names, stale_after_s=s.cfg.stale_after_s)
-
-
-def _evaluator(s: SearchSetup, backbone: dict, stage: StageProgress, generations: int | None = None,
+def _evaluator(s: SearchSetup, stage: StageProgress, total: int | None, generations: int | None = None,
                **kw: Any) -> GenomeEvaluator:
     return GenomeEvaluator(s.trainer, s.chunks, seeds=s.cfg.seeds, base_lr=s.training.base_lr,
-                           force_head=s.cfg.force_head_trainable, recorder=TrialRecorder(s.study, s.block_names),
-                           progress=Progress(s.cfg.evaluations, stage, generations), **kw)
+                           force_head=s.cfg.force_head_trainable, queue=s.queue,
+                           progress=Progress(total or 0, stage, generations), poll_s=s.cfg.worker_poll_s, **kw)
 
 
 BIOTUNE_RERUN = "kedro run --from-nodes split_dataset (or the whole kedro run)"
 
 
-def run_biotune(backbone: dict, train: dict, val: dict, store: StudyStore, search_params: dict,
+def run_biotune(backbone: BackboneCheckpoint, train: Split, val: Split, store: StudyStore, search_params: dict,
                 training_params: dict) -> tuple[pd.DataFrame, pd.DataFrame, GenomeRecord]:
     """Run BioTune's evolutionary search over which blocks to train and at what rate.
 
@@ -137,8 +138,6 @@ def run_biotune(backbone: dict, train: dict, val: dict, store: StudyStore, searc
         s.trainer.device, backbone.arch, len(s.block_names), cfg.population, cfg.elite,
         cfg.generations, len(cfg.seeds), cfg.n_chunks, cfg.evaluations, study.study_name,
     )
-    queue = _queue(s)
-    study.set_user_attr("units_study", queue.study.study_name)
     study.set_user_attr("finished", False)
     pop_rows: list[dict] = []
 
@@ -148,10 +147,10 @@ def run_biotune(backbone: dict, train: dict, val: dict, store: StudyStore, searc
                  pop[0].fitness, float(np.mean([p.fitness for p in pop])))
 
     with track("BioTune search", cfg.evaluations * len(cfg.seeds)) as stage:
-        evaluator = _evaluator(s, backbone, stage, cfg.generations, queue=queue, extra_attrs={"arch": backbone.arch},
-                               poll_s=cfg.worker_poll_s)
-        if evaluator.recorder.completed:
-            log.info("the study already holds %d finished evaluations: they are reused", evaluator.recorder.completed)
+        evaluator = _evaluator(s, stage, cfg.evaluations, cfg.generations, extra_attrs={"arch": backbone.arch})
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        if done:
+            log.info("the study already holds %d finished evaluations: they are reused", done)
         result = biotune_search(len(s.block_names), cfg, evaluator, n_chunks=cfg.n_chunks,
                                 on_generation=on_generation)
     study.set_user_attr("finished", True)  # tells worker processes to stop
@@ -169,41 +168,44 @@ def run_biotune(backbone: dict, train: dict, val: dict, store: StudyStore, searc
     return trials, pd.DataFrame(pop_rows), record
 
 
-def run_worker(backbone: dict, train: dict, val: dict, store: StudyStore, search_params: dict,
+def run_worker(backbone: BackboneCheckpoint, train: Split, val: Split, store: StudyStore, search_params: dict,
                training_params: dict) -> pd.DataFrame:
-    """A worker process of a BioTune search: trains queued units of the same study until the search ends.
+    """A worker process of a BioTune search: trains queued evaluations of the same study until the search
+    ends (or it is idle ``search.worker_idle_timeout_s``); one row per training.
 
     Started with the same parameters and data as the search, it finds the study by the same fingerprint.
     """
-    s = prepare("evolutionary_search", backbone, train, val, store, search_params, training_params,
-                rerun=BIOTUNE_RERUN)
-    queue = _queue(s)
     if not store.shared:
         raise ParameterError("The study storage is null (in memory): workers need a shared storage such as "
                              "'journal:///data/07_model_output/optuna.log' or a PostgreSQL URL "
                              "(--params search.storage=..., the catalog entry search_study_store).")
-    log.info("search worker %s on %s for study %s", queue.me, s.trainer.device, s.study.study_name)
-    def finished() -> bool:
-        return bool(s.study.user_attrs.get("finished", False))
-
-    with track(f"search worker {queue.me}", None) as stage:
-        evaluator = GenomeEvaluator(s.trainer, s.chunks, seeds=s.cfg.seeds, base_lr=s.training.base_lr,
-                                    force_head=s.cfg.force_head_trainable, recorder=None,
-                                    progress=Progress(0, stage))
-
-        def train(unit: Unit, heartbeat: Callable[[], None]) -> dict[str, Any]:
-            out = evaluator.train(unit, heartbeat)
-            stage.advance(1, note=f"{unit.key} seed {unit.seed}: val {out['val_acc']:.3f}")
-            return out
-
-        done = work(queue, train, finished=finished, idle_timeout_s=s.cfg.worker_idle_timeout_s,
-                    poll_s=s.cfg.worker_poll_s)
-    log.info("worker %s trained %d unit(s)", queue.me, len(done))
+    s = prepare("evolutionary_search", backbone, train, val, store, search_params, training_params,
+                rerun=BIOTUNE_RERUN)
+    me = s.queue.me
+    log.info("search worker %s on %s for study %s", me, s.trainer.device, s.study.study_name)
+    done: list[dict[str, Any]] = []
+    with track(f"search worker {me}", None) as stage:
+        evaluator = _evaluator(s, stage, None)
+        idle_since = time.monotonic()
+        while True:
+            out = evaluator.run_one()
+            if out is not None:
+                done += out
+                idle_since = time.monotonic()
+                continue
+            if s.study.user_attrs.get("finished", False):
+                break
+            if time.monotonic() - idle_since > s.cfg.worker_idle_timeout_s:
+                log.warning("worker %s: no work for %.0fs, stopping", me, s.cfg.worker_idle_timeout_s)
+                break
+            s.queue.requeue_stale()
+            time.sleep(s.cfg.worker_poll_s)
+    log.info("worker %s trained %d time(s)", me, len(done))
     return pd.DataFrame(done, columns=WORKER_LOG_COLUMNS)
 
 
-def run_baseline(method: Any, params: dict[str, Any], backbone: dict, train: dict, val: dict, store: StudyStore,
-                 search_params: dict, training_params: dict) -> tuple[pd.DataFrame, GenomeRecord]:
+def run_baseline(method: Any, params: dict[str, Any], backbone: BackboneCheckpoint, train: Split, val: Split,
+                 store: StudyStore, search_params: dict, training_params: dict) -> tuple[pd.DataFrame, GenomeRecord]:
     """Run a search baseline (a :class:`~evotune.methods.SearchMethod` and its resolved
     ``params``) with BioTune's settings and evaluation budget; returns (trials, best genome)."""
     t0 = time.perf_counter()
@@ -217,7 +219,7 @@ def run_baseline(method: Any, params: dict[str, Any], backbone: dict, train: dic
              name, s.trainer.device, cfg.evaluations, cfg.population, cfg.elite, cfg.generations, len(cfg.seeds),
              cfg.n_chunks, s.study.study_name)
     with track(f"{name} search", cfg.evaluations * len(cfg.seeds)) as stage:
-        evaluator = _evaluator(s, backbone, stage, extra_attrs={"arch": backbone.arch, "method": name})
+        evaluator = _evaluator(s, stage, cfg.evaluations, extra_attrs={"arch": backbone.arch, "method": name})
         outcome = method.search(evaluator, len(s.block_names), cfg, n_chunks=cfg.n_chunks, **params)
     # the evaluator's rows carry the training facts, the budget's rows the method's own (e.g. DEFT's genotype)
     by_key = {r["key"]: r for r in outcome.rows}

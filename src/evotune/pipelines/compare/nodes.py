@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,9 @@ from ...search.runner import run_baseline, run_biotune
 from ...search.store import StudyStore
 from ...training import TrainConfig
 from ..data_processing.nodes import split_options
+
+if TYPE_CHECKING:
+    from ...backbones.checkpoint import BackboneCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ def resample_splits(target_train: Split, target_val: Split, target_test: Split, 
 
 
 def train_plan_method(
-    backbone: dict,
+    backbone: BackboneCheckpoint,
     target_train: Split,
     target_val: Split,
     target_test: Split,
@@ -151,7 +155,7 @@ def _searches(stage: str, run, backbone, target_train, target_val, target_test, 
 
 
 def search_biotune(
-    backbone: dict,
+    backbone: BackboneCheckpoint,
     target_train: Split,
     target_val: Split,
     target_test: Split,
@@ -174,7 +178,7 @@ def search_biotune(
 
 
 def search_baseline(
-    backbone: dict,
+    backbone: BackboneCheckpoint,
     target_train: Split,
     target_val: Split,
     target_test: Split,
@@ -249,7 +253,7 @@ def confirm_searched_genomes(
 
 
 def retrain_searched_genome(
-    backbone: dict,
+    backbone: BackboneCheckpoint,
     target_train: Split,
     target_val: Split,
     target_test: Split,
@@ -283,7 +287,7 @@ def retrain_searched_genome(
 # --------------------------------------------------------------------------- test
 
 
-def evaluate_method(backbone: dict, trained: list[TrainedMethod], target_train: Split, target_val: Split,
+def evaluate_method(backbone: BackboneCheckpoint, trained: list[TrainedMethod], target_train: Split, target_val: Split,
                     target_test: Split, compare_resamplings: SplitResamplings, training_params: dict
                     ) -> tuple[MethodMetrics, pd.DataFrame]:
     """Test every trained variant once on each resampling's test split (the reported variant there: the best

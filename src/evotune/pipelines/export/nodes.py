@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,10 @@ from ...metrics import classification_metrics
 from ...params import require_keys
 from ...retraining import TrainedVariant
 from ...training import DeviceData, Normalizer, TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    from ...backbones.checkpoint import BackboneCheckpoint
+    from ...data.split import Split
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ def _verify(model, plain, program, images: torch.Tensor, mean, std, batch: int =
     return out
 
 
-def _test_metrics(model, target_test: dict, backbone: dict, training_params: dict) -> dict:
+def _test_metrics(model, target_test: Split, backbone: BackboneCheckpoint, training_params: dict) -> dict:
     """The exported seed's test metrics, computed as evaluate_on_test computes them (the
     project's evaluation, on the training device)."""
     trainer = Trainer(model, TrainConfig.from_params(training_params), mean=backbone.mean, std=backbone.std)
@@ -84,7 +88,7 @@ def _test_metrics(model, target_test: dict, backbone: dict, training_params: dic
 
 
 def export_best_model(
-    backbone: dict, retrained_models: TrainedVariant, target_test: dict, export_params: dict, training_params: dict
+    backbone: BackboneCheckpoint, retrained_models: TrainedVariant, target_test: Split, export_params: dict, training_params: dict
 ) -> tuple[dict, torch.export.ExportedProgram | ArchiveNotWritten, dict]:
     """The chosen retrained seed as a safetensors state dict of its library's own model (torchvision
     or timm), a torch.export archive (uint8 images in; where torch.export cannot capture the model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -13,11 +14,15 @@ from ...search.config import SearchConfig
 from ...search.records import GenomeRecord
 from ...training import TrainConfig
 
+if TYPE_CHECKING:
+    from ...backbones.checkpoint import BackboneCheckpoint
+    from ...data.split import Split
+
 log = logging.getLogger(__name__)
 
 
 def measure_search_fidelity(
-    backbone: dict, target_train: dict, target_val: dict, target_test: dict, search_population: pd.DataFrame,
+    backbone: BackboneCheckpoint, target_train: Split, target_val: Split, target_test: Split, search_population: pd.DataFrame,
     search_trials: pd.DataFrame, best_genome: GenomeRecord, fidelity_params: dict, search_params: dict,
     retrain_params: dict, training_params: dict,
 ) -> tuple[pd.DataFrame, FidelitySummary]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -13,11 +14,15 @@ from ...retraining import TrainedVariant, retrain_config, retrain_genome, retrai
 from ...search.records import GenomeRecord
 from ...training import TrainConfig
 
+if TYPE_CHECKING:
+    from ...backbones.checkpoint import BackboneCheckpoint
+    from ...data.split import Split
+
 log = logging.getLogger(__name__)
 
 
 def retrain_best_genome(
-    backbone: dict, target_train: dict, target_val: dict, best_genome: GenomeRecord, retrain_params: dict,
+    backbone: BackboneCheckpoint, target_train: Split, target_val: Split, best_genome: GenomeRecord, retrain_params: dict,
     training_params: dict,
 ) -> TrainedVariant:
     """Train the best genome on all training chunks, once per seed; keep the best epoch by validation."""
@@ -29,7 +34,7 @@ def retrain_best_genome(
     return retrain_genome(backbone, target_train, target_val, best_genome, retrain_seeds(retrain_params), cfg)
 
 
-def evaluate_on_test(backbone: dict, retrained: TrainedVariant, target_test: dict, training_params: dict
+def evaluate_on_test(backbone: BackboneCheckpoint, retrained: TrainedVariant, target_test: Split, training_params: dict
                      ) -> tuple[TestMetrics, pd.DataFrame]:
     """Test every retrained seed once: accuracy, macro accuracy, macro F1, kappa, confusion matrix."""
     cfg = TrainConfig.from_params(training_params)
