@@ -26,13 +26,15 @@ import warnings
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.study import StudyDirection
 
 from ..genome import WORST_FITNESS
 from .base import Budget, SearchMethod
 
 #: the objectives, in the order they are told to the sampler
 OBJECTIVES = ("val macro acc", "trainable share")
-DIRECTIONS = ("maximize", "minimize")
+DIRECTIONS: tuple[StudyDirection, ...] = (StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE)
 
 
 def objectives(fitness: float, share: float) -> tuple[float, float]:
@@ -51,7 +53,7 @@ def run(budget: Budget, num_blocks: int, seed: int, population_size: int | None 
     if problems:
         raise ValueError("; ".join(problems))
     names = [f"g{i:02d}" for i in range(num_blocks + 1)]  # the sampler's own (in-memory) study
-    dists = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in names}
+    dists: dict[str, BaseDistribution] = {n: FloatDistribution(0.0, 1.0) for n in names}
     size = budget.evo.population if population_size is None else int(population_size)
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -27,6 +27,7 @@ import numpy as np
 import optuna
 import pandas as pd
 from matplotlib.figure import Figure
+from optuna.study import StudyDirection
 
 from ..genome import WORST_FITNESS
 from ..methods import mask_share
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 #: the objectives of the front study, in order, with their directions
 FRONT_OBJECTIVES = ("val macro acc", "trainable share", "training seconds")
-FRONT_DIRECTIONS = ("maximize", "minimize", "minimize")
+FRONT_DIRECTIONS: tuple[StudyDirection, ...] = (StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE,
+                                               StudyDirection.MINIMIZE)
 FRONT_SUFFIX = "-front"
 FRONT_DESCRIPTION = (
     "The accuracy-versus-cost front of the search study of the same name without '-front': one trial per valid "
@@ -159,6 +161,7 @@ def record_front_study(storage: str | None, search_study_name: str, table: pd.Da
         return None
     name = front_study_name(search_study_name)
     store = make_storage(storage)
+    assert store is not None  # a storage URL (checked above) makes a storage
     keys = sorted(table["key"].astype(str))
     try:
         old = optuna.load_study(study_name=name, storage=store)

@@ -47,7 +47,7 @@ from ...data.split import Split
 from ...errors import InputMismatchError
 from ...evaluation import MethodMetrics, combine_resamplings, evaluate_variants
 from ...lineage import check_same_lineage, now
-from ...methods import BIOTUNE, SearchMethod, check_compare_params, get_method
+from ...methods import BIOTUNE, PickMethod, SearchMethod, check_compare_params, get_method
 from ...params import check_type, require
 from ...report import budget as budgets
 from ...report import comparison as report
@@ -228,6 +228,8 @@ def confirm_searched_genomes(
     confirmation tables (with a ``resampling`` column)."""
     check_compare_params(compare_params)
     m = get_method(method)
+    if not isinstance(m, PickMethod):
+        raise ValueError(f"compare.{method}: not a pick-rule method (biotune_confirmed, biotune_parsimonious)")
     m.resolve_params(method_params or {})
     cfg = ConfirmConfig.from_params({**confirm_params, "rule": m.rule})
     stage = f"compare.{method}.confirm"

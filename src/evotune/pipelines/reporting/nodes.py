@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ...backbones import model_from_checkpoint
+from ...backbones import BackboneCheckpoint, model_from_checkpoint
 from ...evaluation import TestMetrics
 from ...fidelity import FidelitySummary
 from ...lineage import check_same_lineage
@@ -83,7 +83,7 @@ def plot_search_fidelity(search_fidelity: pd.DataFrame, search_fidelity_summary:
     return fig, fig
 
 
-def tabulate_pareto_front(search_trials: pd.DataFrame, best_genome: GenomeRecord, backbone: dict,
+def tabulate_pareto_front(search_trials: pd.DataFrame, best_genome: GenomeRecord, backbone: BackboneCheckpoint,
                           search_study_store: StudyStore) -> pd.DataFrame:
     """The search's accuracy-versus-cost front (:func:`evotune.report.pareto.front_table`: every valid evaluation
     with its validation accuracy, trainable share and training seconds, the fronts flagged, the chosen genome
