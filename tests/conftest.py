@@ -162,6 +162,20 @@ def conf_dir(project_copy) -> Path:
 
 
 @pytest.fixture(scope="session")
+def load_params(conf_dir):
+    """``load_params(runtime_params=None, env="paper")``: the merged parameters of the project copy's conf/
+    (:func:`conf_dir`: a user's own conf/local is not read), as a Kedro session loads them."""
+    from evotune import settings
+
+    def load(runtime_params: dict | None = None, env: str = "paper") -> dict:
+        loader = settings.CONFIG_LOADER_CLASS(str(conf_dir), env=env, runtime_params=runtime_params or {},
+                                              **settings.CONFIG_LOADER_ARGS)
+        return loader["parameters"]
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def root() -> Path:
     """The project root (README.md, conf/, data/)."""
     return ROOT

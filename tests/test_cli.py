@@ -311,10 +311,20 @@ data:
     "pytest -m cuda": Expect(run="python -m pytest -m cuda -q -p no:cacheprovider -o addopts= tests/test_cuda.py",
                              says=("passed",) if CUDA else ("skipped",)),
     # installs need a package index: checked offline by what they give (tests/installed_extra.py)
-    'pip install -c constraints.txt -e ".[test]"': Expect(run="python tests/installed_extra.py test",
-                                                        says=("requirements installed and within their ranges",)),
     'pip install -e ".[test]"': Expect(run="python tests/installed_extra.py test",
                                        says=("requirements installed and within their ranges",)),
+    # the two installs of make (docs/guides/install.md): make run's runtime, make test's test extras and timm
+    "pip install -c constraints.txt -e .": Expect(run="python tests/installed_extra.py",
+                                                  says=("requirements installed and within their ranges",)),
+    'pip install -c constraints.txt -e ".[test,timm]"': Expect(run="python tests/installed_extra.py test timm",
+                                                             says=("requirements installed and within their ranges",)),
+    # the PostgreSQL driver of the workers guide (in the test extra: tests/test_search_survival.py uses it)
+    'pip install "psycopg[binary]"': Expect(run="python -c 'import psycopg; print(\"psycopg\", psycopg.__version__)'",
+                                           says=("psycopg 3.",)),
+    # optuna-dashboard is no dependency of the project (docs/guides/workers.md): run where it is installed
+    "pip install optuna-dashboard": Expect(run="python -c 'import optuna_dashboard; print(\"optuna-dashboard\")'",
+                                          says=("optuna-dashboard",), needs="optuna_dashboard"),
+    "optuna-dashboard sqlite:///data/07_model_output/optuna_studies.db": Expect(server=8080, needs="optuna_dashboard"),
     "pip install timm": Expect(run="python -c 'import timm; print(\"timm\", timm.__version__)'", says=("timm 1.",)),
     'pip install -e ".[timm]"': Expect(run="python tests/installed_extra.py timm",
                                        says=("requirements installed and within their ranges",)),

@@ -245,25 +245,23 @@ def mnist_server(server, monkeypatch):
     return server
 
 
-def paper_mnist(root, download: bool = True) -> dict:
-    from test_paper_env import load_params
-
+def paper_mnist(load_params, root, download: bool = True) -> dict:
     params = load_params({"paper": {"dataset": "mnist", "arch": "resnet50"}})
     params["data"]["source"] = {**params["data"]["source"], "root": str(root), "download": download}
     params["backbone"]["weights"] = "none"  # the data alone (the weights' host is not this test's)
     return params
 
 
-def test_a_dataset_downloads_when_download_is_true(mnist_server, tmp_path):
+def test_a_dataset_downloads_when_download_is_true(mnist_server, tmp_path, load_params):
     root = tmp_path / "torchvision"
-    assert not [p for p in paper_setting_problems(paper_mnist(root)) if "data of" in p]  # downloadable: accepted
+    assert not [p for p in paper_setting_problems(paper_mnist(load_params, root)) if "data of" in p]  # downloadable: accepted
     src = make_source({"kind": "torchvision", "name": "MNIST", "root": str(root), "download": True})
     index = src.index()
     assert (index["official_split"] == "train").sum() == 20 and (index["official_split"] == "test").sum() == 10
     assert sorted(index["label"].unique()) == list(range(10))
     assert (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
     assert next(iter(src.load_images(["test:3"]))).size == (28, 28)
-    assert paper_setting_problems(paper_mnist(root, download=False)) == []  # now there: nothing to download
+    assert paper_setting_problems(paper_mnist(load_params, root, download=False)) == []  # now there: nothing to download
 
 
 @pytest.mark.parametrize("fault", ["hash mismatch", "truncated"])
@@ -285,10 +283,11 @@ def test_a_corrupt_dataset_download_is_an_error_and_is_not_trusted_later(fault, 
     assert len(src.index()) == 30  # the bad file was fetched again, not trusted
 
 
-def test_an_unreachable_dataset_host_gives_the_offline_message_before_anything(silent_host, tmp_path, monkeypatch):
+def test_an_unreachable_dataset_host_gives_the_offline_message_before_anything(silent_host, tmp_path, monkeypatch,
+                                                                             load_params):
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"{silent_host}/mnist/"])
     root = tmp_path / "torchvision"
-    problems = [p for p in paper_setting_problems(paper_mnist(root)) if "data of mnist" in p]
+    problems = [p for p in paper_setting_problems(paper_mnist(load_params, root)) if "data of mnist" in p]
     assert len(problems) == 1, problems
     assert "cannot download" in problems[0] and f"{silent_host}/mnist/train-images-idx3-ubyte.gz" in problems[0]
     assert str(root / "MNIST" / "raw" / "train-images-idx3-ubyte") in problems[0]
