@@ -175,6 +175,34 @@ def load_params(conf_dir):
     return load
 
 
+@pytest.fixture(scope="module")
+def make_trainer(train_config):
+    """``make_trainer(epochs=3, **kw)``: a Trainer of a fresh resnet10 (seed 0, 4 classes, CPU) on conf/base's
+    training with ``kw``."""
+    from evotune.backbones import build_model
+    from evotune.training import Trainer
+
+    def make(epochs=3, **kw):
+        torch.manual_seed(0)
+        model = build_model("resnet10", 4)
+        cfg = train_config(epochs=epochs, patience=5, batch_size=16, eval_batch_size=32, device="cpu", **kw)
+        return Trainer(model, cfg, mean=(0.3, 0.3, 0.3), std=(0.25, 0.25, 0.25))
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def data(make_split):
+    """``data(trainer, seed=0)``: tiny train and val data (4 classes) on the trainer's device."""
+    from evotune.training import DeviceData
+
+    def make(trainer, seed=0):
+        return (DeviceData.from_split(make_split(8, 4, seed=seed), trainer.device),
+                DeviceData.from_split(make_split(4, 4, seed=seed + 1), trainer.device))
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     """The project root (README.md, conf/, data/)."""

@@ -5,33 +5,12 @@ where it stays exact (augmented training batches are recomputed, validation stay
 import pytest
 import torch
 
-from evotune.backbones import build_model
 from evotune.errors import ParameterError
-from evotune.training import Augmenter, DeviceData, TrainConfig, Trainer, TrainingPlan
+from evotune.training import Augmenter, TrainConfig, TrainingPlan
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MEAN, STD = (0.3, 0.3, 0.3), (0.25, 0.25, 0.25)
-
-
-@pytest.fixture(scope="module")
-def make_trainer(train_config):
-    def make(epochs=3, **kw):
-        torch.manual_seed(0)
-        model = build_model("resnet10", 4)
-        cfg = train_config(epochs=epochs, patience=5, batch_size=16, eval_batch_size=32, device="cpu", **kw)
-        return Trainer(model, cfg, mean=MEAN, std=STD)
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def data(make_split):
-    def make(trainer):
-        return (DeviceData.from_split(make_split(8, 4, seed=0), trainer.device),
-                DeviceData.from_split(make_split(4, 4, seed=1), trainer.device))
-
-    return make
+MEAN, STD = (0.3, 0.3, 0.3), (0.25, 0.25, 0.25)  # conftest make_trainer's
 
 
 def _images(n=6, size=16, seed=0):

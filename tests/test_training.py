@@ -3,33 +3,8 @@ import math
 import pytest
 import torch
 
-from evotune.backbones import build_model
 from evotune.search.evaluator import genome_plan
-from evotune.training import DeviceData, TrainConfig, Trainer, TrainingPlan, confusion_matrix, macro_accuracy
-
-MEAN, STD = (0.3, 0.3, 0.3), (0.25, 0.25, 0.25)
-
-
-@pytest.fixture(scope="module")
-def make_trainer(train_config):
-    """``make_trainer(epochs=3, **kw)``: a Trainer of a fresh resnet10 (seed 0) on conf/base's training with ``kw``."""
-    def make(epochs=3, **kw):
-        torch.manual_seed(0)
-        model = build_model("resnet10", 4)
-        cfg = train_config(epochs=epochs, patience=5, batch_size=16, eval_batch_size=32, device="cpu", **kw)
-        return Trainer(model, cfg, mean=MEAN, std=STD)
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def data(make_split):
-    """``data(trainer, seed=0)``: tiny train and val data on the trainer's device."""
-    def make(trainer, seed=0):
-        return (DeviceData.from_split(make_split(8, 4, seed=seed), trainer.device),
-                DeviceData.from_split(make_split(4, 4, seed=seed + 1), trainer.device))
-
-    return make
+from evotune.training import TrainConfig, TrainingPlan, confusion_matrix, macro_accuracy
 
 
 def snapshot(module):
