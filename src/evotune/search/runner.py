@@ -200,7 +200,7 @@ def run_worker(backbone: BackboneCheckpoint, train: Split, val: Split, store: St
                 break
             s.queue.requeue_stale()
             time.sleep(s.cfg.worker_poll_s)
-    log.info("worker %s trained %d time(s)", me, len(done))
+    log.info("worker %s trained %d unit(s) (one training each)", me, len(done))
     return pd.DataFrame(done, columns=WORKER_LOG_COLUMNS)
 
 
