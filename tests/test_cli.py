@@ -487,7 +487,7 @@ def installed_by_make(root: Path) -> bool:
                                        for f in ("pyproject.toml", "constraints.txt")) for stamp in stamps)
 
 
-def wait_for_http(port: int, proc: subprocess.Popen, timeout: float = 120) -> bytes:
+def wait_for_http(port: int, proc: subprocess.Popen, timeout: float = 300) -> bytes:  # a loaded CPU starts viz slowly
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
