@@ -539,7 +539,10 @@ def test_documented_command(project, documented, root):
             try:
                 assert b"<html" in wait_for_http(spec.server, proc).lower()
             finally:
-                os.killpg(proc.pid, 15)
+                try:
+                    os.killpg(proc.pid, 15)
+                except ProcessLookupError:  # it exited already: the assertion above says why
+                    pass
                 proc.wait(timeout=30)
             return
         before = {f: _mtime(project / f) for f in spec.files + spec.unchanged}
