@@ -122,6 +122,8 @@ COMMANDS: dict[str, Expect] = {
     "make constraints": Expect(make_dry_run=True, says=("pip freeze",)),
     # the documentation site: built for real by tests/test_docs.py (with the docs extra) and `make docs` in CI
     "make docs": Expect(make_dry_run=True, says=("mkdocs build --strict",)),
+    # mypy on src/: run for real by `make typecheck` in .ci/run; here, that make runs mypy with the project's config
+    "make typecheck": Expect(make_dry_run=True, says=("python -m mypy",)),
     "kedro viz": Expect(server=4141),
     # --- kedro run, as README shows it
     "kedro run": Expect(files=("data/08_reporting/latest/report.md", "data/06_models/source_model.pt",
