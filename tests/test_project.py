@@ -1,6 +1,7 @@
 """The Kedro project as a user meets it: registry, catalog, parameters, kedro viz."""
 
 import json
+import typing
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,19 @@ def test_every_pipeline_loads_when_it_is_the_one_requested(project, name):
         assert len(project[name].nodes) >= 1
     finally:
         project.set_requested(None)
+
+
+def test_every_node_function_has_type_hints_kedro_can_resolve(project):
+    """Kedro's parameter validation reads each node's hints with ``typing.get_type_hints``; a name imported only
+    under TYPE_CHECKING made it log "Could not extract type hints" once per node on every run."""
+    unresolved = {}
+    for name in list(project):
+        for node in project[name].nodes:
+            try:
+                typing.get_type_hints(node.func)
+            except NameError as e:
+                unresolved[node.func.__qualname__] = str(e)
+    assert not unresolved, unresolved
 
 
 def test_every_dataset_of_the_default_pipeline_is_in_the_catalog_and_versioned(project, project_copy):

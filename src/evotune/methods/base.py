@@ -33,11 +33,14 @@ assigns these and refuses any evaluation beyond the budget.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import optuna
 
 from ..backbones import StagedModel, count_parameters
 from ..errors import ParameterError
@@ -326,3 +329,34 @@ def backbone_block_index(model: StagedModel, block: int | str) -> int:
     if i == model.head_index:
         raise ValueError(f"Block {names[i]!r} is the head; training the head alone is the linear_probe method.")
     return i
+
+
+# --------------------------------------------------------------------------- Optuna samplers as methods
+
+
+def genome_space(num_blocks: int) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The genome as the search space of a method's own in-memory Optuna study: one ``FloatDistribution(0, 1)``
+    per gene, named ``g00..gNN`` in gene order (the sampler's names, never stored: the persistent search study
+    records the genes under their block names; renamed, a seeded sampler would propose other genomes)."""
+    return {f"g{i:02d}": optuna.distributions.FloatDistribution(0.0, 1.0) for i in range(num_blocks + 1)}
+
+
+def ask_genes(study: optuna.Study, space: dict[str, optuna.distributions.BaseDistribution]
+              ) -> tuple[optuna.trial.Trial, np.ndarray]:
+    """The sampler's next genome: its trial (to tell the result to) and the genes in gene order."""
+    trial = study.ask(space)
+    return trial, np.array([trial.params[n] for n in space], dtype=float)
+
+
+@contextmanager
+def quiet_sampler() -> Iterator[None]:
+    """While a method's in-memory study runs: Optuna's per-trial info lines and its experimental-feature
+    warnings (TPE's multivariate, NSGA-II's options) off; the evaluator reports progress instead."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)

@@ -22,15 +22,11 @@ proposals.
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.study import StudyDirection
 
 from ..genome import WORST_FITNESS
-from .base import Budget, SearchMethod
+from .base import Budget, SearchMethod, ask_genes, genome_space, quiet_sampler
 
 #: the objectives, in the order they are told to the sampler
 OBJECTIVES = ("val macro acc", "trainable share")
@@ -52,28 +48,20 @@ def run(budget: Budget, num_blocks: int, seed: int, population_size: int | None 
                       "swapping_prob": swapping_prob, "mutation_prob": mutation_prob}, budget.evo.population)
     if problems:
         raise ValueError("; ".join(problems))
-    names = [f"g{i:02d}" for i in range(num_blocks + 1)]  # the sampler's own (in-memory) study
-    dists: dict[str, BaseDistribution] = {n: FloatDistribution(0.0, 1.0) for n in names}
+    space = genome_space(num_blocks)
     size = budget.evo.population if population_size is None else int(population_size)
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.NSGAIISampler(
-                population_size=size, seed=int(seed), crossover_prob=float(crossover_prob),
-                swapping_prob=float(swapping_prob), mutation_prob=None if mutation_prob is None else float(mutation_prob))
+    with quiet_sampler():
+        sampler = optuna.samplers.NSGAIISampler(
+            population_size=size, seed=int(seed), crossover_prob=float(crossover_prob),
+            swapping_prob=float(swapping_prob), mutation_prob=None if mutation_prob is None else float(mutation_prob))
         study = optuna.create_study(directions=list(DIRECTIONS), sampler=sampler)
         while budget.remaining:
             j = budget.used
-            trial = study.ask(dists)
-            genes = np.array([trial.params[n] for n in names], dtype=float)
+            trial, genes = ask_genes(study, space)
             share = budget.share(genes)
             (fitness,) = budget.evaluate([(f"nsga2/{j}", genes, "nsga2")], [{"trainable_share": share}])
             study.tell(trial, objectives(fitness, share))
         front = len(study.best_trials)
-    finally:
-        optuna.logging.set_verbosity(level)
     return {"population_size": size, "front_size": front}
 
 

@@ -15,35 +15,23 @@ same proposals.
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
 import optuna
 
-from .base import Budget, SearchMethod
+from .base import Budget, SearchMethod, ask_genes, genome_space, quiet_sampler
 
 
 def run(budget: Budget, num_blocks: int, seed: int, n_startup_trials: int | None = None,
         multivariate: bool = True) -> dict:
-    names = [f"g{i:02d}" for i in range(num_blocks + 1)]  # kept: renamed, the seeded sampler would propose others
-    dists = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in names}
+    space = genome_space(num_blocks)
     startup = budget.evo.population if n_startup_trials is None else int(n_startup_trials)
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=int(seed), n_startup_trials=startup,
-                                                 multivariate=bool(multivariate))
+    with quiet_sampler():
+        sampler = optuna.samplers.TPESampler(seed=int(seed), n_startup_trials=startup, multivariate=bool(multivariate))
         study = optuna.create_study(direction="minimize", sampler=sampler)
         while budget.remaining:
             j = budget.used
-            trial = study.ask(dists)
-            genes = np.array([trial.params[n] for n in names], dtype=float)
+            trial, genes = ask_genes(study, space)
             (fitness,) = budget.evaluate([(f"tpe/{j}", genes, "tpe")])
             study.tell(trial, fitness)
-    finally:
-        optuna.logging.set_verbosity(level)
     return {"n_startup_trials": startup}
 
 

@@ -37,11 +37,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from ...backbones.checkpoint import BackboneCheckpoint
 from ...data.resampling import SplitResamplings, has_official_test, make_resamplings, on_resampling
 from ...data.split import Split
 from ...errors import InputMismatchError
@@ -55,14 +55,11 @@ from ...retraining import BestGenomes, TrainedMethod, retrain_config, retrain_se
 from ...retraining import train_plan_method as train_plan
 from ...search.config import SearchConfig
 from ...search.confirm import ConfirmConfig, run_confirmation
-from ...search.records import genome_record
+from ...search.records import GenomeRecord, genome_record
 from ...search.runner import run_baseline, run_biotune
 from ...search.store import StudyStore
 from ...training import TrainConfig
 from ..data_processing.nodes import split_options
-
-if TYPE_CHECKING:
-    from ...backbones.checkpoint import BackboneCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -234,16 +231,10 @@ def confirm_searched_genomes(
     cfg = ConfirmConfig.from_params({**confirm_params, "rule": m.rule})
     stage = f"compare.{method}.confirm"
     rerun = f"kedro run --pipelines compare (its {BIOTUNE} search and the {method} confirmation together)"
-    by_r = dict(zip(biotune_genomes.resamplings, biotune_genomes.genomes))
     genomes, tables, rs = [], [], []
     for r, bb, train, val, _ in _each_resampling(stage, backbone, target_train, target_val, target_test,
                                                  compare_resamplings, compare_params):
-        if r not in by_r:
-            raise InputMismatchError(f"{stage}: {BIOTUNE}'s best_genomes has no genome for resampling {r}; nothing "
-                                     f"was run. Make them again together: {rerun}.")
-        best = by_r[r]
-        check_same_lineage(stage, "dataset", {"target_train": train, "best_genome": best}, rerun)
-        check_same_lineage(stage, "backbone_id", {"backbone": bb, "best_genome": best}, rerun)
+        best = _resampling_genome(stage, biotune_genomes, r, bb, train, rerun)
         trials = biotune_trials[biotune_trials["resampling"] == r]
         table, picked = run_confirmation(bb, train, val, trials, best, cfg, search_params, training_params)
         genomes.append(dataclasses.replace(picked, method=method,
@@ -252,6 +243,19 @@ def confirm_searched_genomes(
         rs.append(r)
     return (BestGenomes(method=method, resamplings=rs, genomes=genomes),
             pd.concat(tables, ignore_index=True))
+
+
+def _resampling_genome(stage: str, genomes: BestGenomes, r: int, backbone: BackboneCheckpoint, train: Split,
+                       rerun: str) -> GenomeRecord:
+    """The search's best genome on resampling ``r``, checked to come from this resampling's data and backbone."""
+    by_r = dict(zip(genomes.resamplings, genomes.genomes))
+    if r not in by_r:
+        raise InputMismatchError(f"{stage}: {genomes.method}'s best_genomes has no genome for resampling {r}; "
+                                 f"nothing was run. Make them again together: {rerun}.")
+    best = by_r[r]
+    check_same_lineage(stage, "dataset", {"target_train": train, "best_genome": best}, rerun)
+    check_same_lineage(stage, "backbone_id", {"backbone": backbone, "best_genome": best}, rerun)
+    return best
 
 
 def retrain_searched_genome(
@@ -272,16 +276,10 @@ def retrain_searched_genome(
     cfg = retrain_config(training_params, retrain_params)
     rerun = f"kedro run --pipelines compare (its {method} search and retrain together)"
     stage = f"compare.{method}.retrain"
-    by_r = dict(zip(best_genomes.resamplings, best_genomes.genomes))
     out = []
     for r, bb, train, val, _ in _each_resampling(stage, backbone, target_train, target_val, target_test,
                                                  compare_resamplings, compare_params):
-        if r not in by_r:
-            raise InputMismatchError(f"{stage}: best_genomes has no genome for resampling {r}; nothing was run. "
-                                     f"Make them again together: {rerun}.")
-        best = by_r[r]
-        check_same_lineage(stage, "dataset", {"target_train": train, "best_genome": best}, rerun)
-        check_same_lineage(stage, "backbone_id", {"backbone": bb, "best_genome": best}, rerun)
+        best = _resampling_genome(stage, best_genomes, r, bb, train, rerun)
         out.append(retrain_search_method(bb, train, val, best, method, _seeds(compare_params), cfg))
     return out
 

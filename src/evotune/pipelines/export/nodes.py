@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ...backbones import model_from_checkpoint
+from ...backbones.checkpoint import BackboneCheckpoint
+from ...data.split import Split
 from ...errors import ParameterError
 from ...export import (
     ArchiveNotWritten,
@@ -24,10 +26,6 @@ from ...metrics import classification_metrics
 from ...params import require_keys
 from ...retraining import TrainedVariant
 from ...training import DeviceData, Normalizer, TrainConfig, Trainer
-
-if TYPE_CHECKING:
-    from ...backbones.checkpoint import BackboneCheckpoint
-    from ...data.split import Split
 
 log = logging.getLogger(__name__)
 

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ...backbones.checkpoint import BackboneCheckpoint
+from ...data.split import Split
 from ...fidelity import FidelityConfig, FidelitySummary, measure_fidelity, switched_off
 from ...lineage import check_same_lineage
 from ...retraining import retrain_config
 from ...search.config import SearchConfig
 from ...search.records import GenomeRecord
 from ...training import TrainConfig
-
-if TYPE_CHECKING:
-    from ...backbones.checkpoint import BackboneCheckpoint
-    from ...data.split import Split
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
@@ -16,6 +18,11 @@ from .nodes import (
 SEARCH_FIGURES = ("fitness", "block_selection", "lr_multipliers")
 
 
+def _figure(func: Callable, inputs: str | list[str], figure: str) -> Node:
+    """A node drawing one figure into ``<figure>_plot`` (versioned) and ``<figure>_plot_latest``."""
+    return Node(func, inputs=inputs, outputs=[f"{figure}_plot", f"{figure}_plot_latest"], name=func.__name__)
+
+
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
@@ -31,48 +38,23 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=[f"{f}_plot" for f in SEARCH_FIGURES] + [f"{f}_plot_latest" for f in SEARCH_FIGURES],
                 name="plot_search_figures",
             ),
-            Node(
-                plot_gene_trajectories,
-                inputs=["search_population", "best_genome"],
-                outputs=["gene_trajectories_plot", "gene_trajectories_plot_latest"],
-                name="plot_gene_trajectories",
-            ),
+            _figure(plot_gene_trajectories, ["search_population", "best_genome"], "gene_trajectories"),
             Node(
                 tabulate_retrain_history,
                 inputs=["retrained_models", "picked_genome"],
                 outputs="retrain_history",
                 name="tabulate_retrain_history",
             ),
-            Node(
-                plot_training_curves,
-                inputs=["retrain_history", "picked_genome"],
-                outputs=["training_curves_plot", "training_curves_plot_latest"],
-                name="plot_training_curves",
-            ),
-            Node(
-                plot_confusion_matrix,
-                inputs="test_metrics",
-                outputs=["confusion_matrix_plot", "confusion_matrix_plot_latest"],
-                name="plot_confusion_matrix",
-            ),
-            Node(
-                plot_search_fidelity,
-                inputs=["search_fidelity", "search_fidelity_summary"],
-                outputs=["search_fidelity_plot", "search_fidelity_plot_latest"],
-                name="plot_search_fidelity",
-            ),
+            _figure(plot_training_curves, ["retrain_history", "picked_genome"], "training_curves"),
+            _figure(plot_confusion_matrix, "test_metrics", "confusion_matrix"),
+            _figure(plot_search_fidelity, ["search_fidelity", "search_fidelity_summary"], "search_fidelity"),
             Node(
                 tabulate_pareto_front,
                 inputs=["search_trials", "picked_genome", "backbone", "search_study_store"],
                 outputs="pareto_front",
                 name="pareto_front",
             ),
-            Node(
-                plot_pareto_front,
-                inputs="pareto_front",
-                outputs=["pareto_front_plot", "pareto_front_plot_latest"],
-                name="plot_pareto_front",
-            ),
+            _figure(plot_pareto_front, "pareto_front", "pareto_front"),
             Node(
                 write_report,
                 inputs=["picked_genome", "generation_summary", "test_metrics", "test_metrics_per_seed",

@@ -4,19 +4,16 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ...backbones.checkpoint import BackboneCheckpoint
+from ...data.split import Split
 from ...evaluation import TestMetrics, evaluate_variant
 from ...lineage import check_same_lineage
 from ...retraining import TrainedVariant, retrain_config, retrain_genome, retrain_seeds
 from ...search.records import GenomeRecord
 from ...training import TrainConfig
-
-if TYPE_CHECKING:
-    from ...backbones.checkpoint import BackboneCheckpoint
-    from ...data.split import Split
 
 log = logging.getLogger(__name__)
 

@@ -3,19 +3,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
+from ...backbones.checkpoint import BackboneCheckpoint
+from ...data.split import Split
 from ...lineage import check_same_lineage
 from ...search.confirm import ConfirmConfig, run_confirmation
 from ...search.records import GenomeRecord
 from ...search.runner import run_biotune, run_worker
 from ...search.store import StudyStore
-
-if TYPE_CHECKING:
-    from ...backbones.checkpoint import BackboneCheckpoint
-    from ...data.split import Split
 
 
 def run_search(backbone: BackboneCheckpoint, target_train: Split, target_val: Split, search_study_store: StudyStore,
