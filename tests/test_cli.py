@@ -273,6 +273,15 @@ data:
         files=("data/07_model_output/predictions.csv",)),
     "kedro run --pipelines predict": Expect(ok=False, says=("predict.source is not set",)),
     # --- the scripts
+    # the timing script of docs/guides/first-run.md: the run in a fresh copy (conf/local's tiny parameters come
+    # along), the project's own data/ untouched, each node timed
+    "python scripts/time_run.py --out timing.json -- kedro run": Expect(
+        says=("| node | seconds |", "| evolutionary_search |", "| write_report |", "(exit 0)"),
+        files=("timing.json",), unchanged=("data/08_reporting/latest/report.md",), after=("kedro run",),
+        check=lambda project, out: timed_run(project)),
+    'python scripts/time_run.py --out timing-quick.json -- kedro run --params '
+    '"search.generations=2,search.seeds=[684],fidelity.enabled=false"': Expect(
+        says=("| evolutionary_search |", "search.generations=2"), files=("timing-quick.json",)),
     "python scripts/transfer_check.py": Expect(run="python scripts/transfer_check.py --seeds 1",
                                                says=("from scratch",)),
     "python scripts/pruning_replay.py <search_trials.parquet>": Expect(
@@ -437,6 +446,15 @@ def project(tmp_path_factory, root):
     venv = Path(sys.prefix)
     (dst / ".venv").symlink_to(venv)  # `make` and `source .venv/bin/activate` use this environment
     return dst
+
+
+def timed_run(project: Path) -> None:
+    result = json.loads((project / "timing.json").read_text())
+    assert result["returncode"] == 0 and result["command"] == ["kedro", "run"]
+    nodes = [n["node"] for n in result["nodes"]]
+    assert {"make_source_dataset", "evolutionary_search", "retrain_best_genome"} <= set(nodes), nodes
+    assert nodes[-1] == "write_report", nodes
+    assert 0 < sum(n["seconds"] for n in result["nodes"]) <= result["wall_s"] + 1
 
 
 def make_image_folder(root: Path, per_class: int = 8) -> None:

@@ -167,3 +167,36 @@ def test_fitness_noise_runs_the_search_evaluator_on_every_chunk_and_seed(tmp_pat
     assert all(len(t["val_accs"]) == 2 for t in result["trainings"])
     assert result["summary"]["search_evaluations"] == 75
     assert result["summary"]["seconds_per_search_eval"] > 0
+
+
+def test_time_run_copies_the_project_fresh_and_times_each_node(tmp_path):
+    """scripts/time_run.py: the copy has conf/local and the raw inputs but no earlier outputs; a node's time runs
+    from its `Running node:` line to the next one; the command's exit status and output come through."""
+    time_run = load_script("time_run.py")
+    root = tmp_path / "project"
+    for d in ("conf/base", "conf/local", "data/01_raw/my_images", "data/06_models", ".git", "src/pkg/__pycache__"):
+        (root / d).mkdir(parents=True)
+    (root / "conf/local/parameters.yml").write_text("mine: 1\n")
+    (root / "data/01_raw/my_images/a.png").write_bytes(b"raw")
+    (root / "data/06_models/model.pt").write_bytes(b"an earlier run's model")
+    (root / "src/pkg/__pycache__/x.pyc").write_bytes(b"")
+    copy = tmp_path / "copy"
+    time_run.fresh_copy(root, copy)
+    assert (copy / "conf/local/parameters.yml").read_text() == "mine: 1\n"
+    assert (copy / "data/01_raw/my_images/a.png").read_bytes() == b"raw"
+    assert (copy / "data/06_models").is_dir() and not any((copy / "data/06_models").iterdir())
+    assert not (copy / ".git").exists() and not (copy / "src/pkg/__pycache__").exists()
+
+    assert time_run.node_times([("a", 1.0), ("b", 3.5)], 10.0) == [
+        {"node": "a", "start_s": 1.0, "seconds": 2.5}, {"node": "b", "start_s": 3.5, "seconds": 6.5}]
+
+    time_run.ROOT = root  # the tiny project above, not this checkout (not a git checkout: no commit to name)
+    out = tmp_path / "timing.json"
+    script = "import sys; print('Running node: first_node: f() -> [x]'); print('Running node: second'); sys.exit(3)"
+    rc = time_run.main(["--out", str(out), "--", sys.executable, "-c", script])
+    result = json.loads(out.read_text())
+    assert rc == result["returncode"] == 3
+    assert [n["node"] for n in result["nodes"]] == ["first_node", "second"]
+    assert result["wall_s"] >= result["nodes"][-1]["start_s"] >= 0
+    assert isinstance(result["machine"]["avx512"], bool) and result["machine"]["cores"] >= 1
+    assert result["commit"] is None
