@@ -191,27 +191,14 @@ class GenomeEvaluator:
                     done.append({"key": key, "seed": seed, "chunk": chunk, **runs[str(seed)]})
                     self._own += 1
                     self._advance(1, note=f"{key} seed {seed}: val {runs[str(seed)]['val_acc']:.3f}")
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return self._taken(key, done)
         except BaseException:
             q.release(trial)
             raise
         fit, facts = evaluation_facts(genes, [runs[str(s)] for s in self.seeds], base_lr=self.base_lr,
                                       force_head=self.force_head, device=str(self.trainer.device))
-        try:
-            for k, v in facts.items():
-                trial.set_user_attr(k, v)
-            q.study.tell(trial, fit)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-            return self._taken(key, done)
-        return done
-
-    def _taken(self, key: str, done: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The evaluation was finished by another process meanwhile: two processes claimed the same waiting
-        trial (a storage without row locks, such as SQLite, lets two ``Study.ask`` take it). Its result is the
-        other process's (the same genome, chunk and seeds); this one's trainings are only logged."""
-        log.warning("evaluation %s was finished by another process meanwhile (claimed twice): this process's "
-                    "%d training(s) of it are not recorded", key, len(done))
+        for k, v in facts.items():
+            trial.set_user_attr(k, v)
+        q.study.tell(trial, fit)
         return done
 
     def __call__(self, reqs: list[EvalRequest]) -> list[float]:

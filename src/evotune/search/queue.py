@@ -3,7 +3,8 @@
 An evaluation is queued with ``Study.enqueue_trial`` (WAITING; its genes as the fixed
 parameters, its request as user attributes), claimed with ``Study.ask`` (Optuna moves one
 WAITING trial to RUNNING atomically in its storage, so two processes never claim the same
-one), trained one seed after the other (each finished training saved on the trial, user
+one; on SQLite, which has no row locks, because :func:`evotune.search.store.make_storage` makes
+every transaction take the write lock at once), trained one seed after the other (each finished training saved on the trial, user
 attribute ``runs``) and finished with ``Study.tell``. Optuna is the coordinator; there is no other.
 
 * **Resume.** A search killed at any moment and started again finds its finished evaluations

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 
 from ..lineage import tensor_fingerprint
@@ -58,7 +59,9 @@ def make_storage(storage: str | None, grace_period_s: float | None = None) -> op
     """An Optuna storage from a storage URL (``search.storage``).
 
     * ``null`` - in memory (one process, nothing survives the run);
-    * ``sqlite:///path.db`` - a local file (several local processes; writes are serialised);
+    * ``sqlite:///path.db`` - a local file (several local processes; every transaction takes the write lock
+      at its start, ``BEGIN IMMEDIATE``: SQLite has no row locks, and without it two processes' ``Study.ask``
+      could both claim one waiting trial);
     * ``journal:///path.log`` - Optuna's journal file (several local processes, e.g. one per GPU);
     * ``postgresql://user:pass@host/db`` (or any SQLAlchemy URL) - several machines.
 
@@ -76,14 +79,17 @@ def make_storage(storage: str | None, grace_period_s: float | None = None) -> op
         path = Path(storage[len("sqlite:///") :])
         if str(path) not in ("", ":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": 120}}
+        engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}}  # SQLAlchemy emits BEGIN
     grace = max(1, int(grace_period_s or 900))
     with warnings.catch_warnings():  # the heartbeat is experimental; it is recorded by the trainings (queue.beat)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        opened = optuna.storages.RDBStorage(
             storage, engine_kwargs=engine_kwargs, heartbeat_interval=max(1, grace // 2), grace_period=grace,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
         )
+    if engine_kwargs:  # SQLAlchemy's recipe for pysqlite's transactions, with the write lock taken at once
+        sqlalchemy.event.listen(opened.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return opened
 
 
 def open_study(storage: str | None, study_name: str, *, grace_period_s: float | None = None
