@@ -139,8 +139,8 @@ def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits
 
 
 def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(backbone, splits, training, search_params):
+    from evotune.data.splitting import search_chunks
     from evotune.search.config import SearchConfig
-    from evotune.search.runner import search_chunks
     from evotune.search.store import study_name_for
     from evotune.training import TrainConfig
 

@@ -12,21 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import optuna
-import torch
 
+from ..data.splitting import ChunkData
 from ..genome import WORST_FITNESS, decode, genome_key
-from ..progress import StageProgress, format_seconds
-from ..training import DeviceData, Trainer, TrainingPlan
+from ..progress import SearchProgress, StageProgress
+from ..training import Trainer, TrainingPlan
 from .evolution import EvalRequest
 from .queue import COMPLETE, FAIL, RUNNING, WAITING, Genes, TrialQueue
-
-if TYPE_CHECKING:
-    from ..data.split import Split
 
 log = logging.getLogger(__name__)
 
@@ -38,62 +34,6 @@ FACTS = ("generation", "role", "chunk", "mask", "valid", "diverged", "val_accs",
 def genome_plan(genes, base_lr: float, *, force_head: bool = True, name: str = "genome") -> TrainingPlan:
     d = decode(genes, base_lr, force_head=force_head)
     return TrainingPlan(block_lrs=list(d.block_lrs), name=name)
-
-
-@dataclass
-class ChunkData:
-    train: DeviceData
-    val: DeviceData
-
-
-def chunk_data(trainer: Trainer, train_split: Split, val_split: Split, train_chunks: torch.Tensor,
-               val_chunks: torch.Tensor, n_chunks: int) -> dict[int, ChunkData]:
-    """Per search chunk, its train and validation images on the trainer's device.
-
-    ``train_chunks`` / ``val_chunks``: the chunk of every image of the split
-    (:func:`evotune.search.runner.search_chunks`)."""
-    n_cls = len(train_split.classes)
-    out = {}
-    for c in range(n_chunks):
-        out[c] = ChunkData(_chunk(train_split, train_chunks, c, trainer.device, n_cls),
-                           _chunk(val_split, val_chunks, c, trainer.device, n_cls))
-        if len(out[c].train) == 0 or len(out[c].val) == 0:
-            raise ValueError(
-                f"Search chunk {c} has no training or validation images; lower the number of "
-                "chunks by raising search.train_split_pct (or give more data)."
-            )
-    return out
-
-
-def _chunk(split: Split, chunks: torch.Tensor, c: int, device: torch.device, n_cls: int) -> DeviceData:
-    mask = chunks == c
-    return DeviceData(split.images[mask].to(device), split.labels[mask].to(device), n_cls)
-
-
-class Progress:
-    """The search's progress: a log line per evaluation ('search i/n, gen g, role, fitness, ETA') and
-    the trainings on the stage's view (:mod:`evotune.progress`: a live bar or periodic lines)."""
-
-    def __init__(self, total: int, stage: StageProgress, generations: int | None = None, name: str = "search") -> None:
-        self.total = total
-        self.name = name
-        self.stage = stage
-        self.generations = generations
-        self.done = 0
-
-    def batch(self, reqs: list[EvalRequest]) -> None:
-        """A batch of evaluations is asked for (a generation's offspring, its elites' exploitation)."""
-        if reqs:
-            of = f"/{self.generations}" if self.generations is not None else ""
-            self.stage.set_status(f"generation {reqs[0].generation}{of} ({reqs[0].role})")
-
-    def step(self, req: EvalRequest, fitness: float, seconds: float, cached: bool) -> None:
-        self.done += 1
-        log.info(
-            "%s %d/%d  gen %d  %-12s fitness %.4f%s  (%.1fs)  ETA %s", self.name,
-            self.done, self.total, req.generation, req.role, fitness,
-            "  [from study]" if cached else "", seconds, format_seconds(self.stage.eta()),
-        )
 
 
 def evaluation_facts(genes: Genes, runs: list[dict[str, Any]], *, base_lr: float, force_head: bool,
@@ -138,7 +78,7 @@ class GenomeEvaluator:
     ``queue``: the search study's (None: an in-memory study of this process)."""
 
     def __init__(self, trainer: Trainer, chunks: dict[int, ChunkData], *, seeds: Sequence[int], base_lr: float,
-                 force_head: bool, queue: TrialQueue | None = None, progress: Progress | None = None,
+                 force_head: bool, queue: TrialQueue | None = None, progress: SearchProgress | None = None,
                  extra_attrs: dict[str, Any] | None = None, poll_s: float = 1.0) -> None:
         self.trainer = trainer
         self.chunks = chunks

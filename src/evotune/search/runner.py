@@ -29,13 +29,13 @@ import torch
 from ..backbones import model_from_checkpoint
 from ..backbones.checkpoint import BackboneCheckpoint
 from ..data.split import Split
-from ..data.splitting import chunk_ids
+from ..data.splitting import ChunkData, chunk_data, search_chunks
 from ..errors import ParameterError
 from ..lineage import check_same_lineage, now
-from ..progress import StageProgress, track
+from ..progress import SearchProgress, StageProgress, track
 from ..training import TrainConfig, Trainer
 from .config import STORAGE_KEY, SearchConfig
-from .evaluator import ChunkData, GenomeEvaluator, Progress, chunk_data
+from .evaluator import GenomeEvaluator
 from .evolution import Individual, biotune_search
 from .queue import TrialQueue
 from .records import GenomeRecord, genome_record, population_rows, trials_table
@@ -45,17 +45,6 @@ log = logging.getLogger(__name__)
 
 #: the columns of ``search_worker_log``
 WORKER_LOG_COLUMNS = ["key", "seed", "chunk", "val_acc", "epochs", "seconds", "diverged", "device"]
-
-
-def search_chunks(train: Split, val: Split, *, n_chunks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The search chunk of every train and val image (:func:`evotune.data.splitting.chunk_ids`,
-    seeded by ``search.chunk_seed``, by default ``data.split.seed``)."""
-    out = []
-    for name, split in (("train", train), ("val", val)):
-        ids = chunk_ids(split.items, split.labels.numpy(), split=name, n_chunks=n_chunks, seed=seed,
-                        class_names=list(split.classes))
-        out.append(torch.from_numpy(ids))
-    return out[0], out[1]
 
 
 def check_storage_parameter(search_params: dict, store: StudyStore) -> None:
@@ -95,7 +84,7 @@ def evaluation_setup(backbone: BackboneCheckpoint, train: Split, val: Split, cfg
     :mod:`evotune.fidelity`, which scores genomes the search never met)."""
     trainer = Trainer(model_from_checkpoint(backbone), training, mean=backbone.mean, std=backbone.std)
     train_chunks, val_chunks = search_chunks(train, val, n_chunks=cfg.n_chunks, seed=cfg.chunk_seed)
-    return trainer, train_chunks, val_chunks, chunk_data(trainer, train, val, train_chunks, val_chunks, cfg.n_chunks)
+    return trainer, train_chunks, val_chunks, chunk_data(trainer.device, train, val, train_chunks, val_chunks, cfg.n_chunks)
 
 
 def prepare(stage: str, backbone: BackboneCheckpoint, train: Split, val: Split, store: StudyStore, search_params: dict,
@@ -117,7 +106,7 @@ def _evaluator(s: SearchSetup, stage: StageProgress, total: int | None, generati
                **kw: Any) -> GenomeEvaluator:
     return GenomeEvaluator(s.trainer, s.chunks, seeds=s.cfg.seeds, base_lr=s.training.base_lr,
                            force_head=s.cfg.force_head_trainable, queue=s.queue,
-                           progress=Progress(total or 0, stage, generations), poll_s=s.cfg.worker_poll_s, **kw)
+                           progress=SearchProgress(total or 0, stage, generations), poll_s=s.cfg.worker_poll_s, **kw)
 
 
 BIOTUNE_RERUN = "kedro run --from-nodes split_dataset (or the whole kedro run)"
