@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="evotune-time-"))
     try:
         fresh_copy(ROOT, workdir)
-        env = dict(os.environ, KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1")
+        # wide lines: Kedro's rich log wraps at 80 columns when piped, and could split a node's name
+        env = dict(os.environ, KEDRO_DISABLE_TELEMETRY="1", DO_NOT_TRACK="1", COLUMNS="250")
         venv_bin = ROOT / ".venv" / "bin"
         if venv_bin.is_dir():
             env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
