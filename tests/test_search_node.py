@@ -355,43 +355,6 @@ def test_a_silent_claim_is_queued_again_with_the_trainings_it_finished(kind, tmp
     assert [t.state.name for t in other.study.trials] == ["WAITING"]
 
 
-@pytest.mark.parametrize("taken_at_seed", [1, 2])
-def test_a_claim_queued_again_while_its_process_trains_ends_without_crashing_the_search(make_trainer, monkeypatch,
-                                                                                        caplog, taken_at_seed):
-    """A process silent longer than search.stale_after_s (an epoch that slow, a suspended laptop) has its claim
-    failed and queued again by another process. When it comes back, Optuna refuses its writes to the finished
-    trial: it warns and goes on (the search is not crashed), the retry keeps the trainings recorded before the
-    takeover, and nothing is queued twice."""
-    import logging
-
-    import optuna
-    from optuna.trial import TrialState
-
-    from evotune.search.evaluator import GenomeEvaluator
-    from evotune.search.queue import TrialQueue
-
-    trainer = make_trainer(epochs=1)
-    blocks = list(trainer.model.block_names)
-    queue = TrialQueue(optuna.create_study(), blocks)
-    queue.enqueue("g0/init/0", tuple([0.9] * (len(blocks) + 1)), {"generation": 0, "role": "init", "chunk": 0})
-    evaluator = GenomeEvaluator(trainer, {}, seeds=[1, 2], base_lr=0.01, force_head=True, queue=queue)
-
-    def train(key, seed, chunk, genes, heartbeat=None):
-        if seed == taken_at_seed:  # meanwhile another process found the claim silent: failed, queued again
-            (running,) = queue.study.get_trials(states=(TrialState.RUNNING,))
-            queue.release(running.number)
-        return {"val_acc": 0.5, "epochs_run": 1}
-
-    monkeypatch.setattr(evaluator, "train", train)
-    with caplog.at_level(logging.WARNING, logger="evotune.search.evaluator"):
-        done = evaluator.run_one()
-    assert [d["seed"] for d in done] == list(range(1, taken_at_seed))
-    assert "queued again by another process" in caplog.text
-    states = [t.state for t in queue.study.trials]
-    assert states == [TrialState.FAIL, TrialState.WAITING]
-    assert set(queue.study.trials[1].user_attrs.get("runs", {})) == {str(s) for s in range(1, taken_at_seed)}
-
-
 #: a claiming process (test_claims_on_sqlite_are_atomic): waits for the common start, claims until nothing waits,
 #: prints the trial numbers it claimed
 CLAIMER = """

@@ -9,7 +9,6 @@ loses at most the trainings that were running.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,8 +22,6 @@ from ..progress import SearchProgress, StageProgress
 from ..training import Trainer, TrainingPlan
 from .evolution import EvalRequest
 from .queue import COMPLETE, FAIL, Genes, TrialQueue
-
-log = logging.getLogger(__name__)
 
 #: the facts of a finished evaluation (user attributes of its trial, columns of the trials table), in order
 FACTS = ("generation", "role", "chunk", "mask", "valid", "diverged", "val_accs", "epochs", "val_histories",
@@ -123,18 +120,13 @@ class GenomeEvaluator:
                 done.append({"key": key, "seed": seed, "chunk": chunk, **runs[str(seed)]})
                 self._own += 1
                 self._advance(1, note=f"{key} seed {seed}: val {runs[str(seed)]['val_acc']:.3f}")
-            fit, facts = self._facts(genes, [runs[str(s)] for s in self.seeds])
-            for k, v in facts.items():
-                trial.set_user_attr(k, v)
-            q.study.tell(trial, fit)
-        except optuna.exceptions.UpdateFinishedTrialError:  # not a failure of this process: nothing to release
-            log.warning("evaluation %s was queued again by another process while this one trained it (silent longer "
-                        "than search.stale_after_s = %g s: raise it if an epoch takes that long here); its retry "
-                        "keeps the %d training(s) recorded before, the last one made here is not recorded",
-                        key, q.stale_after_s, len(done))
         except BaseException:
             q.release(trial)
             raise
+        fit, facts = self._facts(genes, [runs[str(s)] for s in self.seeds])
+        for k, v in facts.items():
+            trial.set_user_attr(k, v)
+        q.study.tell(trial, fit)
         return done
 
     def __call__(self, reqs: list[EvalRequest]) -> list[float]:
