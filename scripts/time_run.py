@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from evotune.report.markdown import format_duration
+
 ROOT = Path(__file__).resolve().parents[1]
 NODE = re.compile(r"Running node: ([\w.\-]+)")
 #: a 1-minute load average above this share of the cores at the start: the machine is not quiet
@@ -45,18 +47,14 @@ def machine() -> dict:
     """The facts that make a timing comparable with another one."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    try:
-        import torch
+    import torch
 
-        torch_version = torch.__version__
-    except ImportError:  # the script's own run needs no torch; the timed command brings its own
-        torch_version = None
     return {
         "cpu": model.group(1).strip() if model else platform.processor() or platform.machine(),
         "avx512": "avx512" in cpuinfo,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
-        "torch": torch_version,
+        "torch": torch.__version__,
     }
 
 
@@ -117,14 +115,10 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, floa
     return rc, time.perf_counter() - t0, starts
 
 
-def minutes(s: float) -> str:
-    return f"{int(s // 60)} min {s % 60:.0f} s" if s >= 60 else f"{s:.1f} s"
-
-
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
-        f"`{' '.join(result['command'])}`: **{minutes(result['wall_s'])}** (exit {result['returncode']}), "
+        f"`{' '.join(result['command'])}`: **{format_duration(result['wall_s'])}** (exit {result['returncode']}), "
         f"{result['date']}, commit `{(result['commit'] or 'none')[:7]}`"
         f"{' (working tree differs)' if result['dirty'] else ''}",
         f"on {m['cpu']} ({'AVX-512' if m['avx512'] else 'no AVX-512'}), {m['cores']} cores, torch {m['torch']}; "
