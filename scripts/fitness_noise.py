@@ -11,7 +11,7 @@ It builds the target task with the project's own functions (the data_processing 
 ``ingest_index`` / ``split_dataset`` / ``preprocess_splits`` with the ``data`` parameters of
 conf/base, changed by the options below), the backbone as the backbone stage does
 (``backbone_from_source``: the source model with a fresh head for the target's classes), the
-search chunks as the search cuts them (``search_chunks`` / ``chunk_data``), and evaluates K
+search chunks as the search cuts them (``evotune.data.splitting.search_chunks`` / ``chunk_data``), and evaluates K
 genomes (full fine-tuning, head only, and K-2 random genomes drawn with
 ``evotune.genome.random_genome``) with the search's own evaluator
 (:class:`evotune.search.evaluator.GenomeEvaluator`, the ``training`` parameters, the reused
@@ -89,6 +89,7 @@ if str(ROOT / "src") not in sys.path:  # runnable without installing the package
 
 from evotune.backbones import load_checkpoint, model_from_checkpoint  # noqa: E402
 from evotune.config import load_parameters  # noqa: E402
+from evotune.data.splitting import chunk_data, search_chunks  # noqa: E402
 from evotune.errors import ParameterError  # noqa: E402
 from evotune.genome import random_genome  # noqa: E402
 from evotune.pipelines.backbone.nodes import backbone_from_source  # noqa: E402
@@ -100,9 +101,8 @@ from evotune.pipelines.data_processing.nodes import (  # noqa: E402
     split_options,
 )
 from evotune.search.config import SearchConfig  # noqa: E402
-from evotune.search.evaluator import GenomeEvaluator, chunk_data  # noqa: E402
+from evotune.search.evaluator import GenomeEvaluator  # noqa: E402
 from evotune.search.evolution import EvalRequest  # noqa: E402
-from evotune.search.runner import search_chunks  # noqa: E402
 from evotune.training import TrainConfig, Trainer  # noqa: E402
 
 # --------------------------------------------------------------------------- statistics
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     backbone = backbone_from_source(source, train, bb_params, data_params)
     trainer = Trainer(model_from_checkpoint(backbone), tcfg, mean=backbone.mean, std=backbone.std)
     train_chunks, val_chunks = search_chunks(train, val, n_chunks=n_chunks, seed=scfg.chunk_seed)
-    chunks = chunk_data(trainer, train, val, train_chunks, val_chunks, n_chunks)
+    chunks = chunk_data(trainer.device, train, val, train_chunks, val_chunks, n_chunks)
     seeds = seed_list(scfg.seeds, args.seeds)
     genomes = genomes_to_test(args.genomes, trainer.model.num_blocks, args.genome_seed)
     evaluator = GenomeEvaluator(trainer, chunks, seeds=seeds, base_lr=tcfg.base_lr,

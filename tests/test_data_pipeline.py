@@ -14,12 +14,12 @@ from evotune.data import DataSourceError, decode_split
 from evotune.data.embedded import FEW_LABEL_CAPS
 from evotune.data.sources import ImageSource
 from evotune.data.split import Split
+from evotune.data.splitting import search_chunks
 from evotune.errors import EvotuneError
 from evotune.lineage import dataset_fingerprint
 from evotune.pipelines.data_processing import create_pipeline
 from evotune.pipelines.data_processing.nodes import ingest_index, preprocess_splits, split_dataset
 from evotune.search.config import SearchConfig
-from evotune.search.runner import search_chunks
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "base"
 

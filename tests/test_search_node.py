@@ -139,8 +139,8 @@ def test_a_diverging_genome_scores_worst_and_the_search_goes_on(backbone, splits
 
 
 def test_study_name_ignores_where_and_how_fast_it_runs_but_not_what_it_computes(backbone, splits, training, search_params):
+    from evotune.data.splitting import search_chunks
     from evotune.search.config import SearchConfig
-    from evotune.search.runner import search_chunks
     from evotune.search.store import study_name_for
     from evotune.training import TrainConfig
 
@@ -353,3 +353,83 @@ def test_a_silent_claim_is_queued_again_with_the_trainings_it_finished(kind, tmp
     assert retry is not None and retry.number != trial.number
     assert retry.user_attrs["runs"] == {"1": {"val_acc": 0.5}} and queue.genes(retry) == (0.9, 0.2, 0.7, 0.5)
     assert [t.state.name for t in other.study.trials] == ["WAITING"]
+
+
+@pytest.mark.parametrize("taken_at_seed", [1, 2])
+def test_a_claim_queued_again_while_its_process_trains_ends_without_crashing_the_search(make_trainer, monkeypatch,
+                                                                                        caplog, taken_at_seed):
+    """A process silent longer than search.stale_after_s (an epoch that slow, a suspended laptop) has its claim
+    failed and queued again by another process. When it comes back, Optuna refuses its writes to the finished
+    trial: it warns and goes on (the search is not crashed), the retry keeps the trainings recorded before the
+    takeover, and nothing is queued twice."""
+    import logging
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from evotune.search.evaluator import GenomeEvaluator
+    from evotune.search.queue import TrialQueue
+
+    trainer = make_trainer(epochs=1)
+    blocks = list(trainer.model.block_names)
+    queue = TrialQueue(optuna.create_study(), blocks)
+    queue.enqueue("g0/init/0", tuple([0.9] * (len(blocks) + 1)), {"generation": 0, "role": "init", "chunk": 0})
+    evaluator = GenomeEvaluator(trainer, {}, seeds=[1, 2], base_lr=0.01, force_head=True, queue=queue)
+
+    def train(key, seed, chunk, genes, heartbeat=None):
+        if seed == taken_at_seed:  # meanwhile another process found the claim silent: failed, queued again
+            (running,) = queue.study.get_trials(states=(TrialState.RUNNING,))
+            queue.release(running.number)
+        return {"val_acc": 0.5, "epochs_run": 1}
+
+    monkeypatch.setattr(evaluator, "train", train)
+    with caplog.at_level(logging.WARNING, logger="evotune.search.evaluator"):
+        done = evaluator.run_one()
+    assert [d["seed"] for d in done] == list(range(1, taken_at_seed))
+    assert "queued again by another process" in caplog.text
+    states = [t.state for t in queue.study.trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert set(queue.study.trials[1].user_attrs.get("runs", {})) == {str(s) for s in range(1, taken_at_seed)}
+
+
+#: a claiming process (test_claims_on_sqlite_are_atomic): waits for the common start, claims until nothing waits,
+#: prints the trial numbers it claimed
+CLAIMER = """
+import json, sys, time
+import optuna
+from evotune.search.queue import TrialQueue
+from evotune.search.store import make_storage
+storage = make_storage(sys.argv[1])
+queue = TrialQueue(optuna.load_study(study_name="race", storage=storage), ["stem", "layer1", "fc"], storage=storage)
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+claimed = []
+while (trial := queue.claim()) is not None:
+    claimed.append(trial.number)
+print(json.dumps(claimed))
+"""
+
+
+def test_claims_on_sqlite_are_atomic(tmp_path):
+    """SQLite has no row locks: `Study.ask` reads a WAITING trial and writes it RUNNING, and two processes could
+    both take the same one (64-69 claims of 60 trials by 4 processes before the fix). Every transaction on a
+    SQLite storage takes the write lock at its start, so each waiting evaluation is claimed exactly once."""
+    import json
+    import subprocess
+    import sys
+
+    import optuna
+
+    from evotune.search.queue import TrialQueue
+    from evotune.search.store import make_storage
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    storage = make_storage(url)
+    queue = TrialQueue(optuna.create_study(storage=storage, study_name="race"), ["stem", "layer1", "fc"],
+                       storage=storage)
+    for i in range(60):
+        queue.enqueue(f"g0/init/{i}", (0.9, 0.2, 0.7, 0.5), {"generation": 0, "role": "init", "chunk": 0})
+    start = time.time() + 5  # every process started and waiting: they claim at once
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, url, str(start)], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    claimed = [n for p in procs for n in json.loads(p.communicate(timeout=300)[0])]
+    assert sorted(claimed) == list(range(60))

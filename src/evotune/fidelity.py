@@ -37,10 +37,10 @@ from .evaluation import evaluate_variant
 from .genome import decode, genome_key, random_genome
 from .lineage import now
 from .params import from_params, where
-from .progress import track
+from .progress import SearchProgress, track
 from .retraining import retrain_genome
 from .search.config import SearchConfig
-from .search.evaluator import GenomeEvaluator, Progress
+from .search.evaluator import GenomeEvaluator
 from .search.evolution import EvalRequest
 from .search.records import GenomeRecord, genome_record
 from .search.runner import evaluation_setup
@@ -211,7 +211,7 @@ def score_like_the_search(genomes: list[np.ndarray], backbone: Any, train: Any, 
     with track("search fidelity: random genomes scored as the search does", len(genomes) * len(search.seeds)) as stage:
         evaluator = GenomeEvaluator(trainer, chunks, seeds=search.seeds, base_lr=training.base_lr,
                                     force_head=search.force_head_trainable,
-                                    progress=Progress(len(genomes), stage, name="fidelity"))
+                                    progress=SearchProgress(len(genomes), stage, name="fidelity"))
         evaluator([EvalRequest(f"fidelity/random/{i}", g, generation, "random", chunk)
                    for i, g in enumerate(genomes)])
     return evaluator.rows

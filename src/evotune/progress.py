@@ -246,3 +246,24 @@ def stop_all() -> None:
         if _live is not None:
             _live.stop()
             _live = None
+
+
+class SearchProgress:
+    """A search's progress (BioTune's, a baseline's, the fidelity measurement's): a log line per evaluation
+    ('search i/n, gen g, role, fitness, ETA') and the trainings on ``stage``'s view."""
+
+    def __init__(self, total: int, stage: StageProgress, generations: int | None = None, name: str = "search") -> None:
+        self.total, self.stage, self.generations, self.name = total, stage, generations, name
+        self.done = 0
+
+    def batch(self, reqs: list[Any]) -> None:
+        """A batch of evaluations (:class:`~evotune.search.evolution.EvalRequest`) is asked for."""
+        if reqs:
+            of = f"/{self.generations}" if self.generations is not None else ""
+            self.stage.set_status(f"generation {reqs[0].generation}{of} ({reqs[0].role})")
+
+    def step(self, req: Any, fitness: float, seconds: float, cached: bool) -> None:
+        self.done += 1
+        log.info("%s %d/%d  gen %d  %-12s fitness %.4f%s  (%.1fs)  ETA %s", self.name, self.done, self.total,
+                 req.generation, req.role, fitness, "  [from study]" if cached else "", seconds,
+                 format_seconds(self.stage.eta()))

@@ -3,7 +3,7 @@
 :func:`assign_splits` works on the index of a source (columns ``item``, ``label``,
 ``class_name``, ``official_split``) and returns a copy with a ``split`` column;
 :func:`chunk_ids` cuts one split's images into the search's chunks (the search stage
-calls it, see :func:`evotune.search.runner.search_chunks`). Each class
+calls :func:`search_chunks`, and :func:`chunk_data` puts each chunk on the trainer's device). Each class
 is shuffled with its own generator seeded by ``(seed, label)``, after sorting its rows
 by item id: the result depends on the seed and the data, not on the row order.
 """
@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .errors import DataSourceError
+
+if TYPE_CHECKING:
+    from ..training import DeviceData
+    from .split import Split
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +282,35 @@ def chunk_ids(
             + f" Or raise {param} (fewer chunks)."
         )
     return chunk
+
+
+def search_chunks(train: Split, val: Split, *, n_chunks: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The search chunk of every train and val image (:func:`chunk_ids`, seeded by ``search.chunk_seed``)."""
+    ids = [torch.from_numpy(chunk_ids(s.items, s.labels.numpy(), split=name, n_chunks=n_chunks, seed=seed,
+                                      class_names=list(s.classes))) for name, s in (("train", train), ("val", val))]
+    return ids[0], ids[1]
+
+
+@dataclass
+class ChunkData:
+    """One search chunk's train and val images on the trainer's device."""
+
+    train: DeviceData
+    val: DeviceData
+
+
+def chunk_data(device: torch.device, train: Split, val: Split, train_chunks: torch.Tensor, val_chunks: torch.Tensor,
+               n_chunks: int) -> dict[int, ChunkData]:
+    """Per search chunk, its train and val images on ``device`` (``*_chunks``: :func:`search_chunks`)."""
+    from ..training import DeviceData
+
+    def part(split: Split, chunks: torch.Tensor, c: int) -> DeviceData:
+        mask = chunks == c
+        return DeviceData(split.images[mask].to(device), split.labels[mask].to(device), len(train.classes))
+
+    out = {c: ChunkData(part(train, train_chunks, c), part(val, val_chunks, c)) for c in range(n_chunks)}
+    for c, data in out.items():
+        if len(data.train) == 0 or len(data.val) == 0:
+            raise ValueError(f"Search chunk {c} has no training or validation images; lower the number of "
+                             "chunks by raising search.train_split_pct (or give more data).")
+    return out

@@ -6,7 +6,9 @@
 * :mod:`~evotune.search.store` - the study store (Optuna, one study per search) and study names;
 * :mod:`~evotune.search.queue` - evaluations queued, claimed and told as trials of that study;
 * :mod:`~evotune.search.records` - :class:`GenomeRecord` and the trials and population tables;
-* :mod:`~evotune.search.runner` - the one runner, for BioTune, its workers and the search baselines.
+* :mod:`~evotune.search.runner` - the one runner, for BioTune, its workers and the search baselines;
+* :mod:`~evotune.search.confirm` - the confirmation stage: the search's top genomes trained again, the pick.
 
-The genome itself (its genes and their decoding) is :mod:`evotune.genome`.
+The genome itself (its genes and their decoding) is :mod:`evotune.genome`; the search chunks of the
+train and val splits are cut by :mod:`evotune.data.splitting`.
 """

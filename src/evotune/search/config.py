@@ -1,14 +1,10 @@
 """The search's one configuration: the ``search`` parameters (conf/base/parameters_search.yml).
 
-:class:`SearchConfig` is what the evolution loop, the genome evaluator, the workers and
-the search baselines (DEFT, random search, TPE) read. It holds the one computation of the
-number of search chunks (:attr:`SearchConfig.n_chunks`).
-
-The study storage is not a parameter: it is the catalog entry ``search_study_store``
-(:class:`evotune.io.StudyStoreDataset`), given on the command line as
-``--params search.storage=...`` (which the catalog reads with Kedro's ``runtime_params``
-resolver). A ``storage`` key in the ``search`` group is therefore passed over here and
-checked against the catalog's by :func:`evotune.search.runner.prepare`.
+:class:`SearchConfig` is what the evolution loop, the genome evaluator, the workers and the search
+baselines read; it computes the number of search chunks (:attr:`SearchConfig.n_chunks`). The study
+storage is not one of them: it is the catalog entry ``search_study_store`` (given as ``--params
+search.storage=...``, which the catalog reads), so a ``storage`` key here is passed over and checked
+against the catalog's by :func:`evotune.search.runner.open_search`.
 """
 
 from __future__ import annotations

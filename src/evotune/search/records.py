@@ -1,14 +1,10 @@
-"""What a search writes: the best genome (:class:`GenomeRecord`) and its tables.
+"""What a search writes, BioTune's and the search baselines' alike:
 
-One builder each, for BioTune and for the search baselines (DEFT, random search, TPE, NSGA-II):
-
-* :func:`genome_record` -> ``best_genome`` / ``compare.<method>.best_genome``
-  (a typed artifact, stored as JSON by :class:`evotune.io.TypedJSONDataset`);
-* :func:`trials_table` -> ``search_trials`` / ``compare.<method>.search_trials``: one row
-  per evaluation, with real list columns (``val_accs``, ``epochs``, ``val_histories``;
-  ``genotype`` for DEFT) and one ``gene_<block>`` column per gene (Parquet);
-* :func:`population_rows` -> ``search_population``: BioTune's population after every
-  generation, best first (Parquet).
+* :func:`genome_record` -> ``best_genome`` / ``compare.<method>.best_genome`` (JSON, a typed artifact);
+* :func:`trials_table` -> ``search_trials`` / ``compare.<method>.search_trials``: one row per evaluation,
+  list columns as lists (``val_accs``, ``epochs``, ``val_histories``; DEFT's ``genotype``), one
+  ``gene_<block>`` column per gene (Parquet);
+* :func:`population_rows` -> ``search_population``: BioTune's population after every generation.
 """
 
 from __future__ import annotations
@@ -84,28 +80,11 @@ def genome_record(genes, *, fitness: float, key: str, backbone: BackboneCheckpoi
     if extra.get("genotype") is not None:
         extra["genotype"] = [float(x) for x in extra["genotype"]]
     return GenomeRecord(
-        arch=backbone.arch,
-        block_names=list(block_names),
-        genes=[float(x) for x in genes],
-        threshold=float(genes[-1]),
-        mask=d.mask,
-        block_lrs=list(d.block_lrs),
-        lr_multipliers=d.lr_multipliers(base_lr),
-        fitness=float(fitness),
-        key=key,
-        force_head_trainable=force_head,
-        base_lr=base_lr,
-        study_name=study_name,
-        storage=storage,
-        evaluations=int(evaluations),
-        trainings=int(trainings),
-        device=device,
-        search_seconds=float(search_seconds),
-        dataset=backbone.dataset,
-        backbone_id=backbone.backbone_id,
-        created=created,
-        **extra,
-    )
+        arch=backbone.arch, block_names=list(block_names), genes=[float(x) for x in genes], threshold=float(genes[-1]),
+        mask=d.mask, block_lrs=list(d.block_lrs), lr_multipliers=d.lr_multipliers(base_lr), fitness=float(fitness),
+        key=key, force_head_trainable=force_head, base_lr=base_lr, study_name=study_name, storage=storage,
+        evaluations=int(evaluations), trainings=int(trainings), device=device, search_seconds=float(search_seconds),
+        dataset=backbone.dataset, backbone_id=backbone.backbone_id, created=created, **extra)
 
 
 def trials_table(rows: list[dict[str, Any]], block_names: list[str]) -> pd.DataFrame:
@@ -124,11 +103,7 @@ def population_rows(generation: int, population: list[Individual], block_names: 
                     force_head: bool) -> list[dict[str, Any]]:
     """The rows of ``search_population`` for the population after ``generation``, best first
     (rank 0), with masks and genes."""
-    rows = []
-    for rank, ind in enumerate(population):
-        d = decode(ind.genes, base_lr, force_head=force_head)
-        row = {"generation": generation, "rank": rank, "key": ind.key, "fitness": ind.fitness,
-               "extinction": ind.extinction, "mask": d.mask}
-        row.update({name: float(g) for name, g in zip(gene_names(block_names), ind.genes)})
-        rows.append(row)
-    return rows
+    return [{"generation": generation, "rank": rank, "key": ind.key, "fitness": ind.fitness,
+             "extinction": ind.extinction, "mask": decode(ind.genes, base_lr, force_head=force_head).mask,
+             **{name: float(g) for name, g in zip(gene_names(block_names), ind.genes)}}
+            for rank, ind in enumerate(population)]

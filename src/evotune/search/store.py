@@ -1,32 +1,27 @@
-"""The study store: Optuna as the record of a search, one study per search.
+"""The study store: Optuna as the record of a search, one study per search (named by :func:`study_name_for`).
 
-The storage is the catalog entry ``search_study_store`` (:class:`evotune.io.StudyStoreDataset`),
-whose load gives a :class:`StudyStore`; a search's study is named by :func:`study_name_for`.
-
-Every evaluation the search asks for is one trial of its study: the genes as parameters
-named after their blocks (``gene_<block>``, ``gene_threshold`` last:
-:func:`evotune.genome.gene_names`; ``FloatDistribution(0, 1)``), the fitness as the value
-(:data:`SEARCH_METRIC`), and the request (key, generation, role, chunk), its trainings (one per
-seed) and their facts as user attributes. The trial is queued (WAITING), claimed (RUNNING) and
-told by whichever process trains it (:mod:`evotune.search.queue`). Because the evolution is
-deterministic given its seed and the fitness values, a finished trial with the same key and
-genes is reused instead of trained again: that is how a killed search resumes.
+The storage is the catalog entry ``search_study_store`` (:class:`evotune.io.StudyStoreDataset`), whose
+load gives a :class:`StudyStore`. Every evaluation the search asks for is one trial of its study
+(:data:`SEARCH_DESCRIPTION`; queued, claimed and told by :mod:`evotune.search.queue`). The evolution is
+deterministic given its seed and the fitness values, so a finished trial with the same key and genes
+is reused instead of trained again: that is how a killed search resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 
 from ..lineage import tensor_fingerprint
 from .config import SearchConfig
+from .queue import quiet
 
 if TYPE_CHECKING:
     from ..backbones.checkpoint import BackboneCheckpoint
@@ -58,12 +53,14 @@ def make_storage(storage: str | None, grace_period_s: float | None = None) -> op
     """An Optuna storage from a storage URL (``search.storage``).
 
     * ``null`` - in memory (one process, nothing survives the run);
-    * ``sqlite:///path.db`` - a local file (several local processes; writes are serialised);
+    * ``sqlite:///path.db`` - a local file (several local processes; every transaction takes the write lock
+      at its start, ``BEGIN IMMEDIATE``: SQLite has no row locks, and without it two processes' ``Study.ask``
+      could both claim one waiting trial);
     * ``journal:///path.log`` - Optuna's journal file (several local processes, e.g. one per GPU);
     * ``postgresql://user:pass@host/db`` (or any SQLAlchemy URL) - several machines.
 
-    A database's trials carry Optuna's heartbeat: one silent ``grace_period_s`` is failed and
-    queued again (``RetryHeartbeatStaleTrialCallback``; :func:`evotune.search.queue.requeue_stale`).
+    A database's trials carry Optuna's heartbeat: one silent ``grace_period_s`` is failed and queued
+    again (``RetryHeartbeatStaleTrialCallback``; :meth:`evotune.search.queue.TrialQueue.requeue_stale`).
     """
     if not storage:
         return None
@@ -76,14 +73,16 @@ def make_storage(storage: str | None, grace_period_s: float | None = None) -> op
         path = Path(storage[len("sqlite:///") :])
         if str(path) not in ("", ":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": 120}}
+        engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}}  # SQLAlchemy emits BEGIN
     grace = max(1, int(grace_period_s or 900))
-    with warnings.catch_warnings():  # the heartbeat is experimental; it is recorded by the trainings (queue.beat)
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+    with quiet():
+        opened = optuna.storages.RDBStorage(
             storage, engine_kwargs=engine_kwargs, heartbeat_interval=max(1, grace // 2), grace_period=grace,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
         )
+    if engine_kwargs:  # SQLAlchemy's recipe for pysqlite's transactions, with the write lock taken at once
+        sqlalchemy.event.listen(opened.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return opened
 
 
 def open_study(storage: str | None, study_name: str, *, grace_period_s: float | None = None
@@ -103,8 +102,7 @@ def open_study(storage: str | None, study_name: str, *, grace_period_s: float | 
             "'postgresql://user:pass@host/db', or null for an in-memory study."
         ) from exc
     if study.metric_names != [SEARCH_METRIC]:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with quiet():
             study.set_metric_names([SEARCH_METRIC])
     if study.user_attrs.get("description") != SEARCH_DESCRIPTION:
         study.set_user_attr("description", SEARCH_DESCRIPTION)

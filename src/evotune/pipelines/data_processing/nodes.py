@@ -175,7 +175,7 @@ def ingest_index(data_params: dict) -> pd.DataFrame:
 
 def split_dataset(target_index_raw: pd.DataFrame, data_params: dict, n_chunks: int = 1) -> pd.DataFrame:
     """Stratified train/val/test split (``data.split``). The search cuts train and val into its
-    chunks itself (:func:`evotune.search.runner.search_chunks`); ``n_chunks`` only checks here
+    chunks itself (:func:`evotune.data.splitting.search_chunks`); ``n_chunks`` only checks here
     that every class has enough train and val images for them (the pre-run data check)."""
     opts = split_options(data_params)
     auto = [k for k in ("train_per_class", "val_per_class") if _section(data_params, "split").get(k) == AUTO_CAPS]
