@@ -72,7 +72,7 @@ class Expect:
     files: tuple[str, ...] = ()  # paths (under the project) the command must create or refresh
     unchanged: tuple[str, ...] = ()  # paths it must leave alone (an earlier stage's versioned outputs)
     after: tuple[str, ...] = field(default_factory=tuple)  # commands that must have run first
-    beside: str | None = None  # a command started first and left running (a search the command joins)
+    beside: str | None = None  # a search the command (a worker) joins: run once the worker waits for work
     matches: tuple[str, ...] = ()  # regular expressions the output must match
     check: Callable[[Path, str], None] | None = None  # more assertions on (project, output) after the command
     needs: str | None = None  # a module the command needs that the project does not install: skipped without it
@@ -195,7 +195,7 @@ COMMANDS: dict[str, Expect] = {
         says=("Completed 17 out of 17 tasks", "nsga2: best genome"),
         files=("data/08_reporting/compare/nsga2/metrics.json", "data/08_reporting/compare/from_scratch/metrics.json",
                "data/08_reporting/compare/comparison.md")),
-    # the workers join a search that is running (started beside them) and train some of its units
+    # the workers wait for the search (started once they wait), join it and train some of its units
     "kedro run --pipelines search_worker": Expect(run=f"kedro run --pipelines search_worker --params {WORKER}",
                                                   beside=SEARCH_TO_JOIN, matches=WORKER_TRAINED),
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(
@@ -568,12 +568,11 @@ def test_documented_command(project, documented, root):
         before = {f: _mtime(project / f) for f in spec.files + spec.unchanged}
         seed = str(1000 + ordered().index(documented))  # a new study per command that joins a search
         command = command.replace("{seed}", seed)
-        beside = start_beside(project, spec.beside.replace("{seed}", seed)) if spec.beside else None
-        proc = shell(project, command)
-        out = proc.stdout + proc.stderr
-        if beside is not None:
-            beside_out = finish_beside(beside)
-            assert beside.returncode == 0, f"`{spec.beside}` failed:\n{beside_out[-4000:]}"
+        if spec.beside:  # the worker waits for work first, so that the search cannot end before it joins
+            proc, out = join(project, command, spec.beside.replace("{seed}", seed))
+        else:
+            proc = shell(project, command)
+            out = proc.stdout + proc.stderr
         if spec.check is not None:
             spec.check(project, out)
         for pattern in spec.matches:
@@ -608,28 +607,26 @@ def loaded_the_oldest_export(project: Path, out: str) -> None:
     assert f"exported {created[0]}" in out and f"exported {created[-1]}" not in out, out[-3000:]
 
 
-def start_beside(project: Path, command: str) -> subprocess.Popen:
-    """Start ``command`` (a search) in the background; return once its search has started (it has logged its
-    study), however slow the machine is."""
-    log = project / "beside.log"
-    proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=project, env=environment(), stdout=log.open("w"),
+def join(project: Path, worker: str, search: str) -> tuple[subprocess.Popen, str]:
+    """Start ``worker`` in the background; once it waits for work (it has logged its study), run ``search`` to its
+    end; then the worker's process and output. The search may not end before the worker has joined, however
+    slow the machine is: a worker that starts after a tiny search ended would train nothing."""
+    log = project / "worker.log"
+    proc = subprocess.Popen(["bash", "-c", worker], cwd=project, env=environment(), stdout=log.open("w"),
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    proc.log_path = log
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None and "search on" not in log.read_text():
-        time.sleep(0.2)
-    assert proc.poll() is None, f"`{command}` ended before a worker could join:\n{log.read_text()[-4000:]}"
-    return proc
-
-
-def finish_beside(proc: subprocess.Popen) -> str:
     try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None and "search worker" not in log.read_text():
+            time.sleep(0.2)
+        assert proc.poll() is None, f"`{worker}` ended before the search started:\n{log.read_text()[-4000:]}"
+        searched = shell(project, search)
+        assert searched.returncode == 0, f"`{search}` failed:\n{(searched.stdout + searched.stderr)[-4000:]}"
         proc.wait(timeout=900)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
             proc.wait()
-    return proc.log_path.read_text()
+    return proc, log.read_text()
 
 
 def _mtime(path: Path) -> float:
