@@ -47,7 +47,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from evotune.backbones import (  # noqa: E402
     model_from_checkpoint,
 )
 from evotune.genome import decode, random_genome  # noqa: E402
+from evotune.machine import cpu_facts  # noqa: E402
 from evotune.reference import decode_once, encode_png, naive_train  # noqa: E402
 from evotune.search.evaluator import genome_plan  # noqa: E402
 from evotune.training import (  # noqa: E402
@@ -119,22 +119,11 @@ def base_training_config(**overrides) -> TrainConfig:
     return TrainConfig.from_params({**load_parameters(ROOT / "conf")["training"], **overrides})
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: torch.device) -> dict:
     import torchvision
 
     info = {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        **cpu_facts(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -544,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(device)
     print("=" * 100)
     print(f"evotune genome-evaluation benchmark: preset {args.preset} on {device}")
-    print(f"CPU: {machine['cpu']} ({machine['cpu_count']} cores, torch threads {machine['torch_threads']})")
+    print(f"CPU: {machine['cpu']} ({'AVX-512' if machine['avx512'] else 'no AVX-512'}, {machine['cores']} cores, "
+          f"torch threads {machine['torch_threads']})")
     if machine["gpu"]:
         print(f"GPU: {machine['gpu']} (CUDA {machine.get('cuda')})")
     print(f"torch {machine['torch']}, torchvision {machine['torchvision']}, python {machine['python']}")

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from evotune.machine import cpu_facts
 from evotune.report.markdown import format_duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,17 +46,9 @@ BUSY_SHARE = 0.25
 
 def machine() -> dict:
     """The facts that make a timing comparable with another one."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
     import torch
 
-    return {
-        "cpu": model.group(1).strip() if model else platform.processor() or platform.machine(),
-        "avx512": "avx512" in cpuinfo,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+    return {**cpu_facts(), "python": platform.python_version(), "torch": torch.__version__}
 
 
 def commit(root: Path) -> dict:

@@ -1,0 +1,18 @@
+"""evotune.machine: the CPU facts every timing names (model, AVX-512, cores)."""
+
+from evotune.machine import cpu_facts
+
+
+def test_cpu_facts_read_the_model_and_avx512_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel Xeon X\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\n"
+                    "processor\t: 1\nmodel name\t: Intel Xeon X\nflags\t\t: fpu sse avx2 avx512f\n")
+    facts = cpu_facts(info)
+    assert facts["cpu"] == "Intel Xeon X" and facts["avx512"] is True and facts["cores"] >= 1
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx2\n")
+    assert cpu_facts(info)["avx512"] is False and cpu_facts(info)["cpu"] == "AMD EPYC"
+
+
+def test_cpu_facts_without_cpuinfo_say_they_cannot_tell_avx512(tmp_path):
+    facts = cpu_facts(tmp_path / "absent")
+    assert facts["avx512"] is None and facts["cpu"]  # the platform's processor or machine name
