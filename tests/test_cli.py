@@ -195,6 +195,13 @@ COMMANDS: dict[str, Expect] = {
         says=("Completed 17 out of 17 tasks", "nsga2: best genome"),
         files=("data/08_reporting/compare/nsga2/metrics.json", "data/08_reporting/compare/from_scratch/metrics.json",
                "data/08_reporting/compare/comparison.md")),
+    # docs/results/augmentation.md: the two arms of the augmentation measurement (1 + 4 BioTune + 2 + 6 table nodes)
+    'kedro run --pipelines compare --params "compare.methods=[full_finetune],training.augment=none"': Expect(
+        says=("Completed 13 out of 13 tasks",), never=("training batches augmented",),
+        files=("data/08_reporting/compare/full_finetune/metrics.json", "data/08_reporting/compare/comparison.md")),
+    'kedro run --pipelines compare --params "compare.methods=[full_finetune],training.augment=standard"': Expect(
+        says=("Completed 13 out of 13 tasks", "training batches augmented: standard"),
+        files=("data/08_reporting/compare/full_finetune/metrics.json", "data/08_reporting/compare/comparison.md")),
     # the workers wait for the search (started once they wait), join it and train some of its units
     "kedro run --pipelines search_worker": Expect(run=f"kedro run --pipelines search_worker --params {WORKER}",
                                                   beside=SEARCH_TO_JOIN, matches=WORKER_TRAINED),
