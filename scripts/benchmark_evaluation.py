@@ -70,7 +70,7 @@ from evotune.backbones import (  # noqa: E402
     model_from_checkpoint,
 )
 from evotune.genome import decode, random_genome  # noqa: E402
-from evotune.machine import cpu_facts  # noqa: E402
+from evotune.machine import avx512_label, cpu_facts  # noqa: E402
 from evotune.reference import decode_once, encode_png, naive_train  # noqa: E402
 from evotune.search.evaluator import genome_plan  # noqa: E402
 from evotune.training import (  # noqa: E402
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(device)
     print("=" * 100)
     print(f"evotune genome-evaluation benchmark: preset {args.preset} on {device}")
-    print(f"CPU: {machine['cpu']} ({'AVX-512' if machine['avx512'] else 'no AVX-512'}, {machine['cores']} cores, "
+    print(f"CPU: {machine['cpu']} ({avx512_label(machine['avx512'])}, {machine['cores']} cores, "
           f"torch threads {machine['torch_threads']})")
     if machine["gpu"]:
         print(f"GPU: {machine['gpu']} (CUDA {machine.get('cuda')})")

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evotune.machine import cpu_facts
+from evotune.machine import avx512_label, cpu_facts
 from evotune.report.markdown import format_duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def markdown(result: dict) -> str:
         f"`{' '.join(result['command'])}`: **{format_duration(result['wall_s'])}** (exit {result['returncode']}), "
         f"{result['date']}, commit `{(result['commit'] or 'none')[:7]}`"
         f"{' (working tree differs)' if result['dirty'] else ''}",
-        f"on {m['cpu']} ({'AVX-512' if m['avx512'] else 'no AVX-512'}), {m['cores']} cores, torch {m['torch']}; "
+        f"on {m['cpu']} ({avx512_label(m['avx512'])}), {m['cores']} cores, torch {m['torch']}; "
         f"load average {result['load_before']:.2f} before, {result['load_after']:.2f} after",
         "",
         "| node | seconds |",

@@ -72,7 +72,7 @@ class Expect:
     files: tuple[str, ...] = ()  # paths (under the project) the command must create or refresh
     unchanged: tuple[str, ...] = ()  # paths it must leave alone (an earlier stage's versioned outputs)
     after: tuple[str, ...] = field(default_factory=tuple)  # commands that must have run first
-    beside: str | None = None  # a search the command (a worker) joins: run once the worker waits for work
+    joins: str | None = None  # a search the command (a worker) joins: run once the worker waits for work
     matches: tuple[str, ...] = ()  # regular expressions the output must match
     check: Callable[[Path, str], None] | None = None  # more assertions on (project, output) after the command
     needs: str | None = None  # a module the command needs that the project does not install: skipped without it
@@ -204,9 +204,9 @@ COMMANDS: dict[str, Expect] = {
         files=("data/08_reporting/compare/full_finetune/metrics.json", "data/08_reporting/compare/comparison.md")),
     # the workers wait for the search (started once they wait), join it and train some of its units
     "kedro run --pipelines search_worker": Expect(run=f"kedro run --pipelines search_worker --params {WORKER}",
-                                                  beside=SEARCH_TO_JOIN, matches=WORKER_TRAINED),
+                                                  joins=SEARCH_TO_JOIN, matches=WORKER_TRAINED),
     "CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker": Expect(
-        run=f"CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker --params {WORKER}", beside=SEARCH_TO_JOIN,
+        run=f"CUDA_VISIBLE_DEVICES=1 kedro run --pipelines search_worker --params {WORKER}", joins=SEARCH_TO_JOIN,
         matches=WORKER_TRAINED),
     # torch starts with 2 threads here (OMP_NUM_THREADS), so the setting shows
     "kedro run --params training.cpu_threads=1": Expect(run="OMP_NUM_THREADS=2 kedro run --params training.cpu_threads=1",
@@ -218,7 +218,7 @@ COMMANDS: dict[str, Expect] = {
         says=("Pipeline execution completed", "recorded in sqlite:///data/09_tracking/mlflow.db") if MLFLOW
         else ("tracking.mlflow is true", 'pip install -e ".[mlflow]"', "nothing was run")),
     "kedro run --pipelines search_worker --params training.cpu_threads=1": Expect(
-        run=f"kedro run --pipelines search_worker --params training.cpu_threads=1,{WORKER}", beside=SEARCH_TO_JOIN,
+        run=f"kedro run --pipelines search_worker --params training.cpu_threads=1,{WORKER}", joins=SEARCH_TO_JOIN,
         matches=WORKER_TRAINED),
     "kedro run --pipelines pretrained": Expect(ok=False, local=IMAGENET_YAML, says=(OFFLINE, "resnet50-11ad3fa6.pth")),
     # docs/guides/own-data.md: a conf/local that sets only data.source uses every image (2 classes x 40:
@@ -575,8 +575,8 @@ def test_documented_command(project, documented, root):
         before = {f: _mtime(project / f) for f in spec.files + spec.unchanged}
         seed = str(1000 + ordered().index(documented))  # a new study per command that joins a search
         command = command.replace("{seed}", seed)
-        if spec.beside:  # the worker waits for work first, so that the search cannot end before it joins
-            proc, out = join(project, command, spec.beside.replace("{seed}", seed))
+        if spec.joins:  # the worker waits for work first, so that the search cannot end before it joins
+            proc, out = join(project, command, spec.joins.replace("{seed}", seed))
         else:
             proc = shell(project, command)
             out = proc.stdout + proc.stderr

@@ -1,6 +1,6 @@
 """evotune.machine: the CPU facts every timing names (model, AVX-512, cores)."""
 
-from evotune.machine import cpu_facts
+from evotune.machine import avx512_label, cpu_facts
 
 
 def test_cpu_facts_read_the_model_and_avx512_from_cpuinfo(tmp_path):
@@ -16,3 +16,7 @@ def test_cpu_facts_read_the_model_and_avx512_from_cpuinfo(tmp_path):
 def test_cpu_facts_without_cpuinfo_say_they_cannot_tell_avx512(tmp_path):
     facts = cpu_facts(tmp_path / "absent")
     assert facts["avx512"] is None and facts["cpu"]  # the platform's processor or machine name
+
+
+def test_the_label_says_unknown_rather_than_no():
+    assert [avx512_label(v) for v in (True, False, None)] == ["AVX-512", "no AVX-512", "AVX-512 unknown"]

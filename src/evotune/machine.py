@@ -23,3 +23,8 @@ def cpu_facts(cpuinfo: Path = CPUINFO) -> dict[str, object]:
                   if line.lower().startswith("model name") and ":" in line), None)
     return {"cpu": model or platform.processor() or platform.machine(),
             "avx512": ("avx512" in text) if text else None, "cores": os.cpu_count()}
+
+
+def avx512_label(avx512: bool | None) -> str:
+    """How a report names :func:`cpu_facts`'s ``avx512``: unknown is not "no"."""
+    return "AVX-512 unknown" if avx512 is None else "AVX-512" if avx512 else "no AVX-512"
