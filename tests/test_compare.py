@@ -59,8 +59,14 @@ def test_one_namespaced_modular_pipeline_per_method():
     names = {n.name for n in pipe.nodes}
     for m in (BIOTUNE, *METHODS):
         steps = (("search", "retrain", "test", "budget") if m in (BIOTUNE, *SEARCH_METHODS) else
-                 ("confirm", "retrain", "test") if m in PICK_METHODS else ("train", "test"))
+                 ("pick", "retrain", "test") if m in PICK_METHODS else ("train", "test"))
         assert {f"compare.{m}.{s}" for s in steps} <= names
+    # the pick rules' confirmation is trained once, in BioTune's namespace, and read by each rule's pick
+    assert "compare.biotune.confirm" in names
+    for m in PICK_METHODS:
+        pick = next(n for n in pipe.nodes if n.name == f"compare.{m}.pick")
+        assert "compare.biotune.confirmation" in pick.inputs and f"compare.{m}.confirmation" in pick.outputs
+    assert "compare.biotune.confirm" not in {n.name for n in create_pipeline(["tpe"]).nodes}  # no rule, no confirmation
     for m in METHODS:
         assert f"params:compare.{m}" in pipe.inputs()
     assert {"compare.resample", "compare.table", "compare.table_markdown", "compare.figure", "compare.budget_table",
@@ -356,36 +362,63 @@ def test_each_search_is_tested_at_a_quarter_half_and_all_of_its_budget(tiny_run)
 
 def test_biotunes_pick_rules_run_in_the_comparison(base_parameters, backbone_checkpoint, make_split, method_params,
                                                   training, search):
-    """biotune_parsimonious: BioTune's own search on each resampling, its two best genomes confirmed on both chunks
-    with one confirmation seed, the pick retrained and tested; the confirmation's trainings are in the row's cost."""
+    """biotune_confirmed and biotune_parsimonious: BioTune's own search on each resampling, its two best genomes
+    confirmed once (compare.biotune.confirm: both chunks, one confirmation seed), each rule picking from those same
+    trainings; the pick retrained and tested; the confirmation's trainings are in each rule's cost."""
+    from evotune.errors import InputMismatchError
+    from evotune.pipelines.compare.nodes import pick_confirmed_genomes
+
     torch.manual_seed(0)
     backbone = backbone_checkpoint(build_model("resnet10", 3), 3)
     train, val, test = make_split(6, 3, seed=0), make_split(4, 3, seed=1), make_split(4, 3, seed=2)
-    compare = {**base_parameters()["compare"], "methods": ["biotune_parsimonious"], "seeds": [1], "resamplings": 2}
+    compare = {**base_parameters()["compare"], "methods": ["biotune_confirmed", "biotune_parsimonious"], "seeds": [1],
+               "resamplings": 2}
     catalog = DataCatalog()
     for name, value in {"backbone": backbone, "target_train": train, "target_val": val, "target_test": test,
                         "target_index": _index(train, val, test), "search_study_store": StudyStore(None)}.items():
         catalog[name] = value
+    confirm = {"rule": "best", "top_k": 2, "seeds": [7]}
     _feed(catalog, {"compare": compare, "search": search, "training": training, "retrain": RETRAIN,
-                    "data": base_parameters()["data"], "confirm": {"rule": "best", "top_k": 2, "seeds": [7]}})
+                    "data": base_parameters()["data"], "confirm": confirm})
     pipe = create_pipeline(compare["methods"])
+    assert {n.name for n in pipe.nodes} >= {"compare.biotune.confirm", "compare.biotune_confirmed.pick",
+                                            "compare.biotune_parsimonious.pick"}
     for name in pipe.all_outputs():
         catalog[name] = KeptMemoryDataset(copy_mode="assign")
     SequentialRunner().run(pipe, catalog)
-    picked = catalog.load("compare.biotune_parsimonious.best_genomes")
+    shared = catalog.load("compare.biotune.confirmation")
     biotune = catalog.load("compare.biotune.best_genomes")
-    confirmation = catalog.load("compare.biotune_parsimonious.confirmation")
-    assert picked.resamplings == [0, 1] and sorted(set(confirmation["resampling"])) == [0, 1]
-    for r, (p, b) in enumerate(zip(picked.genomes, biotune.genomes)):
-        rows = confirmation[confirmation["resampling"] == r]
-        assert len(rows) == 2 and rows["trainings"].tolist() == [2, 2] and rows["picked"].sum() == 1
-        assert p.pick_rule == "parsimonious" and p.search_best_key == b.key and p.key == rows.loc[rows["picked"],
-                                                                                                 "key"].item()
-        assert p.confirm_trainings == 4 and p.trainings == b.trainings + 4
+    assert sorted(set(shared["resampling"])) == [0, 1] and (shared["trainings"] == 2).all() and len(shared) == 4
+    for method, rule in (("biotune_confirmed", "confirmed"), ("biotune_parsimonious", "parsimonious")):
+        picked = catalog.load(f"compare.{method}.best_genomes")
+        confirmation = catalog.load(f"compare.{method}.confirmation")
+        assert picked.resamplings == [0, 1] and sorted(set(confirmation["resampling"])) == [0, 1]
+        for r, (p, b) in enumerate(zip(picked.genomes, biotune.genomes)):
+            rows = confirmation[confirmation["resampling"] == r]
+            assert len(rows) == 2 and rows["trainings"].tolist() == [2, 2] and rows["picked"].sum() == 1
+            # the rule read BioTune's confirmation: the same trainings, not its own
+            ours = shared[shared["resampling"] == r].sort_values("search_rank")
+            assert rows["key"].tolist() == ours["key"].tolist()
+            assert [list(v) for v in rows["val_accs"]] == [list(v) for v in ours["val_accs"]]
+            assert p.pick_rule == rule and p.search_best_key == b.key and p.key == rows.loc[rows["picked"],
+                                                                                             "key"].item()
+            assert p.confirm_trainings == 4 and p.trainings == b.trainings  # the search's own, the record's meaning
+            assert p.confirm_seconds == pytest.approx(ours["seconds"].sum()) and p.confirm_seconds > 0
+        ours, theirs = catalog.load(f"compare.{method}.metrics"), catalog.load("compare.biotune.metrics")
+        # the two resamplings' confirmation is counted in the rule's cost: its trainings and its seconds
+        assert ours.trainings == theirs.trainings + 2 * 4
+        assert ours.search_seconds == pytest.approx(theirs.search_seconds + sum(p.confirm_seconds for p in picked.genomes))
+        assert ours.compute_seconds == pytest.approx(ours.search_seconds + ours.train_seconds)
     table = catalog.load("compare_table").set_index("method")
-    ours, theirs = catalog.load("compare.biotune_parsimonious.metrics"), catalog.load("compare.biotune.metrics")
-    assert ours.trainings == theirs.trainings + 2 * 4  # the two confirmations
     assert table.loc["biotune_parsimonious", "kind"] == "method"
+
+    # a confirmation that is not this search's (resampling 1's rows lost) is refused before any pick
+    partial = shared[shared["resampling"] == 0]
+    with pytest.raises(InputMismatchError, match=r"compare\.biotune_confirmed\.pick: compare\.biotune\.confirmation "
+                                                 r"on resampling 1.*kedro run --pipelines compare"):
+        pick_confirmed_genomes(backbone, train, val, test, catalog.load("compare_resamplings"),
+                               catalog.load("compare.biotune.search_trials"), biotune, partial, compare, {}, confirm,
+                               search, training, method="biotune_confirmed")
 
 
 def test_the_budget_table_takes_full_finetuning_as_the_budget_1_reference():
@@ -421,8 +454,14 @@ def test_biotune_on_resampling_0_resumes_the_default_runs_study(tmp_path, base_p
     assert genomes.genomes[0].study_name == best.study_name
     assert len(store.open(best.study_name).trials) == n_trials  # nothing trained again
     assert genomes.genomes[0].genes == best.genes
+    # the reused search still cost what it cost: its trainings and seconds are the method's (it counted 0 before)
+    trials = store.open(best.study_name).trials
+    made = sum(len(t.user_attrs.get("val_accs") or []) for t in trials)
+    assert best.trainings == made > 0 and genomes.genomes[0].trainings == made
+    assert genomes.genomes[0].search_seconds == pytest.approx(best.search_seconds)
     trained = retrain_searched_genome(backbone, *splits, genomes, compare, training, RETRAIN, method="biotune")
     metrics, per_seed = evaluate_method(backbone, trained, *splits, training)
+    assert metrics.trainings == made + len(RETRAIN["seeds"])
     assert metrics.resamplings[0].seeds == RETRAIN["seeds"]
     for key in ("accuracy_mean", "macro_accuracy_mean", "macro_f1_mean"):
         assert getattr(metrics, key) == pytest.approx(getattr(test_metrics, key)), key

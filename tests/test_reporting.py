@@ -443,7 +443,7 @@ def test_markdown_report(population, trials, best_genome, test_metrics, per_seed
     assert "validation macro accuracy 72.00 %" in md
     # search settings and cost
     assert "| evaluations | 14 |" in md
-    assert "| trainings (evaluations x seeds, reused ones excluded) | 26 |" in md
+    assert "| trainings (evaluations x seeds, reused ones included) | 26 |" in md
     assert "| search time (sum over evaluations) | 1h 02m 05s |" in md
     assert "| search device | cuda |" in md
     assert "| population | 4 |" in md

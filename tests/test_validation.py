@@ -55,6 +55,17 @@ def test_bad_parameters_name_the_parameter(base_params, nodes, path, value, mess
         validate_run(params, nodes["__default__"])
 
 
+def test_a_compared_pick_rule_checks_the_confirm_section_with_its_own_rule(base_params, nodes):
+    """compare.biotune_parsimonious with confirm.top_k 1 fails before BioTune's search, though confirm.rule (best)
+    alone accepts top_k 1."""
+    assert "compare.biotune_parsimonious.pick" in nodes["compare"] and "compare.biotune.confirm" in nodes["compare"]
+    params = copy.deepcopy(base_params)
+    params["confirm"]["top_k"] = 1
+    validate_run(params, [n for n in nodes["compare"] if ".biotune_parsimonious." not in n])
+    with pytest.raises(ParameterError, match=r"parsimonious needs confirm\.top_k >= 2"):
+        validate_run(params, nodes["compare"])
+
+
 def test_a_vision_transformer_at_its_input_size_is_valid(base_params, nodes):
     params = copy.deepcopy(base_params)
     params["backbone"]["arch"] = params["source_pretraining"]["arch"] = "vit_tiny32"

@@ -75,7 +75,8 @@ class TrainedVariant(Artifact):
 
 @dataclass
 class SearchSummary(Artifact):
-    """What a search baseline's search cost and found (from its best genome)."""
+    """What a search baseline's search cost and found (from its best genome): its trainings and seconds include
+    the confirmation's of a pick rule (``confirm_trainings``, ``confirm_seconds``)."""
 
     evaluations: int | None
     trainings: int | None
@@ -223,7 +224,10 @@ def retrain_search_method(
     variant = retrain_genome(backbone, target_train, target_val, best_genome, seeds, cfg, method=method,
                              params=best_genome.params or {})
     search = SearchSummary(**{k: getattr(best_genome, k) for k in (
-        "evaluations", "trainings", "search_seconds", "wall_seconds", "mask", "genes", "fitness", "study_name")})
+        "evaluations", "wall_seconds", "mask", "genes", "fitness", "study_name")},
+        # a pick rule's confirmation (evotune.search.confirm) is part of what the search cost
+        trainings=int(best_genome.trainings) + int(best_genome.confirm_trainings or 0),
+        search_seconds=float(best_genome.search_seconds) + float(best_genome.confirm_seconds or 0.0))
     return TrainedMethod(method=method, kind="search", variants=[variant], search=search,
                          wall_seconds=time.perf_counter() - t0, dataset=variant.dataset,
                          backbone_id=variant.backbone_id, created=now())

@@ -121,11 +121,17 @@ def validate_run(params: dict[str, Any], node_names) -> None:
                                                             "source_pretraining"), "source_pretraining.data"))
     if nodes & {"evolutionary_search", "search_worker", "ingest_index"} or any(n.startswith("compare.") for n in nodes):
         check(SearchConfig.from_params, params.get("search"))  # ingest_index: the pre-run data check's chunk count
-    if "confirm_pick" in nodes or any(n.startswith("compare.") and n.endswith(".confirm") for n in nodes):
+    picks = [n.split(".")[1] for n in nodes if n.startswith("compare.") and n.endswith(".pick")]
+    if "confirm_pick" in nodes or picks or any(n.startswith("compare.") and n.endswith(".confirm") for n in nodes):
         from .search.confirm import ConfirmConfig
 
-        check(ConfirmConfig.from_params, params.get("confirm"))
+        base = check(ConfirmConfig.from_params, params.get("confirm"))
         check(SearchConfig.from_params, params.get("search"))
+        if base is not None:  # each compared rule with the confirm section (parsimonious: top_k >= 2)
+            from .methods import get_method
+
+            for rule in dict.fromkeys(get_method(m).rule for m in picks):
+                check(ConfirmConfig.from_params, {**params["confirm"], "rule": rule})
     if "retrain_best_genome" in nodes:
         check(retrain_seeds, params.get("retrain"))
         check(retrain_config, params.get("training"), params.get("retrain"))

@@ -142,9 +142,9 @@ def caption(table: pd.DataFrame) -> str:
         "above / below 0, no significant difference otherwise. Test accuracy (%): mean ± std over seeds within a "
         "resampling (ddof = 0, the authors' convention), averaged over resamplings. Trainable params: share of the "
         "model's parameters trained (searches: averaged over their genomes). Trainings and compute: all resamplings, "
-        "searches included. Surgical's block rows: per-block means over the resamplings (the method's row reports "
-        "the block chosen by validation on each resampling, and names each resampling's choice in order when "
-        "they differ)."
+        "searches (and a pick rule's confirmation) included. Surgical's block rows: per-block means over the "
+        "resamplings (the method's row reports the block chosen by validation on each resampling, and names each "
+        "resampling's choice in order when they differ)."
     )
 
 

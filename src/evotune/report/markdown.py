@@ -347,7 +347,7 @@ def markdown_report(
         settings.append(["population", int(pop0.iloc[0])])
     settings += [
         ["evaluations", best_genome.evaluations],
-        ["trainings (evaluations x seeds, reused ones excluded)", best_genome.trainings],
+        ["trainings (evaluations x seeds, reused ones included)", best_genome.trainings],
         ["evaluations reused from the study", int(summary["n_cached"].sum()) if "n_cached" in summary.columns else 0],
         ["search time (sum over evaluations)", format_duration(best_genome.search_seconds)],
         ["search device", best_genome.device],

@@ -170,31 +170,41 @@ def confirmation_table(table: pd.DataFrame) -> pd.DataFrame:
     return t[CONFIRM_COLUMNS]
 
 
-def run_confirmation(backbone, train, val, trials: pd.DataFrame, best: GenomeRecord, cfg: ConfirmConfig,
-                     search_params: dict, training_params: dict) -> tuple[pd.DataFrame, GenomeRecord]:
-    """The confirmation of a search (``trials``, its best genome ``best``) on its train and val splits, and the
-    genome ``cfg.rule`` picks: the confirmation table and the picked genome's record (``pick_rule``,
-    ``search_best_key``, ``confirm_trainings``, ``confirm_seconds``, ``confirmed_val_acc``)."""
+def confirm_candidates(backbone, train, val, trials: pd.DataFrame, best: GenomeRecord, cfg: ConfirmConfig,
+                       search_params: dict, training_params: dict, label: str = "confirm") -> pd.DataFrame:
+    """The confirmation's trainings, the same for every rule that trains: the search's top ``cfg.top_k`` distinct
+    genomes (``trials``, its best genome ``best`` first) trained on every search chunk once per ``cfg.seeds``; the
+    table before the pick (one row per genome, ``search_rank`` 0 the search's best). ``label`` heads the log line."""
     from ..methods import GenomeShare, block_parameter_counts
     from .runner import evaluation_setup
 
     scfg = SearchConfig.from_params(search_params)
     training = TrainConfig.from_params(training_params)
-    if not cfg.trains:
-        table = pd.DataFrame([{"key": best.key, "search_rank": 0, "search_fitness": best.fitness,
-                               "mask": best.mask, "trainings": 0, "seconds": 0.0, "val_accs": []}])
-        table = confirmation_table(pick(table, cfg.rule))
-        log.info("confirm.rule best: the search's best genome %s (mask %s), nothing trained", best.key, best.mask)
-        return table, dataclasses.replace(best, pick_rule=cfg.rule, search_best_key=best.key, confirm_trainings=0,
-                                          confirm_seconds=0.0, created=now())
     trainer, _, _, chunks = evaluation_setup(backbone, train, val, scfg, training)
     counts, total = block_parameter_counts(trainer.model)
     share = GenomeShare(counts, total, scfg.force_head_trainable)
     candidates = top_genomes(trials, best.key, cfg.top_k, list(best.block_names))
-    log.info("confirm.rule %s: %d genome(s) x %d chunk(s) x %d seed(s) = %d trainings", cfg.rule, len(candidates),
-             len(chunks), len(cfg.seeds), len(candidates) * len(chunks) * len(cfg.seeds))
-    table = pick(confirm_genomes(trainer, chunks, candidates, cfg, base_lr=training.base_lr,
-                                 force_head=scfg.force_head_trainable, share=share, train_genome=train_genome), cfg.rule)
+    log.info("%s: %d genome(s) x %d chunk(s) x %d seed(s) = %d trainings", label, len(candidates), len(chunks),
+             len(cfg.seeds), len(candidates) * len(chunks) * len(cfg.seeds))
+    return confirm_genomes(trainer, chunks, candidates, cfg, base_lr=training.base_lr,
+                           force_head=scfg.force_head_trainable, share=share, train_genome=train_genome)
+
+
+def pick_genome(confirmed: pd.DataFrame, trials: pd.DataFrame, best: GenomeRecord, backbone, cfg: ConfirmConfig,
+                search_params: dict, training_params: dict) -> tuple[pd.DataFrame, GenomeRecord]:
+    """The genome ``cfg.rule`` picks from a confirmation (:func:`confirm_candidates` of this search: ``trials``, its
+    best genome ``best``): the confirmation table with the pick and the picked genome's record (``pick_rule``,
+    ``search_best_key``, ``confirm_trainings``, ``confirm_seconds``, ``confirmed_val_acc``). Nothing is trained.
+
+    Raises ``ValueError`` when ``confirmed`` does not hold this search's top genomes, in order."""
+    scfg = SearchConfig.from_params(search_params)
+    training = TrainConfig.from_params(training_params)
+    candidates = top_genomes(trials, best.key, cfg.top_k, list(best.block_names))
+    keys = [str(k) for k in confirmed.sort_values("search_rank")["key"]]
+    if keys != [c["key"] for c in candidates]:
+        raise ValueError(f"the confirmation holds the genomes {keys}, not this search's top {cfg.top_k} "
+                         f"{[c['key'] for c in candidates]}: it was made for another search or another confirm.top_k")
+    table = pick(confirmed.sort_values("search_rank").reset_index(drop=True), cfg.rule)
     row = table[table["picked"]].iloc[0]
     chosen = candidates[int(row["search_rank"])]
     fresh = genome_record(chosen["genes"], fitness=chosen["fitness"], key=chosen["key"], backbone=backbone,
@@ -210,3 +220,19 @@ def run_confirmation(backbone, train, val, trials: pd.DataFrame, best: GenomeRec
     log.info("confirm.rule %s picked %s (mask %s, confirmed val macro acc %.4f); the search's best was %s (mask %s)",
              cfg.rule, picked.key, picked.mask, picked.confirmed_val_acc, best.key, best.mask)
     return confirmation_table(table), picked
+
+
+def run_confirmation(backbone, train, val, trials: pd.DataFrame, best: GenomeRecord, cfg: ConfirmConfig,
+                     search_params: dict, training_params: dict) -> tuple[pd.DataFrame, GenomeRecord]:
+    """The confirmation of a search (``trials``, its best genome ``best``) on its train and val splits, and the
+    genome ``cfg.rule`` picks (:func:`confirm_candidates` then :func:`pick_genome`; rule ``best`` trains nothing)."""
+    if not cfg.trains:
+        table = pd.DataFrame([{"key": best.key, "search_rank": 0, "search_fitness": best.fitness,
+                               "mask": best.mask, "trainings": 0, "seconds": 0.0, "val_accs": []}])
+        table = confirmation_table(pick(table, cfg.rule))
+        log.info("confirm.rule best: the search's best genome %s (mask %s), nothing trained", best.key, best.mask)
+        return table, dataclasses.replace(best, pick_rule=cfg.rule, search_best_key=best.key, confirm_trainings=0,
+                                          confirm_seconds=0.0, created=now())
+    confirmed = confirm_candidates(backbone, train, val, trials, best, cfg, search_params, training_params,
+                                   label=f"confirm.rule {cfg.rule}")
+    return pick_genome(confirmed, trials, best, backbone, cfg, search_params, training_params)

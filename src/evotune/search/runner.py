@@ -100,6 +100,13 @@ def open_search(stage: str, backbone: BackboneCheckpoint, train: Split, val: Spl
                   TrialQueue(study, blocks, storage=storage, stale_after_s=cfg.stale_after_s))
 
 
+def search_trainings(rows: list[dict[str, Any]]) -> int:
+    """What a search's evaluations cost in trainings (one per seed that trained): those made by this run and
+    those reused from the study alike, like its ``search_seconds`` (a reused study's search cost what it cost)."""
+    by_key = {r["key"]: r for r in rows}  # an evaluation asked for twice was trained once
+    return sum(len(r.get("val_accs") or []) for r in by_key.values())
+
+
 def run_biotune(backbone: BackboneCheckpoint, train: Split, val: Split, store: StudyStore, search_params: dict,
                 training_params: dict) -> tuple[pd.DataFrame, pd.DataFrame, GenomeRecord]:
     """Run BioTune's evolutionary search over which blocks to train and at what rate: the trials table (one
@@ -124,8 +131,7 @@ def run_biotune(backbone: BackboneCheckpoint, train: Split, val: Split, store: S
     study.set_user_attr("finished", True)  # tells worker processes to stop
     trials, best = trials_table(evaluator.rows, s.block_names), result.best
     record = s.record(best.genes, best.fitness, best.key, evaluations=len(trials),
-                      trainings=int((trials["valid"] & ~trials["cached"]).sum() * len(cfg.seeds)),
-                      seconds=float(trials["seconds"].sum()))
+                      trainings=search_trainings(evaluator.rows), seconds=float(trials["seconds"].sum()))
     log.info("Best genome %s (mask %s) fitness %.4f (%d evaluations reused from the study)", best.key, record.mask,
              best.fitness, int(trials["cached"].sum()))
     return trials, pd.DataFrame(pop_rows), record
@@ -180,7 +186,7 @@ def run_baseline(method: Any, params: dict[str, Any], backbone: BackboneCheckpoi
     trials = trials_table(sorted(({**by_key[e["key"]], **e} for e in evaluator.rows), key=lambda r: r["index"]),
                           s.block_names)
     record = s.record(outcome.best_genes, outcome.best_fitness, outcome.best_key, evaluations=outcome.evaluations,
-                      trainings=sum(len(r.get("val_accs", [])) for r in evaluator.rows),
+                      trainings=search_trainings(evaluator.rows),
                       seconds=float(sum(float(r.get("seconds", 0.0)) for r in evaluator.rows)), method=name,
                       wall_seconds=time.perf_counter() - t0, params=dict(params), **outcome.extra)
     log.info("%s: best genome %s (mask %s) fitness %.4f after %d evaluations", name, outcome.best_key, record.mask,

@@ -21,6 +21,10 @@ Thin adapters over the domain modules:
   (:func:`evotune.search.runner.run_baseline`), each evaluation recorded in its own Optuna study
   (resumable like BioTune's); :func:`retrain_searched_genome` then retrains the best genome
   exactly as BioTune's retrain does (:func:`evotune.retraining.retrain_genome`).
+* BioTune's pick rules (``biotune_confirmed``, ``biotune_parsimonious``): :func:`confirm_biotune_genomes` trains
+  the confirmation of BioTune's search on each resampling once (:func:`evotune.search.confirm.confirm_candidates`),
+  and each rule's :func:`pick_confirmed_genomes` picks from it (:func:`evotune.search.confirm.pick_genome`),
+  so the rules are compared on the same confirmation trainings.
 * :func:`evaluate_method` tests every trained variant once per resampling as BioTune's test does
   (:func:`evotune.evaluation.evaluate_variants`, the reported variant the best by validation on
   that resampling) and combines the resamplings (:func:`evotune.evaluation.combine_resamplings`).
@@ -54,7 +58,7 @@ from ...report import comparison as report
 from ...retraining import BestGenomes, TrainedMethod, retrain_config, retrain_search_method, retrain_seeds
 from ...retraining import train_plan_method as train_plan
 from ...search.config import SearchConfig
-from ...search.confirm import ConfirmConfig, run_confirmation
+from ...search.confirm import ConfirmConfig, confirm_candidates, pick_genome
 from ...search.records import GenomeRecord, genome_record
 from ...search.runner import run_baseline, run_biotune
 from ...search.store import StudyStore
@@ -203,7 +207,39 @@ def search_baseline(
                      compare_resamplings, compare_params, method)
 
 
-def confirm_searched_genomes(
+def confirm_biotune_genomes(
+    backbone: dict,
+    target_train: Split,
+    target_val: Split,
+    target_test: Split,
+    compare_resamplings: SplitResamplings,
+    search_trials: pd.DataFrame,
+    best_genomes: BestGenomes,
+    compare_params: dict,
+    confirm_params: dict,
+    search_params: dict,
+    training_params: dict,
+) -> pd.DataFrame:
+    """The confirmation of BioTune's search on each resampling (``confirm.top_k`` genomes, every search chunk,
+    ``confirm.seeds``), made once for every pick rule (``biotune_confirmed`` and ``biotune_parsimonious`` pick from
+    the same trainings): the confirmation tables before the pick, with a ``resampling`` column."""
+    check_compare_params(compare_params)
+    # the trainings are the same for every rule that trains; "confirmed" only satisfies ConfirmConfig
+    cfg = ConfirmConfig.from_params({**confirm_params, "rule": "confirmed"})
+    stage = f"compare.{BIOTUNE}.confirm"
+    rerun = f"kedro run --pipelines compare (its {BIOTUNE} search and confirmation together)"
+    tables = []
+    for r, bb, train, val, _ in _each_resampling(stage, backbone, target_train, target_val, target_test,
+                                                 compare_resamplings, compare_params):
+        best = _resampling_genome(stage, best_genomes, r, bb, train, rerun)
+        trials = search_trials[search_trials["resampling"] == r]
+        table = confirm_candidates(bb, train, val, trials, best, cfg, search_params, training_params,
+                                   label=f"{stage} (resampling {r})")
+        tables.append(table.assign(resampling=r))
+    return pd.concat(tables, ignore_index=True)
+
+
+def pick_confirmed_genomes(
     backbone: dict,
     target_train: Split,
     target_val: Split,
@@ -211,6 +247,7 @@ def confirm_searched_genomes(
     compare_resamplings: SplitResamplings,
     biotune_trials: pd.DataFrame,
     biotune_genomes: BestGenomes,
+    biotune_confirmation: pd.DataFrame,
     compare_params: dict,
     method_params: dict | None,
     confirm_params: dict,
@@ -219,26 +256,30 @@ def confirm_searched_genomes(
     *,
     method: str,
 ) -> tuple[BestGenomes, pd.DataFrame]:
-    """BioTune's search on each resampling (``compare.biotune``'s trials and best genomes) with another final pick
-    (the method's ``confirm.rule``; ``confirm.top_k`` and ``confirm.seeds``): the picked genome of each resampling
-    (its record counts the confirmation's trainings in ``trainings``, so the table's cost includes them) and the
-    confirmation tables (with a ``resampling`` column)."""
+    """BioTune's search on each resampling (``compare.biotune``'s trials, best genomes and confirmation) with
+    another final pick (the method's ``confirm.rule``): the picked genome of each resampling (its record's
+    ``confirm_trainings`` and ``confirm_seconds``, which the table counts in the rule's cost) and the confirmation
+    tables with the pick (with a ``resampling`` column). Nothing is trained."""
     check_compare_params(compare_params)
     m = get_method(method)
     if not isinstance(m, PickMethod):
         raise ValueError(f"compare.{method}: not a pick-rule method (biotune_confirmed, biotune_parsimonious)")
     m.resolve_params(method_params or {})
     cfg = ConfirmConfig.from_params({**confirm_params, "rule": m.rule})
-    stage = f"compare.{method}.confirm"
-    rerun = f"kedro run --pipelines compare (its {BIOTUNE} search and the {method} confirmation together)"
+    stage = f"compare.{method}.pick"
+    rerun = f"kedro run --pipelines compare (its {BIOTUNE} search, its confirmation and the {method} pick together)"
     genomes, tables, rs = [], [], []
-    for r, bb, train, val, _ in _each_resampling(stage, backbone, target_train, target_val, target_test,
-                                                 compare_resamplings, compare_params):
+    for r, bb, train, _, _ in _each_resampling(stage, backbone, target_train, target_val, target_test,
+                                               compare_resamplings, compare_params):
         best = _resampling_genome(stage, biotune_genomes, r, bb, train, rerun)
         trials = biotune_trials[biotune_trials["resampling"] == r]
-        table, picked = run_confirmation(bb, train, val, trials, best, cfg, search_params, training_params)
-        genomes.append(dataclasses.replace(picked, method=method,
-                                           trainings=int(picked.trainings) + int(picked.confirm_trainings or 0)))
+        confirmed = biotune_confirmation[biotune_confirmation["resampling"] == r].drop(columns="resampling")
+        try:
+            table, picked = pick_genome(confirmed, trials, best, bb, cfg, search_params, training_params)
+        except ValueError as e:
+            raise InputMismatchError(f"{stage}: compare.{BIOTUNE}.confirmation on resampling {r}: {e}; nothing "
+                                     f"was picked. Make them again together: {rerun}.") from None
+        genomes.append(dataclasses.replace(picked, method=method))
         tables.append(table.assign(resampling=r))
         rs.append(r)
     return (BestGenomes(method=method, resamplings=rs, genomes=genomes),

@@ -9,12 +9,15 @@ Templates (datasets below are named inside the namespace, e.g. ``compare.lora.me
 node loops over the resamplings:
 
 * plan methods:   ``train`` -> ``trained`` ; ``test`` -> ``metrics``, ``metrics_per_seed``
-* BioTune's pick rules (``biotune_confirmed``, ``biotune_parsimonious``): ``confirm`` (reads
-  ``compare.biotune.search_trials`` and ``compare.biotune.best_genomes``) -> ``best_genomes``, ``confirmation`` ;
-  ``retrain`` -> ``trained`` ; ``test`` -> ``metrics``, ``metrics_per_seed``
+* BioTune's pick rules (``biotune_confirmed``, ``biotune_parsimonious``): ``pick`` (reads
+  ``compare.biotune.search_trials``, ``compare.biotune.best_genomes`` and ``compare.biotune.confirmation``;
+  trains nothing) -> ``best_genomes``, ``confirmation`` ; ``retrain`` -> ``trained`` ; ``test`` -> ``metrics``,
+  ``metrics_per_seed``
 * search methods and BioTune: ``search`` -> ``search_trials``, ``best_genomes`` ; ``retrain`` -> ``trained`` ;
   ``test`` -> ``metrics``, ``metrics_per_seed`` ; ``budget`` -> ``budget_metrics`` (the best-so-far genome at
-  each of ``compare.budgets``, retrained and tested)
+  each of ``compare.budgets``, retrained and tested). BioTune, when a pick rule is compared, also
+  ``confirm`` -> ``confirmation``: the confirmation's trainings (``params:confirm``'s ``top_k`` and ``seeds``),
+  made once for both rules, which then pick from the same trainings.
 
 Each namespace reads its own parameters ``params:compare.<method>`` (mapped to the template's
 ``params:method``; BioTune has none: its search is ``search``) and the shared ``params:compare``
@@ -46,9 +49,10 @@ from .nodes import (
     comparison_figure,
     comparison_markdown,
     comparison_table,
-    confirm_searched_genomes,
+    confirm_biotune_genomes,
     evaluate_budgets,
     evaluate_method,
+    pick_confirmed_genomes,
     resample_splits,
     retrain_searched_genome,
     search_baseline,
@@ -106,21 +110,26 @@ def search_template(method: str) -> Pipeline:
 
 #: what a pick method reads of BioTune's own modular pipeline (template input -> BioTune's dataset)
 BIOTUNE_OUTPUTS = {"biotune_search_trials": f"compare.{BIOTUNE}.search_trials",
-                   "biotune_best_genomes": f"compare.{BIOTUNE}.best_genomes"}
+                   "biotune_best_genomes": f"compare.{BIOTUNE}.best_genomes",
+                   "biotune_confirmation": f"compare.{BIOTUNE}.confirmation"}
 
 
 def pick_template(method: str) -> Pipeline:
     return Pipeline([
-        Node(_bind(confirm_searched_genomes, method),
-             inputs=["backbone", *SPLITS, "biotune_search_trials", "biotune_best_genomes",
+        Node(_bind(pick_confirmed_genomes, method),
+             inputs=["backbone", *SPLITS, "biotune_search_trials", "biotune_best_genomes", "biotune_confirmation",
                      "params:compare", "params:method", "params:confirm", "params:search", "params:training"],
-             outputs=["best_genomes", "confirmation"], name="confirm"),
+             outputs=["best_genomes", "confirmation"], name="pick"),
         _retrain_node(method),
         _test_node(),
     ])
 
 
-def biotune_template() -> Pipeline:
+def biotune_template(confirm: bool = False) -> Pipeline:
+    confirmation = [Node(confirm_biotune_genomes,
+                         inputs=["backbone", *SPLITS, "search_trials", "best_genomes", "params:compare",
+                                 "params:confirm", "params:search", "params:training"],
+                         outputs="confirmation", name="confirm")] if confirm else []
     return Pipeline([
         Node(search_biotune,
              inputs=["backbone", *SPLITS, "search_study_store", "params:compare", "params:search", "params:training"],
@@ -128,17 +137,20 @@ def biotune_template() -> Pipeline:
         _retrain_node(BIOTUNE),
         _test_node(),
         _budget_node(BIOTUNE),
+        *confirmation,
     ])
 
 
-def biotune_pipeline() -> Pipeline:
-    """BioTune's modular pipeline (``compare.biotune``): its own search on each resampling."""
-    template = biotune_template()
+def biotune_pipeline(confirm: bool = False) -> Pipeline:
+    """BioTune's modular pipeline (``compare.biotune``): its own search on each resampling; with ``confirm`` (a
+    pick rule is compared) also the confirmation of its search, which every pick rule reads."""
+    template = biotune_template(confirm)
+    shared = ("compare", "training", "retrain", "search") + (("confirm",) if confirm else ())
     return Pipeline(
         template,
         namespace=f"compare.{BIOTUNE}",
         inputs=SHARED_INPUTS & set(template.inputs()),
-        parameters={f"params:{p}": f"params:{p}" for p in ("compare", "training", "retrain", "search")},
+        parameters={f"params:{p}": f"params:{p}" for p in shared},
         tags=["compare"],
     )
 
@@ -195,4 +207,5 @@ def create_pipeline(methods: Iterable[str] | None = None, **kwargs) -> Pipeline:
         ],
         tags=["compare"],
     )
-    return Pipeline([resample, biotune_pipeline(), *(per_method[m] for m in methods), report])
+    confirm = any(m in PICK_METHODS for m in methods)
+    return Pipeline([resample, biotune_pipeline(confirm), *(per_method[m] for m in methods), report])
